@@ -1,0 +1,271 @@
+//! Lenient parsing of Stripe's JSON into the typed `payments.v1` messages.
+//!
+//! Stripe adds fields and event types all the time, so everything not needed
+//! here is ignored, and only what the event envelope's schema requires is
+//! required. This is the one place Stripe's JSON is read: the gateway uses it
+//! for webhooks, and anything that fetches sessions from Stripe's API uses
+//! [`parse_checkout_session`].
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::v1::{CheckoutSession, PaymentStatus, SessionStatus, StripeEvent, stripe_event};
+
+/// Event types whose `data.object` is a Checkout Session.
+const CHECKOUT_SESSION_EVENT_PREFIX: &str = "checkout.session.";
+
+/// Why a body is not a Stripe event this service can read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("body is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not a Stripe event: {0}")]
+    NotAnEvent(&'static str),
+    #[error("data.object is not a checkout session: {0}")]
+    NotACheckoutSession(&'static str),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    id: Option<String>,
+    object: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    created: Option<i64>,
+    livemode: Option<bool>,
+    api_version: Option<String>,
+    #[serde(borrow)]
+    data: Option<EventData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EventData<'a> {
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SessionJson {
+    id: Option<String>,
+    object: Option<String>,
+    payment_status: Option<String>,
+    status: Option<String>,
+    metadata: Option<HashMap<String, String>>,
+    client_reference_id: Option<String>,
+    payment_intent: Option<IdOrObject>,
+    amount_total: Option<i64>,
+    currency: Option<String>,
+    customer_email: Option<String>,
+    customer_details: Option<CustomerDetails>,
+}
+
+/// An expandable field: Stripe sends the id, or the whole object when the
+/// request asked for it to be expanded.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdOrObject {
+    Id(String),
+    Object { id: String },
+}
+
+#[derive(Deserialize)]
+struct CustomerDetails {
+    email: Option<String>,
+}
+
+/// Parses a webhook body. `payload` is kept, untouched, in
+/// [`StripeEvent::raw_payload`].
+pub fn parse_event(payload: Bytes) -> Result<StripeEvent, ParseError> {
+    let envelope: Envelope<'_> = serde_json::from_slice(&payload)?;
+    if envelope.object != Some("event") {
+        return Err(ParseError::NotAnEvent("`object` is not \"event\""));
+    }
+    let id = non_empty(envelope.id).ok_or(ParseError::NotAnEvent("`id` is missing"))?;
+    let kind = non_empty(envelope.kind).ok_or(ParseError::NotAnEvent("`type` is missing"))?;
+    let created = envelope.created.ok_or(ParseError::NotAnEvent("`created` is missing"))?;
+    let livemode = envelope.livemode.ok_or(ParseError::NotAnEvent("`livemode` is missing"))?;
+    let data_object = envelope
+        .data
+        .and_then(|data| data.object)
+        .ok_or(ParseError::NotAnEvent("`data.object` is missing"))?;
+
+    let object = if kind.starts_with(CHECKOUT_SESSION_EVENT_PREFIX) {
+        let session = parse_checkout_session(data_object.get().as_bytes())?;
+        Some(stripe_event::Object::CheckoutSession(session))
+    } else {
+        None
+    };
+
+    Ok(StripeEvent {
+        id,
+        r#type: kind,
+        created,
+        livemode,
+        api_version: envelope.api_version,
+        object,
+        raw_payload: payload,
+    })
+}
+
+/// Parses a Checkout Session object, as found in an event's `data.object` or
+/// returned by `GET /v1/checkout/sessions/{id}`.
+pub fn parse_checkout_session(json: &[u8]) -> Result<CheckoutSession, ParseError> {
+    let session: SessionJson = serde_json::from_slice(json)?;
+    if session.object.as_deref().is_some_and(|o| o != "checkout.session") {
+        return Err(ParseError::NotACheckoutSession("`object` is not \"checkout.session\""));
+    }
+    let id = non_empty(session.id).ok_or(ParseError::NotACheckoutSession("`id` is missing"))?;
+    let customer_email = non_empty(session.customer_details.and_then(|details| details.email))
+        .or(non_empty(session.customer_email));
+
+    Ok(CheckoutSession {
+        id,
+        payment_status: payment_status(session.payment_status.as_deref()).into(),
+        status: session_status(session.status.as_deref()).into(),
+        metadata: session.metadata.unwrap_or_default(),
+        client_reference_id: non_empty(session.client_reference_id),
+        payment_intent: session.payment_intent.map(|pi| match pi {
+            IdOrObject::Id(id) | IdOrObject::Object { id } => id,
+        }),
+        amount_total: session.amount_total,
+        currency: non_empty(session.currency),
+        customer_email,
+    })
+}
+
+fn payment_status(value: Option<&str>) -> PaymentStatus {
+    match value {
+        Some("paid") => PaymentStatus::Paid,
+        Some("unpaid") => PaymentStatus::Unpaid,
+        Some("no_payment_required") => PaymentStatus::NoPaymentRequired,
+        _ => PaymentStatus::Unspecified,
+    }
+}
+
+fn session_status(value: Option<&str>) -> SessionStatus {
+    match value {
+        Some("open") => SessionStatus::Open,
+        Some("complete") => SessionStatus::Complete,
+        Some("expired") => SessionStatus::Expired,
+        _ => SessionStatus::Unspecified,
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Bytes {
+        let path = format!("{}/../tests/fixtures/stripe/{name}", env!("CARGO_MANIFEST_DIR"));
+        Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
+    }
+
+    fn session_of(event: &StripeEvent) -> &CheckoutSession {
+        match &event.object {
+            Some(stripe_event::Object::CheckoutSession(session)) => session,
+            None => panic!("{} carries no checkout session", event.id),
+        }
+    }
+
+    #[test]
+    fn paid_checkout_session_completed_is_parsed_with_every_field_fulfilment_needs() {
+        let body = fixture("checkout_session_completed_paid.json");
+        let event = parse_event(body.clone()).expect("parses");
+
+        assert_eq!(event.id, "evt_18X4SVyF5WUVAoCOMU35o1Gb");
+        assert_eq!(event.r#type, "checkout.session.completed");
+        assert_eq!(event.created, 1_785_766_187);
+        assert!(!event.livemode);
+        assert_eq!(event.api_version.as_deref(), Some("2026-07-29.dahlia"));
+        assert_eq!(event.raw_payload, body);
+
+        let session = session_of(&event);
+        assert!(session.id.starts_with("cs_test_"));
+        assert_eq!(session.payment_status(), PaymentStatus::Paid);
+        assert_eq!(session.status(), SessionStatus::Complete);
+        assert_eq!(session.payment_intent.as_deref(), Some("pi_3chHPNw84sPSl7cwMX3oOFxK"));
+        assert_eq!(session.amount_total, Some(4900));
+        assert_eq!(session.currency.as_deref(), Some("usd"));
+        assert_eq!(session.customer_email.as_deref(), Some("jenny.rosen@example.com"));
+        assert!(session.metadata.contains_key("courseId"));
+        assert!(session.metadata.contains_key("userId"));
+    }
+
+    #[test]
+    fn every_checkout_fixture_parses_with_its_payment_status() {
+        let cases = [
+            ("checkout_session_completed_unpaid_async.json", PaymentStatus::Unpaid),
+            ("checkout_session_async_payment_succeeded.json", PaymentStatus::Paid),
+            ("checkout_session_async_payment_failed.json", PaymentStatus::Unpaid),
+            ("checkout_session_expired.json", PaymentStatus::Unpaid),
+            ("checkout_session_completed_no_metadata.json", PaymentStatus::Paid),
+        ];
+        for (file, expected) in cases {
+            let event = parse_event(fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(session_of(&event).payment_status(), expected, "{file}");
+        }
+    }
+
+    #[test]
+    fn expired_session_with_null_payment_intent_and_customer_details_parses() {
+        let event = parse_event(fixture("checkout_session_expired.json")).expect("parses");
+        let session = session_of(&event);
+        assert_eq!(session.status(), SessionStatus::Expired);
+        assert_eq!(session.payment_intent, None);
+    }
+
+    #[test]
+    fn non_checkout_events_carry_no_typed_object() {
+        for file in ["payment_intent_succeeded.json", "charge_succeeded.json"] {
+            let event = parse_event(fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(event.object.is_none(), "{file}");
+        }
+    }
+
+    #[test]
+    fn standalone_session_object_parses_like_the_one_inside_the_event() {
+        let from_event = parse_event(fixture("checkout_session_completed_paid.json")).expect("parses");
+        let standalone = parse_checkout_session(&fixture("checkout_session.object.json")).expect("parses");
+        assert_eq!(&standalone, session_of(&from_event));
+    }
+
+    #[test]
+    fn null_metadata_and_expanded_payment_intent_are_accepted() {
+        let json = br#"{"id":"cs_1","object":"checkout.session","metadata":null,
+            "payment_intent":{"id":"pi_1","object":"payment_intent"},"payment_status":"surprise"}"#;
+        let session = parse_checkout_session(json).expect("parses");
+        assert!(session.metadata.is_empty());
+        assert_eq!(session.payment_intent.as_deref(), Some("pi_1"));
+        assert_eq!(session.payment_status(), PaymentStatus::Unspecified);
+    }
+
+    #[test]
+    fn json_that_is_not_an_event_is_rejected_with_the_reason() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"not json", "not valid JSON"),
+            (b"[]", "not valid JSON"),
+            (br#"{"object":"charge","id":"ch_1"}"#, "`object`"),
+            (br#"{"object":"event","type":"x","created":1,"livemode":false,"data":{"object":{}}}"#, "`id`"),
+            (br#"{"object":"event","id":"evt_1","type":"x","created":1,"livemode":false}"#, "`data.object`"),
+        ];
+        for (body, reason) in cases {
+            let err = parse_event(Bytes::from_static(body)).expect_err("rejected");
+            assert!(err.to_string().contains(reason), "{err} should mention {reason}");
+        }
+    }
+
+    #[test]
+    fn checkout_event_whose_object_is_not_a_session_is_rejected() {
+        let body = br#"{"object":"event","id":"evt_1","type":"checkout.session.completed",
+            "created":1,"livemode":false,"data":{"object":{"object":"charge","id":"ch_1"}}}"#;
+        let err = parse_event(Bytes::from_static(body)).expect_err("rejected");
+        assert!(matches!(err, ParseError::NotACheckoutSession(_)), "{err}");
+    }
+}
