@@ -1,0 +1,24 @@
+//! Schema migrations for payments-svc.
+//!
+//! Migrations never import the service's entity structs, so an old migration
+//! means the same thing forever. Every migration runs on SQLite (the embedded
+//! default) and PostgreSQL (production), inside a transaction on both.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_stripe_webhook_events;
+mod m20261127_000002_create_course_purchases;
+
+/// All migrations, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261127_000001_create_stripe_webhook_events::Migration),
+            Box::new(m20261127_000002_create_course_purchases::Migration),
+        ]
+    }
+}
