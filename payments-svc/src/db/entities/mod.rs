@@ -1,0 +1,4 @@
+//! sea-orm entities, kept as plain as generated code.
+
+pub mod course_purchase;
+pub mod stripe_webhook_event;

@@ -1,0 +1,17 @@
+//! payments-svc: owns the purchases database and applies verified Stripe
+//! events to it idempotently, behind the `payments.v1.Payments` gRPC service.
+//!
+//! The flow of one event: [`grpc`] validates the request, [`webhook`] records
+//! the delivery and runs [`fulfilment`] in one transaction, [`db`] holds the
+//! queries. [`startup::Application`] is what `main` and the tests run.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod fulfilment;
+pub mod grpc;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;
+pub mod verify;
+pub mod webhook;
