@@ -1,0 +1,77 @@
+//! Everything a route can answer besides success, and the one place each
+//! becomes an HTTP status and JSON body. Internal detail stays in the logs.
+
+use hyper::StatusCode;
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use payments_proto::stripe::ParseError;
+
+use crate::http::{HttpResponse, json};
+use crate::signature::SignatureError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read")]
+    BodyUnreadable,
+    #[error(transparent)]
+    NotAnEvent(#[from] ParseError),
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    #[error("payments-svc refused the request: {0}")]
+    Rejected(String),
+    #[error("the payments service is unavailable; retry later")]
+    Unavailable,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed; use {allow}")]
+    MethodNotAllowed { allow: &'static str },
+}
+
+impl ApiError {
+    /// Stable code for the response body, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Signature(error) => error.code(),
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyUnreadable => "body_unreadable",
+            Self::NotAnEvent(_) => "not_a_stripe_event",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Rejected(_) => "rejected",
+            Self::Unavailable => "unavailable",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Signature(_)
+            | Self::BodyUnreadable
+            | Self::NotAnEvent(_)
+            | Self::InvalidRequest(_)
+            | Self::Rejected(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let mut response =
+            json(self.status(), &serde_json::json!({ "error": self.code(), "message": self.to_string() }));
+        match self {
+            Self::MethodNotAllowed { allow } => {
+                response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unavailable => {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

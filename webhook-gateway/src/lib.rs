@@ -1,0 +1,17 @@
+//! webhook-gateway: the public HTTP edge of payments.
+//!
+//! A webhook is read with a size bound, its `Stripe-Signature` checked over
+//! the exact bytes ([`signature`]) before anything is parsed, then parsed
+//! leniently into the typed `StripeEvent` and handed to payments-svc over
+//! gRPC ([`payments`]). [`routes`] holds the HTTP routes,
+//! [`startup::Application`] is what `main` and the tests run.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod payments;
+pub mod routes;
+pub mod shutdown;
+pub mod signature;
+pub mod startup;
+pub mod telemetry;

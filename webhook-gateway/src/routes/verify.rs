@@ -1,0 +1,115 @@
+//! `GET /api/payments/verify?session_id=cs_...` and
+//! `POST /api/payments/verify` with `{"sessionId": "cs_..."}`: whether a
+//! checkout session became a purchase. The answer reveals only the status,
+//! the course and when it was bought; nothing about the buyer.
+
+use chrono::{DateTime, SecondsFormat};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use payments_proto::v1::{PurchaseStatus, VerifyPurchaseRequest, verify_purchase_request::Lookup};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::http::{HttpResponse, json, read_body};
+use crate::payments;
+use crate::startup::AppState;
+
+/// A verify request body is one short id.
+const MAX_VERIFY_BODY_BYTES: usize = 4 * 1024;
+/// Stripe ids are at most 255 characters.
+const MAX_SESSION_ID_LEN: usize = 255;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyBody {
+    session_id: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Verification {
+    status: &'static str,
+    course_id: Option<String>,
+    /// RFC 3339, when the purchase was recorded.
+    purchased_at: Option<String>,
+}
+
+pub async fn by_query(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let query = request.uri().query().unwrap_or_default();
+    let session_id = form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "session_id")
+        .map(|(_, value)| value.into_owned())
+        .ok_or(ApiError::InvalidRequest("the session_id query parameter is required"))?;
+    verify(state, session_id).await
+}
+
+pub async fn by_json(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, MAX_VERIFY_BODY_BYTES).await?;
+    let body: VerifyBody = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::InvalidRequest("the body must be JSON like {\"sessionId\": \"cs_...\"}"))?;
+    verify(state, body.session_id).await
+}
+
+async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, ApiError> {
+    if !is_checkout_session_id(&session_id) {
+        return Err(ApiError::InvalidRequest("session_id is not a Stripe Checkout Session id (cs_...)"));
+    }
+    let request = VerifyPurchaseRequest { lookup: Some(Lookup::CheckoutSessionId(session_id)) };
+    let mut client = state.payments.clone();
+    let answer = client.verify_purchase(request).await.map_err(payments::api_error)?.into_inner();
+
+    let status = answer.status();
+    let Some(name) = status_name(status) else {
+        tracing::error!("payments-svc answered without a purchase status");
+        return Err(ApiError::Unavailable);
+    };
+    let purchase = answer.purchase;
+    let verification = Verification {
+        status: name,
+        course_id: purchase.as_ref().map(|p| p.course_id.clone()),
+        purchased_at: purchase.and_then(|p| p.created_at).and_then(|at| rfc3339(at.seconds, at.nanos)),
+    };
+    let code = match status {
+        PurchaseStatus::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    };
+    Ok(json(code, &verification))
+}
+
+fn is_checkout_session_id(id: &str) -> bool {
+    id.len() > "cs_".len()
+        && id.len() <= MAX_SESSION_ID_LEN
+        && id.starts_with("cs_")
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn status_name(status: PurchaseStatus) -> Option<&'static str> {
+    match status {
+        PurchaseStatus::Paid => Some("paid"),
+        PurchaseStatus::Pending => Some("pending"),
+        PurchaseStatus::Failed => Some("failed"),
+        PurchaseStatus::Expired => Some("expired"),
+        PurchaseStatus::NotFound => Some("not_found"),
+        PurchaseStatus::Unspecified => None,
+    }
+}
+
+fn rfc3339(seconds: i64, nanos: i32) -> Option<String> {
+    let at = DateTime::from_timestamp(seconds, u32::try_from(nanos).ok()?)?;
+    Some(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_session_ids_are_recognised() {
+        assert!(is_checkout_session_id("cs_test_a1iolLS3ITgWKPeHk8FcCmpFOlMp4DuFLZFxmEhdm55FlhTr8srB0dB3N3"));
+        assert!(is_checkout_session_id("cs_live_1"));
+        for bad in ["", "cs_", "pi_123", "cs_1 2", "cs_1/../x", "cs_é", &format!("cs_{}", "a".repeat(253))] {
+            assert!(!is_checkout_session_id(bad), "{bad}");
+        }
+    }
+}

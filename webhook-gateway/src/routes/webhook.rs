@@ -1,0 +1,109 @@
+//! `POST /api/payments/webhook`: Stripe's events, verified then forwarded.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use payments_proto::stripe;
+use payments_proto::v1::{Outcome, StripeEvent};
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::http::{HttpResponse, json, read_body};
+use crate::payments;
+use crate::startup::AppState;
+
+const SIGNATURE_HEADER: &str = "stripe-signature";
+
+/// The 200 body: tells Stripe's dashboard (and whoever reads it) what
+/// became of the event.
+#[derive(Debug, Serialize)]
+struct Acknowledgement<'a> {
+    received: bool,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    detail: &'a str,
+}
+
+/// Handles one delivery and logs one line about it, whatever the result.
+pub async fn receive(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let result = verify_and_forward(state, request, &mut seen).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (event_id, event_type, session_id) =
+        (seen.event_id.as_deref(), seen.event_type.as_deref(), seen.session_id.as_deref());
+    match &result {
+        Ok((outcome, _)) => {
+            tracing::info!(event_id, event_type, session_id, outcome, latency_ms, "webhook handled")
+        }
+        Err(error @ ApiError::Signature(_)) => {
+            tracing::warn!(
+                outcome = "rejected",
+                reason = error.code(),
+                latency_ms,
+                "webhook signature rejected"
+            )
+        }
+        Err(error) => tracing::warn!(
+            event_id,
+            event_type,
+            session_id,
+            outcome = "rejected",
+            reason = error.code(),
+            error = %error,
+            latency_ms,
+            "webhook not accepted"
+        ),
+    }
+    result.map(|(_, response)| response)
+}
+
+/// What is known about a delivery so far, for its log line.
+#[derive(Debug, Default)]
+struct Seen {
+    event_id: Option<String>,
+    event_type: Option<String>,
+    session_id: Option<String>,
+}
+
+impl Seen {
+    fn event(event: &StripeEvent) -> Self {
+        let session_id = event.checkout_session().map(|session| session.id.clone());
+        Self { event_id: Some(event.id.clone()), event_type: Some(event.r#type.clone()), session_id }
+    }
+}
+
+async fn verify_and_forward(
+    state: &AppState,
+    request: Request<Incoming>,
+    seen: &mut Seen,
+) -> Result<(&'static str, HttpResponse), ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.max_body_bytes).await?;
+    let header = parts.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    state.verifier.verify(header, &body, unix_now())?;
+
+    let event = stripe::parse_event(body)?;
+    *seen = Seen::event(&event);
+
+    let mut client = state.payments.clone();
+    let answer = client.handle_stripe_event(event).await.map_err(payments::api_error)?.into_inner();
+    let outcome = match answer.outcome() {
+        Outcome::Processed => "processed",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Ignored => "ignored",
+        Outcome::Failed => "failed",
+        Outcome::Unspecified => {
+            tracing::error!("payments-svc answered without an outcome");
+            return Err(ApiError::Unavailable);
+        }
+    };
+    let body = Acknowledgement { received: true, outcome, detail: &answer.detail };
+    Ok((outcome, json(StatusCode::OK, &body)))
+}
+
+fn unix_now() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
+}
