@@ -1,0 +1,144 @@
+//! What the end-to-end tests and the hand tools in this crate share: the
+//! repository's Stripe fixtures, fresh ids for them, Stripe-style signing and
+//! a small HTTP client.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use webhook_gateway::signature::{WebhookSecret, sign};
+
+/// Where the copies of the shared Stripe fixtures live.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/stripe")
+}
+
+/// The exact bytes of a fixture file.
+pub fn fixture(name: &str) -> anyhow::Result<Bytes> {
+    let path = fixtures_dir().join(name);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// The same event with its event id, and the ids of its checkout session and
+/// payment intent when it has them, made unique by `suffix`. Only those id
+/// strings change; every other byte of the payload stays as Stripe sent it.
+pub fn with_fresh_ids(body: &[u8], suffix: &str) -> anyhow::Result<Bytes> {
+    let event: serde_json::Value = serde_json::from_slice(body).context("fixture is not JSON")?;
+    let object = &event["data"]["object"];
+    let ids = [
+        event["id"].as_str(),
+        object["id"].as_str().filter(|id| id.starts_with("cs_")),
+        object["payment_intent"].as_str(),
+    ];
+    let mut text = String::from_utf8(body.to_vec()).context("fixture is not UTF-8")?;
+    for id in ids.into_iter().flatten() {
+        text = text.replace(&format!("\"{id}\""), &format!("\"{id}{suffix}\""));
+    }
+    Ok(Bytes::from(text))
+}
+
+/// Seconds since the Unix epoch, as Stripe puts in `t=`.
+pub fn unix_now() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The `Stripe-Signature` header Stripe would send for `body` right now.
+pub fn signature_now(secret: &WebhookSecret, body: &[u8]) -> String {
+    sign(secret, unix_now(), body)
+}
+
+/// A plain HTTP/1.1 client with keep-alive.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response, fully read.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpAnswer {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self { inner: Client::builder(TokioExecutor::new()).build_http() }
+    }
+}
+
+impl HttpClient {
+    /// Sends one request; `headers` are `(name, value)` pairs.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<HttpAnswer> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self.inner.request(request.body(Full::new(body))?).await?;
+        let (parts, body) = response.into_parts();
+        Ok(HttpAnswer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await?.to_bytes(),
+        })
+    }
+
+    /// Posts a webhook the way Stripe does, with `signature` as the
+    /// `Stripe-Signature` header when given.
+    pub async fn post_webhook(
+        &self,
+        url: &str,
+        body: Bytes,
+        signature: Option<&str>,
+    ) -> anyhow::Result<HttpAnswer> {
+        let mut headers = vec![
+            ("content-type", "application/json; charset=utf-8"),
+            ("user-agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)"),
+        ];
+        if let Some(signature) = signature {
+            headers.push(("stripe-signature", signature));
+        }
+        self.send(Method::POST, url, &headers, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_ids_change_only_the_ids() -> anyhow::Result<()> {
+        let original = fixture("checkout_session_completed_paid.json")?;
+        let fresh = with_fresh_ids(&original, "_x1")?;
+        let before: serde_json::Value = serde_json::from_slice(&original)?;
+        let after: serde_json::Value = serde_json::from_slice(&fresh)?;
+        assert_eq!(after["id"], format!("{}_x1", before["id"].as_str().unwrap_or_default()));
+        let session = &after["data"]["object"];
+        assert!(session["id"].as_str().unwrap_or_default().ends_with("_x1"));
+        assert!(session["payment_intent"].as_str().unwrap_or_default().ends_with("_x1"));
+        assert_eq!(session["metadata"], before["data"]["object"]["metadata"]);
+        assert_eq!(fresh.len(), original.len() + 3 * "_x1".len());
+        Ok(())
+    }
+}

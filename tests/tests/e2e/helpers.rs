@@ -1,0 +1,256 @@
+//! Starting the real services for a test: each test gets its own database (a
+//! fresh SQLite file or a uniquely named PostgreSQL database), its own
+//! ephemeral ports, and a running payments-svc and webhook-gateway.
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::{HttpAnswer, HttpClient, signature_now};
+use hyper::Method;
+use payments_proto::v1::payments_client::PaymentsClient;
+use payments_svc::db::entities::{course_purchase, stripe_webhook_event};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use webhook_gateway::signature::WebhookSecret;
+
+/// Where PostgreSQL tests create their databases. CI sets it; locally the
+/// default matches a stock PostgreSQL with trust auth.
+const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const TEST_SECRET: &str = "whsec_e2e_test_secret_0123456789";
+
+/// Declares a scenario that runs once on SQLite and once on PostgreSQL:
+/// `on_both_databases!(name);` next to `async fn name(db: TestDb)`.
+macro_rules! on_both_databases {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::helpers::TestDb::sqlite().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::helpers::TestDb::postgres().await).await
+            }
+        }
+    };
+}
+pub(crate) use on_both_databases;
+
+/// Logs from the services are shown only when `TEST_LOG` is set.
+fn init_test_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt().with_env_filter("info").with_test_writer().init();
+        }
+    });
+}
+
+/// A database of a test's own, removed when the test ends.
+#[derive(Debug)]
+pub struct TestDb {
+    pub url: String,
+    /// Keeps the SQLite file's directory alive.
+    _dir: Option<tempfile::TempDir>,
+    /// `(admin url, name)` of a PostgreSQL database to drop afterwards.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("payments.db").display());
+        Self { url, _dir: Some(dir), postgres: None }
+    }
+
+    /// A new database on the server at `TEST_DATABASE_URL`. Fails the test,
+    /// never skips it, when PostgreSQL cannot be reached.
+    pub async fn postgres() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let admin_url =
+            std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+        let name = format!("e2e_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let admin = Database::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for this test; cannot connect to TEST_DATABASE_URL={admin_url}: {e}"
+            )
+        });
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .expect("drop");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
+        admin.close().await.expect("close admin connection");
+        let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self { url: url.to_string(), _dir: None, postgres: Some((admin_url, name)) }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else { return };
+        // Drop runs inside the test's runtime, which cannot block on async
+        // work; a thread with its own small runtime can.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let admin = Database::connect(&admin_url).await.ok()?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+                    .ok()?;
+                admin.close().await.ok()
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// A running server and the means to stop it.
+#[derive(Debug)]
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("server task").expect("server stopped cleanly");
+    }
+}
+
+fn shutdown_channel() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move { drop(rx.await) })
+}
+
+async fn start_payments_svc(database_url: &str) -> Running {
+    let settings = payments_svc::config::Settings {
+        database_url: database_url.to_owned(),
+        grpc_addr: "127.0.0.1:0".parse().expect("address"),
+        skip_migrations: false,
+        log_format: payments_svc::config::LogFormat::Text,
+    };
+    let app = payments_svc::startup::Application::build(&settings).await.expect("payments-svc starts");
+    let addr = app.local_addr();
+    let (stop, shutdown) = shutdown_channel();
+    let task = tokio::spawn(app.run_until_stopped(shutdown));
+    Running { addr, stop: Some(stop), task }
+}
+
+async fn start_gateway(payments_svc_url: String) -> Running {
+    let settings = webhook_gateway::config::Settings {
+        webhook_secrets: vec![secret()],
+        addr: "127.0.0.1:0".parse().expect("address"),
+        payments_svc_url,
+        tolerance_secs: 300,
+        max_body_bytes: 1024 * 1024,
+        payments_svc_timeout: Duration::from_secs(5),
+    };
+    let app = webhook_gateway::startup::Application::build(&settings).await.expect("gateway starts");
+    let addr = app.local_addr();
+    let (stop, shutdown) = shutdown_channel();
+    let task = tokio::spawn(app.run_until_stopped(shutdown));
+    Running { addr, stop: Some(stop), task }
+}
+
+pub fn secret() -> WebhookSecret {
+    WebhookSecret::new(TEST_SECRET).expect("valid test secret")
+}
+
+/// payments-svc and the gateway in front of it, on one test database.
+#[derive(Debug)]
+pub struct Stack {
+    gateway: Running,
+    payments: Option<Running>,
+    /// The test's own connection, for arranging and asserting.
+    pub db: DatabaseConnection,
+    pub http: HttpClient,
+    _test_db: TestDb,
+}
+
+impl Stack {
+    pub async fn start(test_db: TestDb) -> Self {
+        init_test_logging();
+        let payments = start_payments_svc(&test_db.url).await;
+        let gateway = start_gateway(format!("http://{}", payments.addr)).await;
+        let db = Database::connect(&test_db.url).await.expect("test connection");
+        Self { gateway, payments: Some(payments), db, http: HttpClient::default(), _test_db: test_db }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.payments.as_ref().expect("payments-svc running").addr)
+    }
+
+    pub async fn grpc(&self) -> PaymentsClient<tonic::transport::Channel> {
+        PaymentsClient::connect(self.grpc_url()).await.expect("gRPC connection")
+    }
+
+    /// Stops payments-svc gracefully, leaving the gateway up.
+    pub async fn stop_payments_svc(&mut self) {
+        if let Some(payments) = self.payments.take() {
+            payments.stop().await;
+        }
+    }
+
+    /// Posts `body` signed now with the test secret.
+    pub async fn deliver(&self, body: &Bytes) -> HttpAnswer {
+        let signature = signature_now(&secret(), body);
+        self.deliver_with(body.clone(), Some(&signature)).await
+    }
+
+    /// Posts `body` with exactly this `Stripe-Signature` (or none).
+    pub async fn deliver_with(&self, body: Bytes, signature: Option<&str>) -> HttpAnswer {
+        self.http
+            .post_webhook(&self.url("/api/payments/webhook"), body, signature)
+            .await
+            .expect("HTTP round trip")
+    }
+
+    pub async fn get(&self, path: &str) -> HttpAnswer {
+        self.http.send(Method::GET, &self.url(path), &[], Bytes::new()).await.expect("HTTP round trip")
+    }
+
+    pub async fn purchases(&self) -> Vec<course_purchase::Model> {
+        course_purchase::Entity::find().all(&self.db).await.expect("query purchases")
+    }
+
+    pub async fn events(&self) -> Vec<stripe_webhook_event::Model> {
+        stripe_webhook_event::Entity::find().all(&self.db).await.expect("query events")
+    }
+
+    pub async fn event_count(&self) -> u64 {
+        stripe_webhook_event::Entity::find().count(&self.db).await.expect("count events")
+    }
+
+    /// Stops both services, as a test's last step, checking they drain cleanly.
+    pub async fn shutdown(mut self) {
+        self.stop_payments_svc().await;
+        self.gateway.stop().await;
+    }
+}
+
+/// A gateway whose payments-svc address has nothing listening on it.
+pub async fn gateway_without_payments_svc() -> (String, impl Future<Output = ()>) {
+    init_test_logging();
+    let vacant = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let vacant_addr = vacant.local_addr().expect("address");
+    drop(vacant);
+    let gateway = start_gateway(format!("http://{vacant_addr}")).await;
+    let url = format!("http://{}", gateway.addr);
+    (url, gateway.stop())
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real webhook-gateway and payments-svc on ephemeral
+//! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
+
+mod helpers;
+mod verify;
+mod webhook;
