@@ -1,25 +1,28 @@
 //! The signal that starts a graceful drain.
 
-/// Completes on Ctrl-C or SIGTERM, whichever comes first.
-pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => drop(sigterm.recv().await),
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+use std::future::Future;
+
+use tokio::signal::unix::{SignalKind, signal as unix_signal};
+
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM, whichever comes
+/// first. The handlers are installed when this is called, not when the future
+/// is first polled, so a signal that arrives during start-up still drains.
+pub fn signal() -> impl Future<Output = ()> {
+    let interrupt = unix_signal(SignalKind::interrupt());
+    let terminate = unix_signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                tracing::info!("shutdown signal received; draining");
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot listen for shutdown signals; stop with SIGKILL");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
-    tracing::info!("shutdown signal received; draining");
 }
