@@ -1,5 +1,8 @@
 //! `course_purchases`: at most one row per Stripe Checkout Session, which is
-//! what makes fulfilment idempotent across webhooks and verify calls.
+//! what makes fulfilment idempotent across webhooks and verify calls, and at
+//! most one paid purchase granting access per user and course. A second
+//! payment for a course the user already owns is still recorded (money is
+//! never dropped), with `needs_refund` set, outside that partial index.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -22,6 +25,7 @@ impl MigrationTrait for Migration {
                     .col(string_len_null(CoursePurchases::Currency, 3))
                     .col(string_len(CoursePurchases::Status, 16))
                     .col(string_len(CoursePurchases::Source, 16))
+                    .col(boolean(CoursePurchases::NeedsRefund).default(false))
                     .col(timestamp_with_time_zone(CoursePurchases::CreatedAt))
                     .col(timestamp_with_time_zone(CoursePurchases::UpdatedAt))
                     .to_owned(),
@@ -36,7 +40,17 @@ impl MigrationTrait for Migration {
                     .col(CoursePurchases::CourseId)
                     .to_owned(),
             )
+            .await?;
+        // Partial unique index: same SQL on SQLite and PostgreSQL.
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE UNIQUE INDEX ux_course_purchases_one_paid_per_user_course \
+                 ON course_purchases (user_id, course_id) \
+                 WHERE status = 'paid' AND needs_refund = false",
+            )
             .await
+            .map(drop)
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -60,6 +74,7 @@ enum CoursePurchases {
     Currency,
     Status,
     Source,
+    NeedsRefund,
     CreatedAt,
     UpdatedAt,
 }

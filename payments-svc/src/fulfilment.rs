@@ -1,19 +1,30 @@
 //! What an event means for purchases: a pure [`plan`], then [`apply`] inside
 //! the caller's transaction. Every path that grants a course goes through here.
 //!
-//! | event type                   | `payment_status` | metadata        | result                 |
-//! |------------------------------|------------------|-----------------|------------------------|
-//! | `checkout.session.completed` | `paid`           | valid ids       | purchase paid          |
-//! | `checkout.session.completed` | `paid`           | missing/invalid | failed, no purchase    |
-//! | `checkout.session.completed` | anything else    | any             | ignored                |
-//! | any other type               | any              | any             | ignored                |
+//! | event type                                  | `payment_status`             | purchase becomes    |
+//! |---------------------------------------------|------------------------------|---------------------|
+//! | `checkout.session.completed`                | `paid`, `no_payment_required`| paid                |
+//! | `checkout.session.completed`                | `unpaid` (bank debit)        | pending (no access) |
+//! | `checkout.session.async_payment_succeeded`  | any                          | paid                |
+//! | `checkout.session.async_payment_failed`     | any                          | failed              |
+//! | `checkout.session.expired`                  | any                          | nothing granted     |
+//! | any other type                              |                              | event ignored       |
+//!
+//! A purchase only moves up, pending → failed → paid: whatever order the
+//! events arrive in, and however often, the end state is the same. So
+//! `async_payment_succeeded` before `completed` ends paid, and a late
+//! `completed` (unpaid) never takes access back.
+//!
+//! An event that can never be applied as it is (metadata missing or not
+//! ids, the wrong livemode) is stored as failed with the reason, for an
+//! operator to inspect and replay.
 
 use chrono::{DateTime, Utc};
 use payments_proto::v1::{CheckoutSession, PaymentStatus};
-use sea_orm::{ActiveValue::NotSet, ConnectionTrait, DbErr, Set};
+use sea_orm::{DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
 use serde::Serialize;
 
-use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
+use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::purchases;
 use crate::webhook::{IncomingEvent, Outcome};
 
@@ -22,6 +33,14 @@ const COURSE_ID_KEY: &str = "courseId";
 const USER_ID_KEY: &str = "userId";
 /// Longest id accepted from metadata; UUIDs and numeric ids fit easily.
 const MAX_ID_LEN: usize = 64;
+
+/// What this deployment accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Stripe's `livemode` of the events to fulfil: `true` in production,
+    /// `false` for test mode. Events of the other mode are refused.
+    pub livemode: bool,
+}
 
 /// Why an event was not applied: stored as the event's `error` JSON and
 /// returned to the gateway.
@@ -57,59 +76,103 @@ pub struct NewPurchase {
 /// What to do with an event, decided without touching the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    RecordPurchase(NewPurchase),
+    /// Record the purchase at this status, or move it up to it.
+    Record(NewPurchase, PurchaseStatus),
+    /// Applied, with nothing to write (an expired session).
+    Acknowledge,
     Ignore(Failure),
     Fail(Failure),
 }
 
-/// Decides what `event` means. Pure, so the table above is unit-tested.
-pub fn plan(event: &IncomingEvent) -> Plan {
-    if event.event_type != "checkout.session.completed" {
-        return Plan::Ignore(Failure::new(
-            "unhandled_event_type",
-            format!("event type {} is not acted on", event.event_type),
+/// Decides what `event` means under `policy`. Pure, so the table above is
+/// unit-tested.
+pub fn plan(event: &IncomingEvent, policy: Policy) -> Plan {
+    if event.livemode != policy.livemode {
+        return Plan::Fail(Failure::new(
+            "livemode_mismatch",
+            format!(
+                "a {} event reached a deployment that accepts {} events",
+                mode_name(event.livemode),
+                mode_name(policy.livemode)
+            ),
         ));
     }
+    let target = match event.event_type.as_str() {
+        "checkout.session.completed" => None,
+        "checkout.session.async_payment_succeeded" => Some(PurchaseStatus::Paid),
+        "checkout.session.async_payment_failed" => Some(PurchaseStatus::Failed),
+        "checkout.session.expired" => return Plan::Acknowledge,
+        other => {
+            return Plan::Ignore(Failure::new(
+                "unhandled_event_type",
+                format!("event type {other} is not acted on"),
+            ));
+        }
+    };
     let Some(session) = &event.session else {
         return Plan::Fail(Failure::new("missing_session", "the event carries no checkout session"));
     };
-    if session.payment_status() != PaymentStatus::Paid {
-        return Plan::Ignore(Failure::new(
-            "not_paid",
-            format!("payment_status is {}", session.payment_status().as_str_name()),
-        ));
-    }
+    let status = match target.map_or_else(|| completed_status(session), Ok) {
+        Ok(status) => status,
+        Err(failure) => return Plan::Fail(failure),
+    };
     match purchase_of(session) {
-        Ok(purchase) => Plan::RecordPurchase(purchase),
+        Ok(purchase) => Plan::Record(purchase, status),
         Err(failure) => Plan::Fail(failure),
     }
 }
 
-/// Carries out `plan` on `db`, normally a transaction.
-pub async fn apply(db: &impl ConnectionTrait, plan: Plan, now: DateTime<Utc>) -> Result<Outcome, DbErr> {
+fn completed_status(session: &CheckoutSession) -> Result<PurchaseStatus, Failure> {
+    match session.payment_status() {
+        PaymentStatus::Paid | PaymentStatus::NoPaymentRequired => Ok(PurchaseStatus::Paid),
+        PaymentStatus::Unpaid => Ok(PurchaseStatus::Pending),
+        PaymentStatus::Unspecified => {
+            Err(Failure::new("unknown_payment_status", "payment_status is missing or not one we know"))
+        }
+    }
+}
+
+fn mode_name(livemode: bool) -> &'static str {
+    if livemode { "live-mode" } else { "test-mode" }
+}
+
+/// Carries out `plan` inside the caller's transaction.
+pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> Result<Outcome, DbErr> {
     match plan {
-        Plan::RecordPurchase(purchase) => {
-            purchases::insert_if_absent(db, paid_purchase(purchase, now)).await?;
+        Plan::Record(purchase, status) => {
+            record(db, &purchase, status, now).await?;
             Ok(Outcome::Processed)
         }
+        Plan::Acknowledge => Ok(Outcome::Processed),
         Plan::Ignore(reason) => Ok(Outcome::Ignored { reason }),
         Plan::Fail(error) => Ok(Outcome::Failed { error }),
     }
 }
 
-fn paid_purchase(purchase: NewPurchase, now: DateTime<Utc>) -> course_purchase::ActiveModel {
-    course_purchase::ActiveModel {
-        id: NotSet,
-        user_id: Set(purchase.user_id),
-        course_id: Set(purchase.course_id),
-        stripe_checkout_session_id: Set(purchase.checkout_session_id),
-        stripe_payment_intent_id: Set(purchase.payment_intent_id),
-        amount_total: Set(purchase.amount_total),
-        currency: Set(purchase.currency),
-        status: Set(PurchaseStatus::Paid),
-        source: Set(PurchaseSource::Webhook),
-        created_at: Set(now),
-        updated_at: Set(now),
+/// Writes the purchase. When it is a second paid purchase of a course the
+/// user already owns, the database refuses it (a partial unique index allows
+/// one paid, unflagged purchase per user and course); it is then recorded
+/// with `needs_refund`, inside a savepoint so the transaction stays usable.
+async fn record(
+    db: &DatabaseTransaction,
+    purchase: &NewPurchase,
+    status: PurchaseStatus,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let savepoint = db.begin().await?;
+    match purchases::advance(&savepoint, purchase, status, false, now).await {
+        Ok(_) => savepoint.commit().await,
+        Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            savepoint.rollback().await?;
+            tracing::warn!(
+                user_id = %purchase.user_id,
+                course_id = %purchase.course_id,
+                session_id = %purchase.checkout_session_id,
+                "course paid twice; second payment recorded with needs_refund"
+            );
+            purchases::advance(db, purchase, status, true, now).await.map(drop)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -151,6 +214,9 @@ fn metadata_id(session: &CheckoutSession, key: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    const TEST_MODE: Policy = Policy { livemode: false };
+    const IDS: &[(&str, &str)] = &[("courseId", "42"), ("userId", "6f1c2a9e-1b7d-4c55-9d0e-3a2b1c4d5e6f")];
+
     fn event(event_type: &str, payment_status: PaymentStatus, metadata: &[(&str, &str)]) -> IncomingEvent {
         let mut session = CheckoutSession {
             id: "cs_test_1".into(),
@@ -172,14 +238,33 @@ mod tests {
         }
     }
 
+    fn status_of(plan: Plan) -> PurchaseStatus {
+        match plan {
+            Plan::Record(_, status) => status,
+            other => panic!("expected a purchase, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn paid_completed_session_with_ids_records_a_purchase() {
-        let plan = plan(&event(
-            "checkout.session.completed",
-            PaymentStatus::Paid,
-            &[("courseId", "42"), ("userId", "6f1c2a9e-1b7d-4c55-9d0e-3a2b1c4d5e6f")],
-        ));
-        let Plan::RecordPurchase(purchase) = plan else { panic!("{plan:?}") };
+    fn the_transition_table_holds() {
+        use PaymentStatus::*;
+        let cases = [
+            ("checkout.session.completed", Paid, PurchaseStatus::Paid),
+            ("checkout.session.completed", NoPaymentRequired, PurchaseStatus::Paid),
+            ("checkout.session.completed", Unpaid, PurchaseStatus::Pending),
+            ("checkout.session.async_payment_succeeded", Paid, PurchaseStatus::Paid),
+            ("checkout.session.async_payment_failed", Unpaid, PurchaseStatus::Failed),
+        ];
+        for (event_type, payment_status, expected) in cases {
+            let plan = plan(&event(event_type, payment_status, IDS), TEST_MODE);
+            assert_eq!(status_of(plan), expected, "{event_type} / {payment_status:?}");
+        }
+    }
+
+    #[test]
+    fn paid_completed_session_records_who_bought_what() {
+        let plan = plan(&event("checkout.session.completed", PaymentStatus::Paid, IDS), TEST_MODE);
+        let Plan::Record(purchase, _) = plan else { panic!("{plan:?}") };
         assert_eq!(purchase.course_id, "42");
         assert_eq!(purchase.user_id, "6f1c2a9e-1b7d-4c55-9d0e-3a2b1c4d5e6f");
         assert_eq!(purchase.checkout_session_id, "cs_test_1");
@@ -187,41 +272,61 @@ mod tests {
     }
 
     #[test]
+    fn statuses_only_move_up() {
+        assert!(PurchaseStatus::Pending.rank() < PurchaseStatus::Failed.rank());
+        assert!(PurchaseStatus::Failed.rank() < PurchaseStatus::Paid.rank());
+    }
+
+    #[test]
+    fn expired_session_is_acknowledged_without_a_purchase() {
+        let plan = plan(&event("checkout.session.expired", PaymentStatus::Unpaid, IDS), TEST_MODE);
+        assert_eq!(plan, Plan::Acknowledge);
+    }
+
+    #[test]
     fn missing_metadata_fails_naming_both_keys() {
-        let plan = plan(&event("checkout.session.completed", PaymentStatus::Paid, &[]));
+        let plan = plan(&event("checkout.session.completed", PaymentStatus::Paid, &[]), TEST_MODE);
         let Plan::Fail(failure) = plan else { panic!("{plan:?}") };
         assert_eq!(failure.code, "invalid_metadata");
         assert_eq!(failure.message, "metadata.courseId is missing; metadata.userId is missing");
     }
 
     #[test]
-    fn empty_or_malformed_ids_fail_naming_the_key() {
-        let plan = plan(&event(
-            "checkout.session.completed",
-            PaymentStatus::Paid,
-            &[("courseId", "  "), ("userId", "1; drop table")],
-        ));
+    fn partial_empty_or_malformed_ids_fail_naming_the_key() {
+        let metadata = [("courseId", "  "), ("userId", "1; drop table")];
+        let plan = plan(
+            &event("checkout.session.async_payment_failed", PaymentStatus::Unpaid, &metadata),
+            TEST_MODE,
+        );
         let Plan::Fail(failure) = plan else { panic!("{plan:?}") };
         assert_eq!(failure.message, "metadata.courseId is missing; metadata.userId is not a valid id");
+
+        let only_course = plan_of(&[("courseId", "42")]);
+        assert_eq!(only_course, Plan::Fail(Failure::new("invalid_metadata", "metadata.userId is missing")));
+    }
+
+    fn plan_of(metadata: &[(&str, &str)]) -> Plan {
+        plan(&event("checkout.session.completed", PaymentStatus::Paid, metadata), TEST_MODE)
     }
 
     #[test]
-    fn unpaid_completed_session_is_ignored() {
-        let plan = plan(&event(
-            "checkout.session.completed",
-            PaymentStatus::Unpaid,
-            &[("courseId", "1"), ("userId", "2")],
-        ));
-        assert!(matches!(plan, Plan::Ignore(Failure { code: "not_paid", .. })), "{plan:?}");
+    fn unknown_payment_status_fails_rather_than_guessing() {
+        let plan = plan(&event("checkout.session.completed", PaymentStatus::Unspecified, IDS), TEST_MODE);
+        assert!(matches!(plan, Plan::Fail(Failure { code: "unknown_payment_status", .. })), "{plan:?}");
     }
 
     #[test]
     fn other_event_types_are_ignored_even_with_course_metadata() {
-        let plan = plan(&event(
-            "payment_intent.succeeded",
-            PaymentStatus::Paid,
-            &[("courseId", "1"), ("userId", "2")],
-        ));
+        let plan = plan(&event("payment_intent.succeeded", PaymentStatus::Paid, IDS), TEST_MODE);
         assert!(matches!(plan, Plan::Ignore(Failure { code: "unhandled_event_type", .. })), "{plan:?}");
+    }
+
+    #[test]
+    fn events_of_the_other_mode_are_refused() {
+        let live = Policy { livemode: true };
+        let plan = plan(&event("checkout.session.completed", PaymentStatus::Paid, IDS), live);
+        let Plan::Fail(failure) = plan else { panic!("{plan:?}") };
+        assert_eq!(failure.code, "livemode_mismatch");
+        assert_eq!(failure.message, "a test-mode event reached a deployment that accepts live-mode events");
     }
 }

@@ -11,20 +11,19 @@ use tonic::{Request, Response, Status};
 
 use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
 use crate::error::Error;
+use crate::fulfilment::Policy;
 use crate::verify::{self, Lookup};
 use crate::webhook::{self, IncomingEvent, Outcome};
-
-/// Event types whose payload must carry a typed Checkout Session.
-const CHECKOUT_SESSION_EVENT_PREFIX: &str = "checkout.session.";
 
 #[derive(Debug, Clone)]
 pub struct PaymentsService {
     db: DatabaseConnection,
+    policy: Policy,
 }
 
 impl PaymentsService {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, policy: Policy) -> Self {
+        Self { db, policy }
     }
 }
 
@@ -34,15 +33,8 @@ impl Payments for PaymentsService {
         &self,
         request: Request<StripeEvent>,
     ) -> Result<Response<HandleStripeEventResponse>, Status> {
-        let event = incoming_event(request.into_inner())?;
-        let outcome = webhook::handle_event(&self.db, &event).await.map_err(Error::from)?;
-        tracing::info!(
-            event_id = %event.id,
-            event_type = %event.event_type,
-            session_id = event.session.as_ref().map(|s| s.id.as_str()),
-            outcome = outcome.as_str(),
-            "stripe event handled"
-        );
+        let event = IncomingEvent::try_from(request.into_inner())?;
+        let outcome = webhook::handle_event(&self.db, &event, self.policy).await.map_err(Error::from)?;
         Ok(Response::new(handle_response(outcome)))
     }
 
@@ -54,39 +46,6 @@ impl Payments for PaymentsService {
         let purchase = verify::find_purchase(&self.db, &lookup).await.map_err(Error::from)?;
         Ok(Response::new(verify_response(purchase)))
     }
-}
-
-fn incoming_event(event: StripeEvent) -> Result<IncomingEvent, Error> {
-    if event.id.is_empty() {
-        return Err(Error::invalid("id", "is empty"));
-    }
-    if event.r#type.is_empty() {
-        return Err(Error::invalid("type", "is empty"));
-    }
-    let payload = String::from_utf8(event.raw_payload.to_vec())
-        .map_err(|_| Error::invalid("raw_payload", "is not UTF-8"))?;
-    if payload.is_empty() {
-        return Err(Error::invalid("raw_payload", "is empty"));
-    }
-    let session = event.checkout_session().cloned();
-    if event.r#type.starts_with(CHECKOUT_SESSION_EVENT_PREFIX) {
-        match &session {
-            None => {
-                return Err(Error::invalid("checkout_session", "is required for checkout.session.* events"));
-            }
-            Some(s) if s.id.is_empty() => return Err(Error::invalid("checkout_session.id", "is empty")),
-            Some(_) => {}
-        }
-    }
-    Ok(IncomingEvent {
-        id: event.id,
-        event_type: event.r#type,
-        created: event.created,
-        livemode: event.livemode,
-        api_version: event.api_version,
-        session,
-        payload,
-    })
 }
 
 fn handle_response(outcome: Outcome) -> HandleStripeEventResponse {
@@ -132,6 +91,8 @@ fn verify_response(purchase: Option<course_purchase::Model>) -> VerifyPurchaseRe
 
 fn purchase_message(purchase: course_purchase::Model) -> pb::Purchase {
     let status = match purchase.status {
+        PurchaseStatus::Pending => pb::PurchaseStatus::Pending,
+        PurchaseStatus::Failed => pb::PurchaseStatus::Failed,
         PurchaseStatus::Paid => pb::PurchaseStatus::Paid,
     };
     let source = match purchase.source {

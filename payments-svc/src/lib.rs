@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod fulfilment;
 pub mod grpc;
+pub mod operator;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

@@ -1,10 +1,19 @@
 use clap::Parser;
-use payments_svc::{config::Settings, shutdown, startup::Application, telemetry};
+use payments_svc::config::{Cli, Command};
+use payments_svc::{operator, shutdown, startup::Application, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::parse();
-    telemetry::init(settings.log_format);
-    let app = Application::build(&settings).await?;
-    app.run_until_stopped(shutdown::signal()).await
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Command::Serve) => {
+            telemetry::init(cli.settings.log_format, telemetry::Output::Stdout);
+            let app = Application::build(&cli.settings).await?;
+            app.run_until_stopped(shutdown::signal()).await
+        }
+        Some(Command::Events(command)) => {
+            telemetry::init(cli.settings.log_format, telemetry::Output::Stderr);
+            operator::run(command, &cli.settings).await
+        }
+    }
 }

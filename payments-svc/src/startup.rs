@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::Settings;
 use crate::db;
+use crate::fulfilment::Policy;
 use crate::grpc::PaymentsService;
 
 /// A payments-svc with its database open and its port bound, ready to serve.
@@ -19,6 +20,7 @@ use crate::grpc::PaymentsService;
 pub struct Application {
     listener: TcpListener,
     db: DatabaseConnection,
+    policy: Policy,
 }
 
 impl Application {
@@ -35,7 +37,12 @@ impl Application {
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding PAYMENTS_GRPC_ADDR {}", settings.grpc_addr))?;
-        Ok(Self { listener, db })
+        tracing::info!(
+            livemode = settings.stripe_livemode,
+            "fulfilling {} events only",
+            if settings.stripe_livemode { "live-mode" } else { "test-mode" }
+        );
+        Ok(Self { listener, db, policy: settings.policy() })
     }
 
     /// The address actually bound.
@@ -53,7 +60,7 @@ impl Application {
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         Server::builder()
             .add_service(health_service)
-            .add_service(PaymentsServer::new(PaymentsService::new(self.db.clone())))
+            .add_service(PaymentsServer::new(PaymentsService::new(self.db.clone(), self.policy)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serving gRPC")?;

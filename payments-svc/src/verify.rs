@@ -14,14 +14,18 @@ pub enum Lookup {
 }
 
 /// The purchase that answers `lookup`, if any. For a user and course with
-/// several purchases, a paid one wins over the others.
+/// several purchases, the one granting access (paid, not a duplicate
+/// payment) wins, then the most advanced, then the latest.
 pub async fn find_purchase(db: &DatabaseConnection, lookup: &Lookup) -> Result<Option<Purchase>, DbErr> {
     match lookup {
         Lookup::CheckoutSession(session_id) => purchases::find_by_session(db, session_id).await,
         Lookup::UserCourse { user_id, course_id } => {
             let all = purchases::find_by_user_course(db, user_id, course_id).await?;
-            let paid = all.iter().position(|p| p.status == PurchaseStatus::Paid);
-            Ok(paid.or(all.len().checked_sub(1)).map(|i| all[i].clone()))
+            Ok(all.into_iter().max_by_key(|p| (grants_access(p), p.status.rank(), p.id)))
         }
     }
+}
+
+fn grants_access(purchase: &Purchase) -> bool {
+    purchase.status == PurchaseStatus::Paid && !purchase.needs_refund
 }

@@ -44,6 +44,16 @@ pub fn with_fresh_ids(body: &[u8], suffix: &str) -> anyhow::Result<Bytes> {
     Ok(Bytes::from(text))
 }
 
+/// A variant of a fixture with one piece of text changed, for events the
+/// fixture set does not have (the same session's payment failing, say).
+/// Fails unless `from` occurs exactly once, so a fixture change cannot make
+/// the variant silently wrong.
+pub fn replace_once(body: &[u8], from: &str, to: &str) -> anyhow::Result<Bytes> {
+    let text = std::str::from_utf8(body).context("fixture is not UTF-8")?;
+    anyhow::ensure!(text.matches(from).count() == 1, "{from:?} does not occur exactly once");
+    Ok(Bytes::from(text.replacen(from, to, 1)))
+}
+
 /// Seconds since the Unix epoch, as Stripe puts in `t=`.
 pub fn unix_now() -> i64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::NotSet, ConnectionTrait, DbErr, EntityTrait, Set};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
 
 use super::entities::stripe_webhook_event::{ActiveModel, Column, Entity, EventStatus, Model};
 use crate::webhook::IncomingEvent;
@@ -59,4 +62,32 @@ pub async fn settle(
         ..Default::default()
     };
     Entity::update(row).exec(db).await.map(drop)
+}
+
+pub async fn find(db: &impl ConnectionTrait, event_id: &str) -> Result<Option<Model>, DbErr> {
+    Entity::find().filter(Column::EventId.eq(event_id)).one(db).await
+}
+
+/// Which events [`list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<EventStatus>,
+    pub event_type: Option<String>,
+    pub received_since: Option<DateTime<Utc>>,
+    pub limit: Option<u64>,
+}
+
+/// Events matching `filter`, newest first.
+pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter) -> Result<Vec<Model>, DbErr> {
+    let mut query = Entity::find().order_by_desc(Column::ReceivedAt).order_by_desc(Column::Id);
+    if let Some(status) = filter.status {
+        query = query.filter(Column::Status.eq(status));
+    }
+    if let Some(event_type) = &filter.event_type {
+        query = query.filter(Column::EventType.eq(event_type.as_str()));
+    }
+    if let Some(since) = filter.received_since {
+        query = query.filter(Column::ReceivedAt.gte(since));
+    }
+    query.limit(filter.limit).all(db).await
 }

@@ -134,11 +134,19 @@ fn shutdown_channel() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send) 
     (tx, async move { drop(rx.await) })
 }
 
-async fn start_payments_svc(database_url: &str) -> Running {
+/// How a test's payments-svc is configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackOptions {
+    /// `STRIPE_LIVEMODE`: the fixtures are test-mode events.
+    pub livemode: bool,
+}
+
+async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: StackOptions) -> Running {
     let settings = payments_svc::config::Settings {
         database_url: database_url.to_owned(),
-        grpc_addr: "127.0.0.1:0".parse().expect("address"),
+        grpc_addr: addr,
         skip_migrations: false,
+        stripe_livemode: options.livemode,
         log_format: payments_svc::config::LogFormat::Text,
     };
     let app = payments_svc::startup::Application::build(&settings).await.expect("payments-svc starts");
@@ -173,6 +181,8 @@ pub fn secret() -> WebhookSecret {
 pub struct Stack {
     gateway: Running,
     payments: Option<Running>,
+    /// payments-svc's address, kept across restarts so the gateway finds it.
+    payments_addr: SocketAddr,
     /// The test's own connection, for arranging and asserting.
     pub db: DatabaseConnection,
     pub http: HttpClient,
@@ -181,11 +191,24 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(test_db: TestDb) -> Self {
+        Self::start_with(test_db, StackOptions::default()).await
+    }
+
+    pub async fn start_with(test_db: TestDb, options: StackOptions) -> Self {
         init_test_logging();
-        let payments = start_payments_svc(&test_db.url).await;
-        let gateway = start_gateway(format!("http://{}", payments.addr)).await;
+        let ephemeral = "127.0.0.1:0".parse().expect("address");
+        let payments = start_payments_svc(&test_db.url, ephemeral, options).await;
+        let payments_addr = payments.addr;
+        let gateway = start_gateway(format!("http://{payments_addr}")).await;
         let db = Database::connect(&test_db.url).await.expect("test connection");
-        Self { gateway, payments: Some(payments), db, http: HttpClient::default(), _test_db: test_db }
+        Self {
+            gateway,
+            payments: Some(payments),
+            payments_addr,
+            db,
+            http: HttpClient::default(),
+            _test_db: test_db,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -193,7 +216,7 @@ impl Stack {
     }
 
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.payments.as_ref().expect("payments-svc running").addr)
+        format!("http://{}", self.payments_addr)
     }
 
     pub async fn grpc(&self) -> PaymentsClient<tonic::transport::Channel> {
@@ -205,6 +228,29 @@ impl Stack {
         if let Some(payments) = self.payments.take() {
             payments.stop().await;
         }
+    }
+
+    /// Stops payments-svc and starts it again, on the same address and
+    /// database, with `options`.
+    pub async fn restart_payments_svc(&mut self, options: StackOptions) {
+        self.stop_payments_svc().await;
+        self.payments = Some(start_payments_svc(&self._test_db.url, self.payments_addr, options).await);
+    }
+
+    /// Posts every body at once, each on its own connection and task, and
+    /// returns the answers in order.
+    pub async fn deliver_concurrently(&self, bodies: &[Bytes]) -> Vec<HttpAnswer> {
+        let mut deliveries = tokio::task::JoinSet::new();
+        for (index, body) in bodies.iter().enumerate() {
+            let (http, url, body) = (self.http.clone(), self.url("/api/payments/webhook"), body.clone());
+            let signature = signature_now(&secret(), &body);
+            deliveries.spawn(async move {
+                (index, http.post_webhook(&url, body, Some(&signature)).await.expect("HTTP round trip"))
+            });
+        }
+        let mut answers = deliveries.join_all().await;
+        answers.sort_by_key(|(index, _)| *index);
+        answers.into_iter().map(|(_, answer)| answer).collect()
     }
 
     /// Posts `body` signed now with the test secret.

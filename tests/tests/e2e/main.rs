@@ -2,5 +2,6 @@
 //! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
 
 mod helpers;
+mod lifecycle;
 mod verify;
 mod webhook;

@@ -74,17 +74,7 @@ async fn redelivered_event_is_a_duplicate_and_counts_the_delivery(db: TestDb) {
 on_both_databases!(twenty_concurrent_deliveries_of_one_event_record_one_purchase);
 async fn twenty_concurrent_deliveries_of_one_event_record_one_purchase(db: TestDb) {
     let stack = Stack::start(db).await;
-    let body = paid_event();
-    let mut deliveries = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let (http, url, body) = (stack.http.clone(), stack.url("/api/payments/webhook"), body.clone());
-        let signature = signature_now(&secret(), &body);
-        deliveries.spawn(async move {
-            http.post_webhook(&url, body, Some(&signature)).await.expect("HTTP round trip")
-        });
-    }
-
-    let answers = deliveries.join_all().await;
+    let answers = stack.deliver_concurrently(&vec![paid_event(); 20]).await;
 
     for answer in &answers {
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);

@@ -18,16 +18,42 @@ pub struct Model {
     pub currency: Option<String>,
     pub status: PurchaseStatus,
     pub source: PurchaseSource,
+    /// A second payment for a course the user already owned through another
+    /// session: recorded so the money is accounted for, flagged for refund,
+    /// and granting nothing more.
+    pub needs_refund: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
 
+/// Where a purchase stands. It only ever moves up in [`PurchaseStatus::rank`]:
+/// a late or replayed event never takes access away or revives a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum PurchaseStatus {
-    /// Paid (or free): the user has access.
+    /// Checkout completed with a delayed payment method (bank debit) that
+    /// has not cleared yet: no access.
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// The delayed payment failed: no access.
+    #[sea_orm(string_value = "failed")]
+    Failed,
+    /// Paid, or free with a 100% discount: the user has access.
     #[sea_orm(string_value = "paid")]
     Paid,
+}
+
+impl PurchaseStatus {
+    /// The order statuses may move in. Failed outranks pending (the debit
+    /// was tried and bounced); paid outranks both, since money received is
+    /// never ignored.
+    pub fn rank(self) -> i32 {
+        match self {
+            Self::Pending => 1,
+            Self::Failed => 2,
+            Self::Paid => 3,
+        }
+    }
 }
 
 /// Which path first recorded the purchase.

@@ -1,0 +1,235 @@
+//! `payments-svc events ...`: what an operator needs to see and repair
+//! events that were not applied. Works on SQLite and PostgreSQL alike.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use sea_orm::DatabaseConnection;
+
+use crate::config::{EventsCommand, Settings, StatusFilter};
+use crate::db::entities::course_purchase;
+use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
+use crate::db::events::{self, ListFilter};
+use crate::db::{self, purchases};
+use crate::fulfilment::Policy;
+use crate::webhook;
+
+/// Runs one operator command and prints its result to stdout.
+pub async fn run(command: EventsCommand, settings: &Settings) -> anyhow::Result<()> {
+    let db = db::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
+    let output = match command {
+        EventsCommand::List { status, event_type, since, limit } => {
+            let filter = ListFilter {
+                status: status.map(event_status),
+                event_type,
+                received_since: since.as_deref().map(parse_since).transpose()?,
+                limit: Some(limit),
+            };
+            list_table(&events::list(&db, &filter).await?)
+        }
+        EventsCommand::Show { event_id } => {
+            let event =
+                events::find(&db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
+            show(&event)
+        }
+        EventsCommand::Replay { event_id: Some(event_id), .. } => {
+            let event =
+                events::find(&db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
+            replay_all(&db, settings.policy(), vec![event]).await?
+        }
+        EventsCommand::Replay { event_id: None, .. } => {
+            let filter = ListFilter { status: Some(EventStatus::Failed), ..Default::default() };
+            let mut failed = events::list(&db, &filter).await?;
+            failed.reverse();
+            replay_all(&db, settings.policy(), failed).await?
+        }
+    };
+    print!("{output}");
+    db.close().await?;
+    Ok(())
+}
+
+fn event_status(filter: StatusFilter) -> EventStatus {
+    match filter {
+        StatusFilter::Processed => EventStatus::Processed,
+        StatusFilter::Ignored => EventStatus::Ignored,
+        StatusFilter::Failed => EventStatus::Failed,
+    }
+}
+
+/// `30m`, `24h`, `7d`, `2w` back from now, or an RFC 3339 time.
+fn parse_since(value: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(value) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let amount: i64 = number
+        .parse()
+        .with_context(|| format!("--since {value:?}: expected e.g. 24h or an RFC 3339 time"))?;
+    let back = match unit {
+        "s" => Duration::try_seconds(amount),
+        "m" => Duration::try_minutes(amount),
+        "h" => Duration::try_hours(amount),
+        "d" => Duration::try_days(amount),
+        "w" => Duration::try_weeks(amount),
+        _ => bail!("--since {value:?}: the unit must be s, m, h, d or w"),
+    };
+    back.and_then(|back| Utc::now().checked_sub_signed(back))
+        .with_context(|| format!("--since {value:?} is too far back"))
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn status_name(status: EventStatus) -> &'static str {
+    match status {
+        EventStatus::Received => "received",
+        EventStatus::Processed => "processed",
+        EventStatus::Ignored => "ignored",
+        EventStatus::Failed => "failed",
+    }
+}
+
+/// The `message` of an event's stored error, if any.
+fn error_message(event: &Event) -> String {
+    event.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or_default().to_owned()
+}
+
+fn list_table(events: &[Event]) -> String {
+    let rows: Vec<[String; 6]> = events
+        .iter()
+        .map(|e| {
+            [
+                time(e.received_at),
+                e.event_id.clone(),
+                e.event_type.clone(),
+                status_name(e.status).to_owned(),
+                e.delivery_count.to_string(),
+                error_message(e),
+            ]
+        })
+        .collect();
+    let header = ["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "ERROR"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> =
+            row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    let _ = writeln!(out, "({} events)", rows.len());
+    out
+}
+
+fn show(event: &Event) -> String {
+    let optional_time = |at: Option<DateTime<Utc>>| at.map(time).unwrap_or_else(|| "-".into());
+    let created = DateTime::from_timestamp(event.stripe_created_at, 0).map(time).unwrap_or_default();
+    let error = event.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    let _ = writeln!(out, "event:          {}", event.event_id);
+    let _ = writeln!(out, "type:           {}", event.event_type);
+    let _ = writeln!(out, "status:         {}", status_name(event.status));
+    let _ = writeln!(out, "error:          {error}");
+    let _ = writeln!(out, "session:        {}", event.checkout_session_id.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "livemode:       {}", event.livemode);
+    let _ = writeln!(out, "api version:    {}", event.api_version.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "deliveries:     {}", event.delivery_count);
+    let _ = writeln!(out, "created:        {created}");
+    let _ = writeln!(out, "first received: {}", time(event.received_at));
+    let _ = writeln!(out, "last received:  {}", time(event.last_received_at));
+    let _ = writeln!(out, "settled:        {}", optional_time(event.processed_at));
+    let _ = writeln!(out, "payload:\n{}", event.payload);
+    out
+}
+
+async fn replay_all(db: &DatabaseConnection, policy: Policy, stored: Vec<Event>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut still_failed = 0;
+    for event in &stored {
+        let purchase_before = purchase_of(db, event).await?;
+        let replay = webhook::replay(db, event, policy)
+            .await
+            .with_context(|| format!("replaying {}", event.event_id))?;
+        let purchase_after = purchase_of(db, event).await?;
+        still_failed += usize::from(replay.after == EventStatus::Failed);
+
+        let _ = write!(
+            out,
+            "{}: {} -> {}",
+            replay.event_id,
+            status_name(replay.before),
+            status_name(replay.after)
+        );
+        if let Some(session) = &event.checkout_session_id {
+            let (before, after) = (purchase_state(&purchase_before), purchase_state(&purchase_after));
+            let change =
+                if before == after { format!("unchanged, {after}") } else { format!("{before} -> {after}") };
+            let _ = write!(out, "; purchase {session}: {change}");
+        }
+        let error = if replay.after == EventStatus::Failed {
+            error_message_of(&replay.outcome)
+        } else {
+            String::new()
+        };
+        if !error.is_empty() {
+            let _ = write!(out, "; {error}");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "replayed {} events; {} still failed", stored.len(), still_failed);
+    Ok(out)
+}
+
+async fn purchase_of(
+    db: &DatabaseConnection,
+    event: &Event,
+) -> anyhow::Result<Option<course_purchase::Model>> {
+    match &event.checkout_session_id {
+        Some(session) => Ok(purchases::find_by_session(db, session).await?),
+        None => Ok(None),
+    }
+}
+
+fn purchase_state(purchase: &Option<course_purchase::Model>) -> String {
+    match purchase {
+        None => "none".into(),
+        Some(p) => {
+            let status = match p.status {
+                course_purchase::PurchaseStatus::Pending => "pending",
+                course_purchase::PurchaseStatus::Failed => "failed",
+                course_purchase::PurchaseStatus::Paid => "paid",
+            };
+            if p.needs_refund { format!("{status} (needs refund)") } else { status.to_owned() }
+        }
+    }
+}
+
+fn error_message_of(outcome: &webhook::Outcome) -> String {
+    match outcome {
+        webhook::Outcome::Failed { error } => error.message.clone(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_rfc3339() {
+        let hour_ago = parse_since("1h").expect("duration");
+        assert!((Utc::now() - hour_ago - Duration::hours(1)).num_seconds().abs() < 5);
+        let fixed = parse_since("2026-01-02T03:04:05Z").expect("time");
+        assert_eq!(time(fixed), "2026-01-02T03:04:05Z");
+        for bad in ["", "h", "5y", "yesterday", "99999999999999d"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
+}
