@@ -3,5 +3,7 @@
 
 mod helpers;
 mod lifecycle;
+mod operations;
+mod processes;
 mod verify;
 mod webhook;

@@ -1,0 +1,135 @@
+//! What operators rely on, through the real binaries: one structured log
+//! line per webhook, a distinct warning per reason an event is not applied,
+//! and the `payments-svc events` commands to see and replay failures.
+
+use e2e::{fixture, unix_now};
+use hyper::StatusCode;
+use webhook_gateway::signature::{WebhookSecret, sign};
+
+use crate::helpers::{TEST_SECRET, TestDb, on_both_databases};
+use crate::processes::{ProcessStack, payments_cli};
+
+const PAID: &str = "checkout_session_completed_paid.json";
+const NO_METADATA: &str = "checkout_session_completed_no_metadata.json";
+
+fn event_id_of(body: &[u8]) -> String {
+    let event: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    event["id"].as_str().expect("id").to_owned()
+}
+
+on_both_databases!(each_webhook_logs_one_structured_line_and_each_refusal_a_distinct_warning);
+async fn each_webhook_logs_one_structured_line_and_each_refusal_a_distinct_warning(db: TestDb) {
+    let mut stack = ProcessStack::start(&db.url, false);
+    let paid = fixture(PAID).expect("fixture");
+    let other_secret = WebhookSecret::new("whsec_not_ours").expect("secret");
+
+    stack.deliver(&paid).await;
+    stack.deliver_with(paid.clone(), Some(&sign(&other_secret, unix_now(), &paid))).await;
+    stack.deliver_with(paid.clone(), Some(&sign(&other_secret, unix_now() - 3600, &paid))).await;
+    stack.deliver_with(paid.clone(), None).await;
+    let charge = fixture("charge_succeeded.json").expect("fixture");
+    stack.deliver(&charge).await;
+    let no_metadata = fixture(NO_METADATA).expect("fixture");
+    stack.deliver(&no_metadata).await;
+
+    let paid_id = event_id_of(&paid);
+    let handled = stack.gateway.wait_for_log("webhook handled", |l| l["event_id"] == paid_id.as_str());
+    assert_eq!(handled["event_type"], "checkout.session.completed");
+    assert!(handled["session_id"].as_str().is_some_and(|s| s.starts_with("cs_test_")), "{handled}");
+    assert_eq!(handled["outcome"], "processed");
+    assert!(handled["latency_ms"].as_f64().is_some(), "{handled}");
+
+    for reason in ["signature_mismatch", "stale_timestamp", "missing_signature"] {
+        let warning = stack.gateway.wait_for_log("webhook signature rejected", |l| l["reason"] == reason);
+        assert_eq!(warning["level"], "WARN", "{warning}");
+    }
+
+    let charge_id = event_id_of(&charge);
+    let unhandled = stack
+        .payments
+        .wait_for_log("unhandled event type; recorded as ignored", |l| l["event_id"] == charge_id.as_str());
+    assert_eq!(unhandled["level"], "WARN");
+    assert_eq!(unhandled["event_type"], "charge.succeeded");
+
+    let no_metadata_id = event_id_of(&no_metadata);
+    let invalid = stack.payments.wait_for_log("checkout session metadata invalid; recorded as failed", |l| {
+        l["event_id"] == no_metadata_id.as_str()
+    });
+    assert_eq!(invalid["level"], "WARN");
+    assert_eq!(invalid["problem"], "metadata.courseId is missing; metadata.userId is missing");
+    assert!(invalid["session_id"].as_str().is_some_and(|s| s.starts_with("cs_")), "{invalid}");
+
+    let everything = format!("{}\n{}", stack.gateway.all_logs(), stack.payments.all_logs());
+    assert!(!everything.contains(TEST_SECRET), "the signing secret never appears in logs");
+    assert!(!everything.contains("whsec_not_ours"));
+}
+
+on_both_databases!(operators_list_show_and_replay_failed_events);
+async fn operators_list_show_and_replay_failed_events(db: TestDb) {
+    let stack = ProcessStack::start(&db.url, false);
+    let paid = fixture(PAID).expect("fixture");
+    let no_metadata = fixture(NO_METADATA).expect("fixture");
+    assert_eq!(stack.deliver(&paid).await.status, StatusCode::OK);
+    assert_eq!(stack.deliver(&no_metadata).await.json()["outcome"], "failed");
+    let (paid_id, failed_id) = (event_id_of(&paid), event_id_of(&no_metadata));
+    let cli = |args: &[&str]| {
+        let output = payments_cli(&stack.database_url, &[], args);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+
+    let failed_list = cli(&["events", "list", "--status", "failed"]);
+    assert!(failed_list.contains(&failed_id) && !failed_list.contains(&paid_id), "{failed_list}");
+    assert!(failed_list.contains("metadata.courseId is missing"), "{failed_list}");
+    assert!(failed_list.contains("(1 events)"), "{failed_list}");
+    let all = cli(&["events", "list", "--type", "checkout.session.completed", "--since", "1h"]);
+    assert!(all.contains(&failed_id) && all.contains(&paid_id), "{all}");
+
+    let shown = cli(&["events", "show", &failed_id]);
+    assert!(shown.contains("status:         failed"), "{shown}");
+    assert!(shown.contains(r#""code":"invalid_metadata""#), "{shown}");
+    assert!(shown.contains("deliveries:     1"), "{shown}");
+    assert!(
+        shown.contains(std::str::from_utf8(&no_metadata).expect("UTF-8")),
+        "the stored payload, byte for byte"
+    );
+
+    let replayed_failure = cli(&["events", "replay", &failed_id]);
+    assert!(replayed_failure.contains(&format!("{failed_id}: failed -> failed")), "{replayed_failure}");
+    assert!(replayed_failure.contains("purchase cs_test_"), "{replayed_failure}");
+    assert!(replayed_failure.contains("unchanged, none"), "{replayed_failure}");
+    assert!(
+        replayed_failure.contains("metadata.courseId is missing; metadata.userId is missing"),
+        "{replayed_failure}"
+    );
+
+    let replayed_processed = cli(&["events", "replay", &paid_id]);
+    assert!(
+        replayed_processed.contains(&format!("{paid_id}: processed -> processed")),
+        "{replayed_processed}"
+    );
+    assert!(replayed_processed.contains("unchanged, paid"), "{replayed_processed}");
+
+    let missing = payments_cli(&stack.database_url, &[], &["events", "show", "evt_does_not_exist"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no event evt_does_not_exist"));
+}
+
+on_both_databases!(replaying_failed_events_after_fixing_the_setting_records_the_purchases);
+async fn replaying_failed_events_after_fixing_the_setting_records_the_purchases(db: TestDb) {
+    let live_stack = ProcessStack::start(&db.url, true);
+    let paid = fixture(PAID).expect("fixture");
+    assert_eq!(live_stack.deliver(&paid).await.json()["outcome"], "failed");
+    drop(live_stack);
+
+    let output = payments_cli(&db.url, &[("STRIPE_LIVEMODE", "false")], &["events", "replay", "--failed"]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("{}: failed -> processed", event_id_of(&paid))), "{stdout}");
+    assert!(stdout.contains("none -> paid"), "{stdout}");
+    assert!(stdout.contains("replayed 1 events; 0 still failed"), "{stdout}");
+
+    let again = payments_cli(&db.url, &[("STRIPE_LIVEMODE", "false")], &["events", "replay", "--failed"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0 events"), "idempotent");
+}
