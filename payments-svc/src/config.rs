@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::fulfilment::Policy;
+use crate::stripe_api::{SecretKey, StripeApi};
 
 /// The gRPC service that owns purchases and applies Stripe events. Without a
 /// subcommand it serves; `events` inspects and replays stored events.
@@ -26,6 +28,18 @@ pub enum Command {
     /// Inspect and replay stored Stripe events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Apply every checkout.session.* event Stripe sent in a recent window
+    /// that is not processed here yet: recovers webhooks lost in an outage.
+    /// Needs STRIPE_SECRET_KEY.
+    Reconcile {
+        /// How far back: `30m`, `24h`, `7d` (Stripe keeps events for 30
+        /// days), or an RFC 3339 time.
+        #[arg(long)]
+        since: String,
+        /// Events per page requested from Stripe (1 to 100).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
+        page_size: u8,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +115,24 @@ pub struct Settings {
     #[arg(long, env = "STRIPE_LIVEMODE", default_value_t = false, action = ArgAction::Set, global = true)]
     pub stripe_livemode: bool,
 
+    /// Stripe secret API key (`sk_...`, or a restricted `rk_...` key that can
+    /// read Checkout Sessions and events). Optional: with it, verify asks
+    /// Stripe about sessions not yet recorded as paid and fulfils them, and
+    /// `reconcile` works; without it, verify answers from the database only.
+    /// Its mode must match STRIPE_LIVEMODE.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
+    pub stripe_secret_key: Option<String>,
+
+    /// Stripe's API base URL; tests point it at a local server.
+    #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com", global = true)]
+    pub stripe_api_base: String,
+
+    /// Time budget of one Stripe call, retries included, in milliseconds.
+    /// Keep it below the gateway's PAYMENTS_SVC_TIMEOUT_MS, so that a slow
+    /// Stripe gives the buyer an unconfirmed answer rather than an error.
+    #[arg(long, env = "STRIPE_API_TIMEOUT_MS", default_value_t = 3_000, global = true)]
+    pub stripe_api_timeout_ms: u64,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -109,6 +141,26 @@ pub struct Settings {
 impl Settings {
     pub fn policy(&self) -> Policy {
         Policy { livemode: self.stripe_livemode }
+    }
+
+    /// The Stripe client, when a key is configured. Refuses a key that is
+    /// not shaped like one, or whose mode contradicts STRIPE_LIVEMODE.
+    pub fn stripe_api(&self) -> anyhow::Result<Option<StripeApi>> {
+        let Some(key) = self.stripe_secret_key.as_deref().filter(|k| !k.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let key =
+            SecretKey::new(key.trim()).map_err(|reason| anyhow::anyhow!("STRIPE_SECRET_KEY: {reason}"))?;
+        if key.is_live() != self.stripe_livemode {
+            anyhow::bail!(
+                "STRIPE_SECRET_KEY is a {} key but STRIPE_LIVEMODE is {}",
+                if key.is_live() { "live-mode" } else { "test-mode" },
+                self.stripe_livemode
+            );
+        }
+        anyhow::ensure!(self.stripe_api_timeout_ms > 0, "STRIPE_API_TIMEOUT_MS must be above 0");
+        let budget = Duration::from_millis(self.stripe_api_timeout_ms);
+        StripeApi::new(&self.stripe_api_base, &key, budget).map(Some)
     }
 }
 
@@ -129,6 +181,9 @@ impl fmt::Debug for Settings {
             .field("grpc_addr", &self.grpc_addr)
             .field("skip_migrations", &self.skip_migrations)
             .field("stripe_livemode", &self.stripe_livemode)
+            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "[redacted]"))
+            .field("stripe_api_base", &self.stripe_api_base)
+            .field("stripe_api_timeout_ms", &self.stripe_api_timeout_ms)
             .field("log_format", &self.log_format)
             .finish()
     }

@@ -24,7 +24,7 @@ use payments_proto::v1::{CheckoutSession, PaymentStatus};
 use sea_orm::{DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
 use serde::Serialize;
 
-use crate::db::entities::course_purchase::PurchaseStatus;
+use crate::db::entities::course_purchase::{PurchaseSource, PurchaseStatus};
 use crate::db::purchases;
 use crate::webhook::{IncomingEvent, Outcome};
 
@@ -62,9 +62,12 @@ impl Failure {
     }
 }
 
-/// A purchase to record, decided from a verified event.
+/// A purchase to record, decided from a verified event or a session
+/// fetched from Stripe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPurchase {
+    /// Which path records it, if it is the first.
+    pub source: PurchaseSource,
     pub user_id: String,
     pub course_id: String,
     pub checkout_session_id: String,
@@ -87,15 +90,8 @@ pub enum Plan {
 /// Decides what `event` means under `policy`. Pure, so the table above is
 /// unit-tested.
 pub fn plan(event: &IncomingEvent, policy: Policy) -> Plan {
-    if event.livemode != policy.livemode {
-        return Plan::Fail(Failure::new(
-            "livemode_mismatch",
-            format!(
-                "a {} event reached a deployment that accepts {} events",
-                mode_name(event.livemode),
-                mode_name(policy.livemode)
-            ),
-        ));
+    if let Err(failure) = check_livemode(event.livemode, policy) {
+        return Plan::Fail(failure);
     }
     let target = match event.event_type.as_str() {
         "checkout.session.completed" => None,
@@ -109,17 +105,43 @@ pub fn plan(event: &IncomingEvent, policy: Policy) -> Plan {
             ));
         }
     };
-    let Some(session) = &event.session else {
-        return Plan::Fail(Failure::new("missing_session", "the event carries no checkout session"));
-    };
+    match &event.session {
+        Some(session) => plan_session(session, target, PurchaseSource::Webhook),
+        None => Plan::Fail(Failure::new("missing_session", "the event carries no checkout session")),
+    }
+}
+
+/// What a completed session means: recorded at `target`, or, when `None`,
+/// at the status its `payment_status` implies (as for
+/// `checkout.session.completed`).
+pub fn plan_session(
+    session: &CheckoutSession,
+    target: Option<PurchaseStatus>,
+    source: PurchaseSource,
+) -> Plan {
     let status = match target.map_or_else(|| completed_status(session), Ok) {
         Ok(status) => status,
         Err(failure) => return Plan::Fail(failure),
     };
-    match purchase_of(session) {
+    match purchase_of(session, source) {
         Ok(purchase) => Plan::Record(purchase, status),
         Err(failure) => Plan::Fail(failure),
     }
+}
+
+/// Refuses objects of the other Stripe mode than the deployment's.
+pub fn check_livemode(livemode: bool, policy: Policy) -> Result<(), Failure> {
+    if livemode == policy.livemode {
+        return Ok(());
+    }
+    Err(Failure::new(
+        "livemode_mismatch",
+        format!(
+            "a {} event reached a deployment that accepts {} events",
+            mode_name(livemode),
+            mode_name(policy.livemode)
+        ),
+    ))
 }
 
 fn completed_status(session: &CheckoutSession) -> Result<PurchaseStatus, Failure> {
@@ -136,7 +158,8 @@ fn mode_name(livemode: bool) -> &'static str {
     if livemode { "live-mode" } else { "test-mode" }
 }
 
-/// Carries out `plan` inside the caller's transaction.
+/// Carries out `plan` inside the caller's transaction. The webhook path,
+/// the verify path and replays all write purchases through here.
 pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> Result<Outcome, DbErr> {
     match plan {
         Plan::Record(purchase, status) => {
@@ -178,11 +201,12 @@ async fn record(
 
 /// Reads who bought what from the session's metadata, naming every missing
 /// or invalid key at once.
-fn purchase_of(session: &CheckoutSession) -> Result<NewPurchase, Failure> {
+fn purchase_of(session: &CheckoutSession, source: PurchaseSource) -> Result<NewPurchase, Failure> {
     let course_id = metadata_id(session, COURSE_ID_KEY);
     let user_id = metadata_id(session, USER_ID_KEY);
     match (course_id, user_id) {
         (Ok(course_id), Ok(user_id)) => Ok(NewPurchase {
+            source,
             user_id,
             course_id,
             checkout_session_id: session.id.clone(),

@@ -12,18 +12,24 @@ use tonic::{Request, Response, Status};
 use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
 use crate::error::Error;
 use crate::fulfilment::Policy;
-use crate::verify::{self, Lookup};
+use crate::stripe_api::StripeApi;
+use crate::verify::{self, Lookup, Verdict, Verification};
 use crate::webhook::{self, IncomingEvent, Outcome};
+
+/// Longest Stripe id accepted (Stripe's ids are at most 255 characters).
+const MAX_SESSION_ID_LEN: usize = 255;
 
 #[derive(Debug, Clone)]
 pub struct PaymentsService {
     db: DatabaseConnection,
     policy: Policy,
+    /// Stripe's API, for verify; `None` answers from the database only.
+    stripe: Option<StripeApi>,
 }
 
 impl PaymentsService {
-    pub fn new(db: DatabaseConnection, policy: Policy) -> Self {
-        Self { db, policy }
+    pub fn new(db: DatabaseConnection, policy: Policy, stripe: Option<StripeApi>) -> Self {
+        Self { db, policy, stripe }
     }
 }
 
@@ -43,8 +49,10 @@ impl Payments for PaymentsService {
         request: Request<VerifyPurchaseRequest>,
     ) -> Result<Response<VerifyPurchaseResponse>, Status> {
         let lookup = lookup(request.into_inner())?;
-        let purchase = verify::find_purchase(&self.db, &lookup).await.map_err(Error::from)?;
-        Ok(Response::new(verify_response(purchase)))
+        let verification = verify::verify(&self.db, self.stripe.as_ref(), self.policy, &lookup)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(verify_response(verification)))
     }
 }
 
@@ -60,12 +68,13 @@ fn handle_response(outcome: Outcome) -> HandleStripeEventResponse {
 
 fn lookup(request: VerifyPurchaseRequest) -> Result<Lookup, Error> {
     match request.lookup {
-        Some(verify_purchase_request::Lookup::CheckoutSessionId(id)) if !id.is_empty() => {
+        Some(verify_purchase_request::Lookup::CheckoutSessionId(id)) if is_checkout_session_id(&id) => {
             Ok(Lookup::CheckoutSession(id))
         }
-        Some(verify_purchase_request::Lookup::CheckoutSessionId(_)) => {
-            Err(Error::invalid("checkout_session_id", "is empty"))
-        }
+        Some(verify_purchase_request::Lookup::CheckoutSessionId(_)) => Err(Error::invalid(
+            "checkout_session_id",
+            "is not a Checkout Session id (cs_ and letters, digits, _)",
+        )),
         Some(verify_purchase_request::Lookup::UserCourse(uc)) if uc.user_id.is_empty() => {
             Err(Error::invalid("user_course.user_id", "is empty"))
         }
@@ -79,14 +88,26 @@ fn lookup(request: VerifyPurchaseRequest) -> Result<Lookup, Error> {
     }
 }
 
-fn verify_response(purchase: Option<course_purchase::Model>) -> VerifyPurchaseResponse {
-    match purchase {
-        None => VerifyPurchaseResponse { status: pb::PurchaseStatus::NotFound.into(), purchase: None },
-        Some(purchase) => {
+/// `cs_` then letters, digits and `_`: what Stripe issues, and safe to put
+/// in a Stripe API path.
+fn is_checkout_session_id(id: &str) -> bool {
+    id.len() > "cs_".len()
+        && id.len() <= MAX_SESSION_ID_LEN
+        && id.starts_with("cs_")
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn verify_response(verification: Verification) -> VerifyPurchaseResponse {
+    let (status, purchase) = match verification.verdict {
+        Verdict::Recorded(purchase) => {
             let purchase = purchase_message(purchase);
-            VerifyPurchaseResponse { status: purchase.status, purchase: Some(purchase) }
+            (purchase.status(), Some(purchase))
         }
-    }
+        Verdict::Pending => (pb::PurchaseStatus::Pending, None),
+        Verdict::Expired => (pb::PurchaseStatus::Expired, None),
+        Verdict::NotFound => (pb::PurchaseStatus::NotFound, None),
+    };
+    VerifyPurchaseResponse { status: status.into(), purchase, unconfirmed: verification.unconfirmed }
 }
 
 fn purchase_message(purchase: course_purchase::Model) -> pb::Purchase {
@@ -97,6 +118,7 @@ fn purchase_message(purchase: course_purchase::Model) -> pb::Purchase {
     };
     let source = match purchase.source {
         PurchaseSource::Webhook => pb::PurchaseSource::Webhook,
+        PurchaseSource::Verify => pb::PurchaseSource::Verify,
     };
     pb::Purchase {
         user_id: purchase.user_id,

@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(&cli.settings).await?;
             app.run_until_stopped(shutdown::signal()).await
         }
-        Some(Command::Events(command)) => {
+        Some(command) => {
             telemetry::init(cli.settings.log_format, telemetry::Output::Stderr);
             operator::run(command, &cli.settings).await
         }

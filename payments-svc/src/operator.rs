@@ -7,18 +7,41 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use sea_orm::DatabaseConnection;
 
-use crate::config::{EventsCommand, Settings, StatusFilter};
+use crate::config::{Command, EventsCommand, Settings, StatusFilter};
 use crate::db::entities::course_purchase;
 use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
 use crate::db::{self, purchases};
 use crate::fulfilment::Policy;
-use crate::webhook;
+use crate::{reconcile, webhook};
 
 /// Runs one operator command and prints its result to stdout.
-pub async fn run(command: EventsCommand, settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let db = db::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
     let output = match command {
+        Command::Serve => bail!("serve is not an operator command"),
+        Command::Events(command) => events_command(&db, command, settings).await?,
+        Command::Reconcile { since, page_size } => {
+            let stripe = settings.stripe_api()?.context("reconcile needs STRIPE_SECRET_KEY")?;
+            let since = parse_since(&since)?;
+            let summary = reconcile::sweep(&db, &stripe, settings.policy(), since, page_size).await?;
+            format!(
+                "seen {}, already processed {}, newly applied {}, failed {}\n",
+                summary.seen, summary.already_processed, summary.newly_applied, summary.failed
+            )
+        }
+    };
+    print!("{output}");
+    db.close().await?;
+    Ok(())
+}
+
+async fn events_command(
+    db: &DatabaseConnection,
+    command: EventsCommand,
+    settings: &Settings,
+) -> anyhow::Result<String> {
+    Ok(match command {
         EventsCommand::List { status, event_type, since, limit } => {
             let filter = ListFilter {
                 status: status.map(event_status),
@@ -26,28 +49,23 @@ pub async fn run(command: EventsCommand, settings: &Settings) -> anyhow::Result<
                 received_since: since.as_deref().map(parse_since).transpose()?,
                 limit: Some(limit),
             };
-            list_table(&events::list(&db, &filter).await?)
+            list_table(&events::list(db, &filter).await?)
         }
         EventsCommand::Show { event_id } => {
-            let event =
-                events::find(&db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
+            let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
             show(&event)
         }
         EventsCommand::Replay { event_id: Some(event_id), .. } => {
-            let event =
-                events::find(&db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
-            replay_all(&db, settings.policy(), vec![event]).await?
+            let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
+            replay_all(db, settings.policy(), vec![event]).await?
         }
         EventsCommand::Replay { event_id: None, .. } => {
             let filter = ListFilter { status: Some(EventStatus::Failed), ..Default::default() };
-            let mut failed = events::list(&db, &filter).await?;
+            let mut failed = events::list(db, &filter).await?;
             failed.reverse();
-            replay_all(&db, settings.policy(), failed).await?
+            replay_all(db, settings.policy(), failed).await?
         }
-    };
-    print!("{output}");
-    db.close().await?;
-    Ok(())
+    })
 }
 
 fn event_status(filter: StatusFilter) -> EventStatus {

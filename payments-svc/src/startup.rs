@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::db;
 use crate::fulfilment::Policy;
 use crate::grpc::PaymentsService;
+use crate::stripe_api::StripeApi;
 
 /// A payments-svc with its database open and its port bound, ready to serve.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct Application {
     listener: TcpListener,
     db: DatabaseConnection,
     policy: Policy,
+    stripe: Option<StripeApi>,
 }
 
 impl Application {
@@ -28,6 +30,10 @@ impl Application {
     /// to) and binds the gRPC address. Port 0 binds an ephemeral port; see
     /// [`Application::local_addr`].
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let stripe = settings.stripe_api()?;
+        if stripe.is_none() {
+            tracing::info!("STRIPE_SECRET_KEY is not set: verify answers from the database only");
+        }
         let db = db::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
         if settings.skip_migrations {
             tracing::info!("skipping migrations, as configured");
@@ -42,7 +48,7 @@ impl Application {
             "fulfilling {} events only",
             if settings.stripe_livemode { "live-mode" } else { "test-mode" }
         );
-        Ok(Self { listener, db, policy: settings.policy() })
+        Ok(Self { listener, db, policy: settings.policy(), stripe })
     }
 
     /// The address actually bound.
@@ -60,7 +66,7 @@ impl Application {
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         Server::builder()
             .add_service(health_service)
-            .add_service(PaymentsServer::new(PaymentsService::new(self.db.clone(), self.policy)))
+            .add_service(PaymentsServer::new(PaymentsService::new(self.db.clone(), self.policy, self.stripe)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serving gRPC")?;

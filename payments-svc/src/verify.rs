@@ -1,10 +1,24 @@
 //! Answering "did this checkout become a purchase?" and "does this user own
-//! this course?", from the database.
+//! this course?".
+//!
+//! By session, verify is a second fulfilment path, as Stripe recommends: a
+//! buyer whose webhook is late or lost still gets the course from the
+//! success page. A purchase already recorded as paid is answered at once.
+//! Otherwise, when an API key is configured, the session is fetched from
+//! Stripe (never trusting the caller) and fulfilled through the same
+//! function the webhook uses, so the two paths cannot double-fulfil: both
+//! end in the one row keyed by the session id. If Stripe cannot be reached
+//! the answer is what the database knows, marked unconfirmed; a Stripe outage
+//! is never an error for the buyer.
 
-use sea_orm::{DatabaseConnection, DbErr};
+use chrono::Utc;
+use payments_proto::v1::{CheckoutSession, SessionStatus};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
-use crate::db::entities::course_purchase::{Model as Purchase, PurchaseStatus};
+use crate::db::entities::course_purchase::{Model as Purchase, PurchaseSource, PurchaseStatus};
 use crate::db::purchases;
+use crate::fulfilment::{self, Plan, Policy};
+use crate::stripe_api::{StripeApi, StripeError};
 
 /// What a caller asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,16 +27,111 @@ pub enum Lookup {
     UserCourse { user_id: String, course_id: String },
 }
 
-/// The purchase that answers `lookup`, if any. For a user and course with
-/// several purchases, the one granting access (paid, not a duplicate
-/// payment) wins, then the most advanced, then the latest.
-pub async fn find_purchase(db: &DatabaseConnection, lookup: &Lookup) -> Result<Option<Purchase>, DbErr> {
+/// The answer, whichever path produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A purchase is recorded; its status is the answer.
+    Recorded(Purchase),
+    /// Stripe knows the session but it is not complete yet.
+    Pending,
+    /// Stripe says the session expired unpaid.
+    Expired,
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub verdict: Verdict,
+    /// Stripe could not be asked: the verdict is the database's and may change.
+    pub unconfirmed: bool,
+}
+
+impl Verification {
+    fn from_db(recorded: Option<Purchase>, unconfirmed: bool) -> Self {
+        let verdict = recorded.map_or(Verdict::NotFound, Verdict::Recorded);
+        Self { verdict, unconfirmed }
+    }
+
+    fn confirmed(verdict: Verdict) -> Self {
+        Self { verdict, unconfirmed: false }
+    }
+}
+
+/// Answers `lookup`. By user and course, from the database only: several
+/// purchases resolve to the one granting access (paid, not a duplicate
+/// payment), then the most advanced, then the latest.
+pub async fn verify(
+    db: &DatabaseConnection,
+    stripe: Option<&StripeApi>,
+    policy: Policy,
+    lookup: &Lookup,
+) -> Result<Verification, DbErr> {
     match lookup {
-        Lookup::CheckoutSession(session_id) => purchases::find_by_session(db, session_id).await,
+        Lookup::CheckoutSession(session_id) => verify_session(db, stripe, policy, session_id).await,
         Lookup::UserCourse { user_id, course_id } => {
             let all = purchases::find_by_user_course(db, user_id, course_id).await?;
-            Ok(all.into_iter().max_by_key(|p| (grants_access(p), p.status.rank(), p.id)))
+            let best = all.into_iter().max_by_key(|p| (grants_access(p), p.status.rank(), p.id));
+            Ok(Verification::from_db(best, false))
         }
+    }
+}
+
+async fn verify_session(
+    db: &DatabaseConnection,
+    stripe: Option<&StripeApi>,
+    policy: Policy,
+    session_id: &str,
+) -> Result<Verification, DbErr> {
+    let recorded = purchases::find_by_session(db, session_id).await?;
+    let Some(stripe) =
+        stripe.filter(|_| !recorded.as_ref().is_some_and(|p| p.status == PurchaseStatus::Paid))
+    else {
+        return Ok(Verification::from_db(recorded, false));
+    };
+    match stripe.checkout_session(session_id).await {
+        Ok(session) => fulfil_from_stripe(db, &session, policy, recorded).await,
+        Err(StripeError::NotFound) => Ok(Verification::from_db(recorded, false)),
+        Err(error) => {
+            tracing::warn!(session_id, %error, "Stripe unavailable for verify; answering from the database");
+            Ok(Verification::from_db(recorded, true))
+        }
+    }
+}
+
+/// Applies what Stripe says about `session` through the same fulfilment as
+/// the webhook, then answers from the row that results.
+async fn fulfil_from_stripe(
+    db: &DatabaseConnection,
+    session: &CheckoutSession,
+    policy: Policy,
+    recorded: Option<Purchase>,
+) -> Result<Verification, DbErr> {
+    if let Err(failure) = fulfilment::check_livemode(session.livemode, policy) {
+        tracing::warn!(session_id = %session.id, problem = %failure.message, "verify refused a session of the other livemode");
+        return Ok(Verification::from_db(recorded, false));
+    }
+    match session.status() {
+        SessionStatus::Complete => {}
+        SessionStatus::Expired => {
+            return Ok(Verification::confirmed(recorded.map_or(Verdict::Expired, Verdict::Recorded)));
+        }
+        SessionStatus::Open | SessionStatus::Unspecified => {
+            return Ok(Verification::confirmed(recorded.map_or(Verdict::Pending, Verdict::Recorded)));
+        }
+    }
+    match fulfilment::plan_session(session, None, PurchaseSource::Verify) {
+        plan @ Plan::Record(..) => {
+            let txn = db.begin().await?;
+            fulfilment::apply(&txn, plan, Utc::now()).await?;
+            txn.commit().await?;
+            let purchase = purchases::find_by_session(db, &session.id).await?;
+            Ok(Verification::from_db(purchase, false))
+        }
+        Plan::Fail(failure) => {
+            tracing::warn!(session_id = %session.id, code = failure.code, problem = %failure.message, "verify cannot fulfil this session");
+            Ok(Verification::from_db(recorded, false))
+        }
+        Plan::Acknowledge | Plan::Ignore(_) => Ok(Verification::from_db(recorded, false)),
     }
 }
 

@@ -46,3 +46,20 @@ fn help_documents_every_setting_with_its_variable() {
         assert!(help.contains(variable), "--help should mention {variable}:\n{help}");
     }
 }
+
+#[test]
+fn refuses_a_stripe_key_of_the_other_mode_without_printing_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
+        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display()))
+        .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
+        .env("STRIPE_SECRET_KEY", "sk_live_must_not_be_printed")
+        .env("STRIPE_LIVEMODE", "false")
+        .output()
+        .expect("runs");
+
+    assert!(!output.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(all.contains("STRIPE_SECRET_KEY is a live-mode key but STRIPE_LIVEMODE is false"), "{all}");
+    assert!(!all.contains("must_not_be_printed"), "{all}");
+}

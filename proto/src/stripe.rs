@@ -60,6 +60,7 @@ struct SessionJson {
     currency: Option<String>,
     customer_email: Option<String>,
     customer_details: Option<CustomerDetails>,
+    livemode: Option<bool>,
 }
 
 /// An expandable field: Stripe sends the id, or the whole object when the
@@ -133,6 +134,7 @@ pub fn parse_checkout_session(json: &[u8]) -> Result<CheckoutSession, ParseError
         amount_total: session.amount_total,
         currency: non_empty(session.currency),
         customer_email,
+        livemode: session.livemode.unwrap_or_default(),
     })
 }
 

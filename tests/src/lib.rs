@@ -26,14 +26,16 @@ pub fn fixture(name: &str) -> anyhow::Result<Bytes> {
     Ok(Bytes::from(bytes))
 }
 
-/// The same event with its event id, and the ids of its checkout session and
-/// payment intent when it has them, made unique by `suffix`. Only those id
-/// strings change; every other byte of the payload stays as Stripe sent it.
+/// The same event (or Checkout Session object) with its ids made unique by
+/// `suffix`: the event id, and the checkout session's and payment intent's.
+/// Only those id strings change; every other byte stays as Stripe sent it.
+/// An event and its session object given the same suffix still agree.
 pub fn with_fresh_ids(body: &[u8], suffix: &str) -> anyhow::Result<Bytes> {
-    let event: serde_json::Value = serde_json::from_slice(body).context("fixture is not JSON")?;
-    let object = &event["data"]["object"];
+    let parsed: serde_json::Value = serde_json::from_slice(body).context("fixture is not JSON")?;
+    let is_event = parsed["object"] == "event";
+    let object = if is_event { &parsed["data"]["object"] } else { &parsed };
     let ids = [
-        event["id"].as_str(),
+        parsed["id"].as_str().filter(|_| is_event),
         object["id"].as_str().filter(|id| id.starts_with("cs_")),
         object["payment_intent"].as_str(),
     ];
@@ -52,6 +54,13 @@ pub fn replace_once(body: &[u8], from: &str, to: &str) -> anyhow::Result<Bytes> 
     let text = std::str::from_utf8(body).context("fixture is not UTF-8")?;
     anyhow::ensure!(text.matches(from).count() == 1, "{from:?} does not occur exactly once");
     Ok(Bytes::from(text.replacen(from, to, 1)))
+}
+
+/// The same event created at `created` (Unix seconds) instead.
+pub fn with_created(body: &[u8], created: i64) -> anyhow::Result<Bytes> {
+    let parsed: serde_json::Value = serde_json::from_slice(body).context("fixture is not JSON")?;
+    let old = parsed["created"].as_i64().context("no created")?;
+    replace_once(body, &format!("\"created\": {old}"), &format!("\"created\": {created}"))
 }
 
 /// Seconds since the Unix epoch, as Stripe puts in `t=`.
@@ -136,6 +145,17 @@ impl HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_and_its_session_object_get_the_same_fresh_ids() -> anyhow::Result<()> {
+        let event = with_fresh_ids(&fixture("checkout_session_completed_paid.json")?, "_s")?;
+        let session = with_fresh_ids(&fixture("checkout_session.object.json")?, "_s")?;
+        let event: serde_json::Value = serde_json::from_slice(&event)?;
+        let session: serde_json::Value = serde_json::from_slice(&session)?;
+        assert_eq!(event["data"]["object"]["id"], session["id"]);
+        assert_eq!(event["data"]["object"]["payment_intent"], session["payment_intent"]);
+        Ok(())
+    }
 
     #[test]
     fn fresh_ids_change_only_the_ids() -> anyhow::Result<()> {

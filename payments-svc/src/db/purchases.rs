@@ -7,7 +7,7 @@ use sea_orm::{
     Set,
 };
 
-use super::entities::course_purchase::{ActiveModel, Column, Entity, Model, PurchaseSource, PurchaseStatus};
+use super::entities::course_purchase::{ActiveModel, Column, Entity, Model, PurchaseStatus};
 use crate::fulfilment::NewPurchase;
 
 /// Records `purchase` at `status`, or moves the session's existing purchase
@@ -35,7 +35,7 @@ pub async fn advance(
         amount_total: Set(purchase.amount_total),
         currency: Set(purchase.currency.clone()),
         status: Set(status),
-        source: Set(PurchaseSource::Webhook),
+        source: Set(purchase.source),
         needs_refund: Set(needs_refund),
         created_at: Set(now),
         updated_at: Set(now),

@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use webhook_gateway::signature::WebhookSecret;
 
+use crate::fake_stripe::FAKE_STRIPE_KEY;
+
 /// Where PostgreSQL tests create their databases. CI sets it; locally the
 /// default matches a stock PostgreSQL with trust auth.
 const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -135,18 +137,26 @@ fn shutdown_channel() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send) 
 }
 
 /// How a test's payments-svc is configured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StackOptions {
     /// `STRIPE_LIVEMODE`: the fixtures are test-mode events.
     pub livemode: bool,
+    /// `STRIPE_API_BASE` of a [`crate::fake_stripe::FakeStripe`]; `None`
+    /// runs without a Stripe key, verify answering from the database only.
+    pub stripe_api_base: Option<String>,
+    /// `STRIPE_API_TIMEOUT_MS`; 3 s when `None`.
+    pub stripe_timeout_ms: Option<u64>,
 }
 
-async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: StackOptions) -> Running {
+async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &StackOptions) -> Running {
     let settings = payments_svc::config::Settings {
         database_url: database_url.to_owned(),
         grpc_addr: addr,
         skip_migrations: false,
         stripe_livemode: options.livemode,
+        stripe_secret_key: options.stripe_api_base.as_ref().map(|_| FAKE_STRIPE_KEY.to_owned()),
+        stripe_api_base: options.stripe_api_base.clone().unwrap_or_default(),
+        stripe_api_timeout_ms: options.stripe_timeout_ms.unwrap_or(3_000),
         log_format: payments_svc::config::LogFormat::Text,
     };
     let app = payments_svc::startup::Application::build(&settings).await.expect("payments-svc starts");
@@ -197,7 +207,7 @@ impl Stack {
     pub async fn start_with(test_db: TestDb, options: StackOptions) -> Self {
         init_test_logging();
         let ephemeral = "127.0.0.1:0".parse().expect("address");
-        let payments = start_payments_svc(&test_db.url, ephemeral, options).await;
+        let payments = start_payments_svc(&test_db.url, ephemeral, &options).await;
         let payments_addr = payments.addr;
         let gateway = start_gateway(format!("http://{payments_addr}")).await;
         let db = Database::connect(&test_db.url).await.expect("test connection");
@@ -234,7 +244,7 @@ impl Stack {
     /// database, with `options`.
     pub async fn restart_payments_svc(&mut self, options: StackOptions) {
         self.stop_payments_svc().await;
-        self.payments = Some(start_payments_svc(&self._test_db.url, self.payments_addr, options).await);
+        self.payments = Some(start_payments_svc(&self._test_db.url, self.payments_addr, &options).await);
     }
 
     /// Posts every body at once, each on its own connection and task, and

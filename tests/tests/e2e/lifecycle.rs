@@ -180,7 +180,7 @@ async fn two_payments_for_one_course_at_once_grant_access_once(db: TestDb) {
 
 on_both_databases!(event_of_the_other_livemode_is_refused_and_applied_once_the_setting_is_fixed);
 async fn event_of_the_other_livemode_is_refused_and_applied_once_the_setting_is_fixed(db: TestDb) {
-    let mut stack = Stack::start_with(db, StackOptions { livemode: true }).await;
+    let mut stack = Stack::start_with(db, StackOptions { livemode: true, ..Default::default() }).await;
     let test_mode_event = fixture("checkout_session_completed_paid.json").expect("fixture");
 
     let refused = stack.deliver(&test_mode_event).await;
@@ -192,7 +192,7 @@ async fn event_of_the_other_livemode_is_refused_and_applied_once_the_setting_is_
     assert_eq!(stored.status, EventStatus::Failed);
     assert_eq!(stored.error.as_ref().expect("error")["code"], "livemode_mismatch");
 
-    stack.restart_payments_svc(StackOptions { livemode: false }).await;
+    stack.restart_payments_svc(StackOptions::default()).await;
     let redelivered = stack.deliver(&test_mode_event).await;
 
     assert_eq!(

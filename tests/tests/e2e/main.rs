@@ -1,9 +1,11 @@
 //! End-to-end tests: the real webhook-gateway and payments-svc on ephemeral
 //! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
 
+mod fake_stripe;
 mod helpers;
 mod lifecycle;
 mod operations;
 mod processes;
 mod verify;
+mod verify_flow;
 mod webhook;

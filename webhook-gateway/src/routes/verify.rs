@@ -32,6 +32,10 @@ struct Verification {
     course_id: Option<String>,
     /// RFC 3339, when the purchase was recorded.
     purchased_at: Option<String>,
+    /// Present (true) when Stripe could not be asked: the answer is what was
+    /// recorded so far and may change, so ask again shortly.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unconfirmed: bool,
 }
 
 pub async fn by_query(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
@@ -69,6 +73,7 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         status: name,
         course_id: purchase.as_ref().map(|p| p.course_id.clone()),
         purchased_at: purchase.and_then(|p| p.created_at).and_then(|at| rfc3339(at.seconds, at.nanos)),
+        unconfirmed: answer.unconfirmed,
     };
     let code = match status {
         PurchaseStatus::NotFound => StatusCode::NOT_FOUND,

@@ -60,8 +60,13 @@ impl PurchaseStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum PurchaseSource {
+    /// A Stripe event delivered to the webhook (or found by the sweep).
     #[sea_orm(string_value = "webhook")]
     Webhook,
+    /// The success page's verify call, from the session as Stripe's API
+    /// reported it.
+    #[sea_orm(string_value = "verify")]
+    Verify,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,214 @@
+//! A stand-in for Stripe's API (which no machine here can reach): a real
+//! HTTP server on an ephemeral port that serves Checkout Sessions and the
+//! events list from the repository's fixtures, checks the bearer key, and
+//! can be told to fail or stall.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// The key payments-svc must present.
+pub const FAKE_STRIPE_KEY: &str = "sk_test_fake_stripe_key_for_e2e";
+
+/// One misbehaviour, applied to one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Answer with this status and a Stripe error body.
+    Status(u16),
+    /// Answer 429 with `Retry-After` in seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// Wait this long before answering normally.
+    Delay(Duration),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: HashMap<String, Bytes>,
+    /// `(created, id, body)` of every event, in the order added.
+    events: Vec<(i64, String, Bytes)>,
+    next_faults: VecDeque<Fault>,
+    every_request: Option<Fault>,
+    requests: usize,
+}
+
+#[derive(Debug)]
+pub struct FakeStripe {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeStripe {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = Arc::clone(&shared);
+                let service = service_fn(move |request| answer(Arc::clone(&state), request));
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("fake Stripe state")
+    }
+
+    /// Serves this Checkout Session object at `/v1/checkout/sessions/{id}`.
+    pub fn add_session(&self, session: Bytes) {
+        let id = json_field(&session, "id");
+        self.state().sessions.insert(id, session);
+    }
+
+    /// Lists this event in `/v1/events`.
+    pub fn add_event(&self, event: Bytes) {
+        let parsed: serde_json::Value = serde_json::from_slice(&event).expect("JSON");
+        let created = parsed["created"].as_i64().expect("created");
+        self.state().events.push((created, json_field(&event, "id"), event));
+    }
+
+    /// The next requests misbehave, one fault each, in order.
+    pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state().next_faults.extend(faults);
+    }
+
+    /// Every request misbehaves so (after any `fail_next`), until cleared.
+    pub fn fail_every_request(&self, fault: Option<Fault>) {
+        self.state().every_request = fault;
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state().requests
+    }
+}
+
+impl Drop for FakeStripe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn json_field(body: &[u8], field: &str) -> String {
+    let parsed: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    parsed[field].as_str().expect("string field").to_owned()
+}
+
+type Answer = Response<Full<Bytes>>;
+
+async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<Answer, Infallible> {
+    let fault = {
+        let mut state = state.lock().expect("fake Stripe state");
+        state.requests += 1;
+        state.next_faults.pop_front().or(state.every_request)
+    };
+    match fault {
+        Some(Fault::Status(status)) => return Ok(error(status, "api_error", "", "injected failure")),
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            let mut response = error(429, "rate_limit_error", "rate_limit", "Too many requests");
+            response.headers_mut().insert("retry-after", retry_after_secs.into());
+            return Ok(response);
+        }
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|value| value.as_bytes() == format!("Bearer {FAKE_STRIPE_KEY}").as_bytes());
+    if !authorized {
+        return Ok(error(401, "invalid_request_error", "", "Invalid API Key provided"));
+    }
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let state = state.lock().expect("fake Stripe state");
+    if let Some(id) = path.strip_prefix("/v1/checkout/sessions/") {
+        return Ok(match state.sessions.get(id) {
+            Some(session) => json(StatusCode::OK, session.clone()),
+            None => error(
+                404,
+                "invalid_request_error",
+                "resource_missing",
+                &format!("No such checkout.session: '{id}'"),
+            ),
+        });
+    }
+    if path == "/v1/events" {
+        return Ok(events_page(&state, &query));
+    }
+    Ok(error(404, "invalid_request_error", "", "Unrecognized request URL"))
+}
+
+/// `GET /v1/events`: newest first, filtered by `type` (only the
+/// `checkout.session.*` wildcard is supported) and `created[gte]`, paged by
+/// `limit` and `starting_after`.
+fn events_page(state: &State, query: &str) -> Answer {
+    let params: HashMap<String, String> =
+        url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    if params.get("type").map(String::as_str) != Some("checkout.session.*") {
+        return error(
+            400,
+            "invalid_request_error",
+            "parameter_invalid",
+            "this fake only lists checkout.session.*",
+        );
+    }
+    let gte: i64 = params.get("created[gte]").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut matching: Vec<&(i64, String, Bytes)> = state
+        .events
+        .iter()
+        .rev()
+        .filter(|(created, _, body)| {
+            *created >= gte && json_field(body, "type").starts_with("checkout.session.")
+        })
+        .collect();
+    matching.sort_by_key(|(created, _, _)| std::cmp::Reverse(*created));
+    let start = match params.get("starting_after") {
+        Some(after) => matching.iter().position(|(_, id, _)| id == after).map_or(matching.len(), |i| i + 1),
+        None => 0,
+    };
+    let page: Vec<&str> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|(_, _, body)| std::str::from_utf8(body).expect("UTF-8"))
+        .collect();
+    let has_more = start + page.len() < matching.len();
+    let body = format!(
+        r#"{{"object":"list","url":"/v1/events","has_more":{has_more},"data":[{}]}}"#,
+        page.join(",")
+    );
+    json(StatusCode::OK, Bytes::from(body))
+}
+
+fn json(status: StatusCode, body: Bytes) -> Answer {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert("content-type", "application/json".parse().expect("header"));
+    response
+}
+
+fn error(status: u16, kind: &str, code: &str, message: &str) -> Answer {
+    let body = serde_json::json!({ "error": { "type": kind, "code": code, "message": message } });
+    json(StatusCode::from_u16(status).expect("status"), Bytes::from(body.to_string()))
+}
