@@ -59,7 +59,8 @@ fn refuses_a_stripe_key_of_the_other_mode_without_printing_it() {
         .expect("runs");
 
     assert!(!output.status.success());
-    let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let all =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(all.contains("STRIPE_SECRET_KEY is a live-mode key but STRIPE_LIVEMODE is false"), "{all}");
     assert!(!all.contains("must_not_be_printed"), "{all}");
 }

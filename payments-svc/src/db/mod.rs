@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait,
+};
 
 /// How long a SQLite writer waits for the file lock before giving up. The
 /// embedded database has one writer at a time; this is how long a burst of
@@ -34,7 +36,23 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(options).await
 }
 
-/// Applies every pending migration.
+/// Key of the PostgreSQL advisory lock held while migrating.
+const MIGRATION_LOCK_KEY: i64 = 0x7061_796d_656e_7473; // "payments"
+
+/// Applies every pending migration, in one transaction that first takes an
+/// exclusive lock, so that several replicas starting at once migrate one
+/// after the other instead of racing: an advisory lock on PostgreSQL, the
+/// database's write lock (taken by a write that changes nothing) on SQLite.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+    let lock = match db.get_database_backend() {
+        DbBackend::Postgres => format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"),
+        _ => {
+            Migrator::install(db).await?;
+            "DELETE FROM seaql_migrations WHERE 0 = 1".to_owned()
+        }
+    };
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&lock).await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
 }

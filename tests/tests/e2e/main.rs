@@ -6,6 +6,7 @@ mod helpers;
 mod lifecycle;
 mod operations;
 mod processes;
+mod startup;
 mod verify;
 mod verify_flow;
 mod webhook;
