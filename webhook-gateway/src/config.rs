@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, env = "PAYMENTS_SVC_TIMEOUT_MS", default_value_t = 5_000)]
     pub payments_svc_timeout_ms: u64,
 
+    /// Serve the checkout success page at `/checkout/success` (Stripe
+    /// Checkout's `success_url`). Turn off when the frontend has its own.
+    #[arg(long, env = "GATEWAY_SUCCESS_PAGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub success_page: bool,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -58,6 +63,7 @@ impl fmt::Debug for Cli {
             .field("stripe_webhook_tolerance_secs", &self.stripe_webhook_tolerance_secs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("payments_svc_timeout_ms", &self.payments_svc_timeout_ms)
+            .field("success_page", &self.success_page)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -81,6 +87,7 @@ pub struct Settings {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub payments_svc_timeout: Duration,
+    pub success_page: bool,
 }
 
 /// A setting the gateway refuses to start with, naming its variable.
@@ -130,6 +137,7 @@ impl TryFrom<Cli> for Settings {
             tolerance_secs: cli.stripe_webhook_tolerance_secs,
             max_body_bytes: cli.max_body_bytes,
             payments_svc_timeout: Duration::from_millis(cli.payments_svc_timeout_ms),
+            success_page: cli.success_page,
         })
     }
 }

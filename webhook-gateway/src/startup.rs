@@ -29,6 +29,8 @@ pub struct AppState {
     pub verifier: Verifier,
     pub payments: PaymentsClient,
     pub max_body_bytes: usize,
+    /// Whether `/checkout/success` is served.
+    pub success_page: bool,
 }
 
 /// A gateway with its port bound, ready to serve.
@@ -51,6 +53,7 @@ impl Application {
             verifier: Verifier::new(&settings.webhook_secrets, settings.tolerance_secs),
             payments,
             max_body_bytes: settings.max_body_bytes,
+            success_page: settings.success_page,
         };
         let listener = TcpListener::bind(settings.addr)
             .await

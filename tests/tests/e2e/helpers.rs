@@ -174,6 +174,7 @@ async fn start_gateway(payments_svc_url: String) -> Running {
         tolerance_secs: 300,
         max_body_bytes: 1024 * 1024,
         payments_svc_timeout: Duration::from_secs(5),
+        success_page: true,
     };
     let app = webhook_gateway::startup::Application::build(&settings).await.expect("gateway starts");
     let addr = app.local_addr();

@@ -7,6 +7,7 @@ mod lifecycle;
 mod operations;
 mod processes;
 mod startup;
+mod success_page;
 mod verify;
 mod verify_flow;
 mod webhook;

@@ -1,5 +1,6 @@
 //! The gateway's HTTP routes.
 
+mod success_page;
 mod verify;
 mod webhook;
 
@@ -19,6 +20,8 @@ pub const WEBHOOK_PATH: &str = "/api/payments/webhook";
 pub const VERIFY_PATH: &str = "/api/payments/verify";
 /// Liveness: the process is up and serving HTTP.
 pub const HEALTH_PATH: &str = "/healthz";
+/// Where Stripe Checkout sends the buyer back (`success_url`).
+pub const SUCCESS_PAGE_PATH: &str = "/checkout/success";
 
 /// Dispatches one request. Never fails: every error becomes its response.
 pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
@@ -30,6 +33,8 @@ pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<H
         (VERIFY_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
         (HEALTH_PATH, &Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         (HEALTH_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (SUCCESS_PAGE_PATH, &Method::GET) if state.success_page => Ok(success_page::page()),
+        (SUCCESS_PAGE_PATH, _) if state.success_page => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         _ => Err(ApiError::NotFound),
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
