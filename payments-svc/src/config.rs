@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::MIN_TOKEN_LEN;
 use crate::fulfilment::Policy;
 use crate::stripe_api::{SecretKey, StripeApi};
 
@@ -99,9 +101,29 @@ pub struct Settings {
     )]
     pub database_url: String,
 
-    /// Address the gRPC server listens on.
+    /// Address the gRPC server listens on. Without PAYMENTS_GRPC_TOKEN only
+    /// a loopback address is accepted.
     #[arg(long, env = "PAYMENTS_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+
+    /// Shared bearer token every gRPC caller must present (health checks
+    /// excepted); at least 32 characters. Required unless listening on
+    /// loopback only.
+    #[arg(long, env = "PAYMENTS_GRPC_TOKEN", hide_env_values = true)]
+    pub grpc_token: Option<String>,
+
+    /// PEM certificate chain for serving gRPC over TLS (with
+    /// PAYMENTS_TLS_KEY), for deployments across hosts.
+    #[arg(long, env = "PAYMENTS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key matching PAYMENTS_TLS_CERT.
+    #[arg(long, env = "PAYMENTS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Address of the admin HTTP server (Prometheus `/metrics`).
+    #[arg(long, env = "PAYMENTS_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
 
     /// Do not apply pending migrations at start-up (for deployments that run
     /// `migration up` as a separate step). By default they are applied.
@@ -139,6 +161,42 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The defaults, on `database_url`, with every port ephemeral: a
+    /// loopback-only service for tests and tools.
+    pub fn local(database_url: impl Into<String>) -> Self {
+        let loopback_ephemeral: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            database_url: database_url.into(),
+            grpc_addr: loopback_ephemeral,
+            grpc_token: None,
+            tls_cert: None,
+            tls_key: None,
+            admin_addr: loopback_ephemeral,
+            skip_migrations: false,
+            stripe_livemode: false,
+            stripe_secret_key: None,
+            stripe_api_base: "https://api.stripe.com".into(),
+            stripe_api_timeout_ms: 3_000,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// The token callers must present, refusing to run open anywhere but on
+    /// loopback.
+    pub fn grpc_token(&self) -> anyhow::Result<Option<&str>> {
+        match self.grpc_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            Some(token) if token.len() < MIN_TOKEN_LEN => {
+                anyhow::bail!("PAYMENTS_GRPC_TOKEN must be at least {MIN_TOKEN_LEN} characters")
+            }
+            Some(token) => Ok(Some(token)),
+            None if self.grpc_addr.ip().is_loopback() => Ok(None),
+            None => anyhow::bail!(
+                "PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR ({}) is not a loopback address",
+                self.grpc_addr
+            ),
+        }
+    }
+
     pub fn policy(&self) -> Policy {
         Policy { livemode: self.stripe_livemode }
     }
@@ -179,6 +237,10 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("database_url", &"[redacted]")
             .field("grpc_addr", &self.grpc_addr)
+            .field("grpc_token", &self.grpc_token.as_ref().map(|_| "[redacted]"))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("admin_addr", &self.admin_addr)
             .field("skip_migrations", &self.skip_migrations)
             .field("stripe_livemode", &self.stripe_livemode)
             .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "[redacted]"))

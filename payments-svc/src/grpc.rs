@@ -6,12 +6,16 @@ use payments_proto::v1::{
     self as pb, HandleStripeEventResponse, StripeEvent, VerifyPurchaseRequest, VerifyPurchaseResponse,
     verify_purchase_request,
 };
+use std::sync::Arc;
+use std::time::Instant;
+
 use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
 use crate::error::Error;
 use crate::fulfilment::Policy;
+use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Verdict, Verification};
 use crate::webhook::{self, IncomingEvent, Outcome};
@@ -25,11 +29,17 @@ pub struct PaymentsService {
     policy: Policy,
     /// Stripe's API, for verify; `None` answers from the database only.
     stripe: Option<StripeApi>,
+    metrics: Arc<Metrics>,
 }
 
 impl PaymentsService {
-    pub fn new(db: DatabaseConnection, policy: Policy, stripe: Option<StripeApi>) -> Self {
-        Self { db, policy, stripe }
+    pub fn new(
+        db: DatabaseConnection,
+        policy: Policy,
+        stripe: Option<StripeApi>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { db, policy, stripe, metrics }
     }
 }
 
@@ -40,8 +50,12 @@ impl Payments for PaymentsService {
         request: Request<StripeEvent>,
     ) -> Result<Response<HandleStripeEventResponse>, Status> {
         let event = IncomingEvent::try_from(request.into_inner())?;
-        let outcome = webhook::handle_event(&self.db, &event, self.policy).await.map_err(Error::from)?;
-        Ok(Response::new(handle_response(outcome)))
+        let started = Instant::now();
+        let result = webhook::handle_event(&self.db, &event, self.policy).await;
+        self.metrics.event_seconds.observe(started.elapsed().as_secs_f64());
+        let outcome = result.as_ref().map_or("error", |outcome| outcome.as_str());
+        self.metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();
+        Ok(Response::new(handle_response(result.map_err(Error::from)?)))
     }
 
     async fn verify_purchase(
@@ -49,10 +63,28 @@ impl Payments for PaymentsService {
         request: Request<VerifyPurchaseRequest>,
     ) -> Result<Response<VerifyPurchaseResponse>, Status> {
         let lookup = lookup(request.into_inner())?;
-        let verification = verify::verify(&self.db, self.stripe.as_ref(), self.policy, &lookup)
-            .await
-            .map_err(Error::from)?;
-        Ok(Response::new(verify_response(verification)))
+        let result = verify::verify(&self.db, self.stripe.as_ref(), self.policy, &lookup).await;
+        let response = result.map(verify_response);
+        let labels = match &response {
+            Ok(answer) => VerifyLabels {
+                status: status_label(answer.status()),
+                unconfirmed: if answer.unconfirmed { "true" } else { "false" },
+            },
+            Err(_) => VerifyLabels { status: "error", unconfirmed: "false" },
+        };
+        self.metrics.verifications.get_or_create(&labels).inc();
+        Ok(Response::new(response.map_err(Error::from)?))
+    }
+}
+
+fn status_label(status: pb::PurchaseStatus) -> &'static str {
+    match status {
+        pb::PurchaseStatus::Paid => "paid",
+        pb::PurchaseStatus::Pending => "pending",
+        pb::PurchaseStatus::Failed => "failed",
+        pb::PurchaseStatus::Expired => "expired",
+        pb::PurchaseStatus::NotFound => "not_found",
+        pb::PurchaseStatus::Unspecified => "unspecified",
     }
 }
 

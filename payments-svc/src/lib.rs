@@ -5,11 +5,14 @@
 //! the delivery and runs [`fulfilment`] in one transaction, [`db`] holds the
 //! queries. [`startup::Application`] is what `main` and the tests run.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod fulfilment;
 pub mod grpc;
+pub mod metrics;
 pub mod operator;
 pub mod reconcile;
 pub mod shutdown;

@@ -2,34 +2,54 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use payments_proto::v1::FILE_DESCRIPTOR_SET;
 use payments_proto::v1::payments_server::PaymentsServer;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
 
+use crate::auth::RequireToken;
 use crate::config::Settings;
-use crate::db;
 use crate::fulfilment::Policy;
 use crate::grpc::PaymentsService;
+use crate::metrics::Metrics;
 use crate::stripe_api::StripeApi;
+use crate::{admin, db};
 
-/// A payments-svc with its database open and its port bound, ready to serve.
+/// How often the health service re-checks the database.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A payments-svc with its database open and its ports bound, ready to serve.
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    admin_listener: TcpListener,
     db: DatabaseConnection,
     policy: Policy,
     stripe: Option<StripeApi>,
+    auth: RequireToken,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
-    /// Connects to the database, applies pending migrations (unless told not
-    /// to) and binds the gRPC address. Port 0 binds an ephemeral port; see
-    /// [`Application::local_addr`].
+    /// Checks the configuration, connects to the database, applies pending
+    /// migrations (unless told not to) and binds the gRPC and admin
+    /// addresses. Port 0 binds an ephemeral port; see the `*_addr` methods.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let token = settings.grpc_token()?;
+        if token.is_none() {
+            tracing::warn!(
+                "PAYMENTS_GRPC_TOKEN is not set: accepting unauthenticated calls, on loopback only"
+            );
+        }
+        let tls = server_tls(settings)?;
         let stripe = settings.stripe_api()?;
         if stripe.is_none() {
             tracing::info!("STRIPE_SECRET_KEY is not set: verify answers from the database only");
@@ -43,35 +63,119 @@ impl Application {
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding PAYMENTS_GRPC_ADDR {}", settings.grpc_addr))?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding PAYMENTS_ADMIN_ADDR {}", settings.admin_addr))?;
         tracing::info!(
             livemode = settings.stripe_livemode,
             "fulfilling {} events only",
             if settings.stripe_livemode { "live-mode" } else { "test-mode" }
         );
-        Ok(Self { listener, db, policy: settings.policy(), stripe })
+        Ok(Self {
+            listener,
+            admin_listener,
+            db,
+            policy: settings.policy(),
+            stripe,
+            auth: RequireToken::new(token),
+            tls,
+        })
     }
 
-    /// The address actually bound.
+    /// The gRPC address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
     }
 
-    /// Serves `payments.v1.Payments` and the standard gRPC health service
-    /// until `shutdown` completes, then lets in-flight calls finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    /// The admin (metrics) address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+    }
+
+    /// Serves `payments.v1.Payments`, the standard gRPC health service,
+    /// server reflection and the admin port until `shutdown` completes, then
+    /// reports not serving, stops accepting and lets in-flight calls finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let admin_addr = self.admin_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+        let metrics = Arc::new(Metrics::default());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PaymentsServer<PaymentsService>>().await;
-        tracing::info!(addr = %self.local_addr(), "payments-svc listening");
+        tokio::spawn(watch_database(self.db.clone(), health.clone(), stop.clone()));
+        tokio::spawn(admin::serve(self.admin_listener, Arc::clone(&metrics), stop.clone()));
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building gRPC reflection")?;
+        let payments = PaymentsService::new(self.db.clone(), self.policy, self.stripe, metrics);
+
+        let mut server = Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).context("configuring TLS")?;
+        }
+        let router = server
+            .add_service(health_service)
+            .add_service(tonic::service::interceptor::InterceptedService::new(reflection, self.auth.clone()))
+            .add_service(PaymentsServer::with_interceptor(payments, self.auth));
+        tracing::info!(addr = %addr, admin_addr = %admin_addr, "payments-svc listening");
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        Server::builder()
-            .add_service(health_service)
-            .add_service(PaymentsServer::new(PaymentsService::new(self.db.clone(), self.policy, self.stripe)))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .context("serving gRPC")?;
+        let drained = {
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                health.set_not_serving::<PaymentsServer<PaymentsService>>().await;
+            }
+        };
+        router.serve_with_incoming_shutdown(incoming, drained).await.context("serving gRPC")?;
+        stop.cancel();
         self.db.close().await.context("closing the database pool")?;
         tracing::info!("payments-svc stopped");
         Ok(())
+    }
+}
+
+fn server_tls(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+        return Ok(None);
+    };
+    let cert =
+        std::fs::read(cert).with_context(|| format!("reading PAYMENTS_TLS_CERT {}", cert.display()))?;
+    let key = std::fs::read(key).with_context(|| format!("reading PAYMENTS_TLS_KEY {}", key.display()))?;
+    Ok(Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))))
+}
+
+/// Keeps the health service's answer in step with the database: serving
+/// while it answers a ping, not serving while it does not.
+async fn watch_database(db: DatabaseConnection, health: HealthReporter, stop: CancellationToken) {
+    let mut serving = Some(true);
+    loop {
+        let reachable = db.ping().await.is_ok();
+        if serving != Some(reachable) {
+            if reachable {
+                health.set_serving::<PaymentsServer<PaymentsService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable; health set to not serving");
+                health.set_not_serving::<PaymentsServer<PaymentsService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            }
+            serving = Some(reachable);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }

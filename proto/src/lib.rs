@@ -7,6 +7,9 @@ pub mod stripe;
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("payments.v1");
+
+    /// The encoded descriptors of `payments.v1`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("payments_descriptor");
 }
 
 impl v1::StripeEvent {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -23,9 +24,18 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:3000")]
     pub gateway_addr: SocketAddr,
 
-    /// Where payments-svc's gRPC server is.
+    /// Where payments-svc's gRPC server is; `https://` for TLS.
     #[arg(long, env = "PAYMENTS_SVC_URL", default_value = "http://127.0.0.1:50051")]
     pub payments_svc_url: String,
+
+    /// The bearer token payments-svc requires (its PAYMENTS_GRPC_TOKEN).
+    #[arg(long, env = "PAYMENTS_GRPC_TOKEN", hide_env_values = true)]
+    pub payments_grpc_token: Option<String>,
+
+    /// PEM CA certificate to trust for an `https://` PAYMENTS_SVC_URL (an
+    /// internal CA); without it the public web roots are used.
+    #[arg(long, env = "PAYMENTS_SVC_CA_CERT")]
+    pub payments_svc_ca_cert: Option<PathBuf>,
 
     /// How far, in seconds, a signature's timestamp may be from now, either
     /// way, before the webhook is refused as a replay. Must be above 0.
@@ -42,6 +52,20 @@ pub struct Cli {
     /// into a 503 (and a redelivery) rather than a Stripe-side timeout.
     #[arg(long, env = "PAYMENTS_SVC_TIMEOUT_MS", default_value_t = 5_000)]
     pub payments_svc_timeout_ms: u64,
+
+    /// Most connections held open at once. Beyond it, requests on new
+    /// connections get 503 with Retry-After and the connection is closed.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Most requests handled at once; beyond it, 503 with Retry-After.
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+
+    /// Longest a request may take, body upload included, in milliseconds;
+    /// slower clients get 408 and are disconnected.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
+    pub request_timeout_ms: u64,
 
     /// Serve the checkout success page at `/checkout/success` (Stripe
     /// Checkout's `success_url`). Turn off when the frontend has its own.
@@ -60,6 +84,11 @@ impl fmt::Debug for Cli {
             .field("stripe_webhook_secret", &format_args!("[{} redacted]", self.stripe_webhook_secret.len()))
             .field("gateway_addr", &self.gateway_addr)
             .field("payments_svc_url", &self.payments_svc_url)
+            .field("payments_grpc_token", &self.payments_grpc_token.as_ref().map(|_| "[redacted]"))
+            .field("payments_svc_ca_cert", &self.payments_svc_ca_cert)
+            .field("max_connections", &self.max_connections)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("request_timeout_ms", &self.request_timeout_ms)
             .field("stripe_webhook_tolerance_secs", &self.stripe_webhook_tolerance_secs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("payments_svc_timeout_ms", &self.payments_svc_timeout_ms)
@@ -79,7 +108,7 @@ pub enum LogFormat {
 }
 
 /// Validated settings the gateway runs with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub webhook_secrets: Vec<WebhookSecret>,
     pub addr: SocketAddr,
@@ -87,7 +116,46 @@ pub struct Settings {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub payments_svc_timeout: Duration,
+    pub payments_grpc_token: Option<String>,
+    pub payments_svc_ca_cert: Option<PathBuf>,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
     pub success_page: bool,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("webhook_secrets", &self.webhook_secrets)
+            .field("addr", &self.addr)
+            .field("payments_svc_url", &self.payments_svc_url)
+            .field("payments_grpc_token", &self.payments_grpc_token.as_ref().map(|_| "[redacted]"))
+            .field("max_connections", &self.max_connections)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// The defaults with `secret`, on an ephemeral loopback port, in front of
+    /// the payments-svc at `payments_svc_url`: for tests and tools.
+    pub fn local(secret: WebhookSecret, payments_svc_url: impl Into<String>) -> Self {
+        Self {
+            webhook_secrets: vec![secret],
+            addr: ([127, 0, 0, 1], 0).into(),
+            payments_svc_url: payments_svc_url.into(),
+            tolerance_secs: 300,
+            max_body_bytes: 1024 * 1024,
+            payments_svc_timeout: Duration::from_secs(5),
+            payments_grpc_token: None,
+            payments_svc_ca_cert: None,
+            max_connections: 1024,
+            max_in_flight: 512,
+            request_timeout: Duration::from_secs(15),
+            success_page: true,
+        }
+    }
 }
 
 /// A setting the gateway refuses to start with, naming its variable.
@@ -103,6 +171,8 @@ pub enum ConfigError {
     ZeroBodyLimit,
     #[error("PAYMENTS_SVC_TIMEOUT_MS must be above 0")]
     ZeroTimeout,
+    #[error("GATEWAY_MAX_CONNECTIONS, GATEWAY_MAX_IN_FLIGHT and GATEWAY_REQUEST_TIMEOUT_MS must be above 0")]
+    ZeroLimit,
 }
 
 impl TryFrom<Cli> for Settings {
@@ -130,6 +200,9 @@ impl TryFrom<Cli> for Settings {
         if cli.payments_svc_timeout_ms == 0 {
             return Err(ConfigError::ZeroTimeout);
         }
+        if cli.max_connections == 0 || cli.max_in_flight == 0 || cli.request_timeout_ms == 0 {
+            return Err(ConfigError::ZeroLimit);
+        }
         Ok(Self {
             webhook_secrets,
             addr: cli.gateway_addr,
@@ -137,6 +210,11 @@ impl TryFrom<Cli> for Settings {
             tolerance_secs: cli.stripe_webhook_tolerance_secs,
             max_body_bytes: cli.max_body_bytes,
             payments_svc_timeout: Duration::from_millis(cli.payments_svc_timeout_ms),
+            payments_grpc_token: cli.payments_grpc_token.filter(|t| !t.trim().is_empty()),
+            payments_svc_ca_cert: cli.payments_svc_ca_cert,
+            max_connections: cli.max_connections,
+            max_in_flight: cli.max_in_flight,
+            request_timeout: Duration::from_millis(cli.request_timeout_ms),
             success_page: cli.success_page,
         })
     }

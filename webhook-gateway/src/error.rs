@@ -2,7 +2,7 @@
 //! becomes an HTTP status and JSON body. Internal detail stays in the logs.
 
 use hyper::StatusCode;
-use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, HeaderValue, RETRY_AFTER};
 use payments_proto::stripe::ParseError;
 
 use crate::http::{HttpResponse, json};
@@ -24,6 +24,10 @@ pub enum ApiError {
     Rejected(String),
     #[error("the payments service is unavailable; retry later")]
     Unavailable,
+    #[error("the gateway is at capacity; retry later")]
+    Overloaded,
+    #[error("the request took too long")]
+    RequestTimeout,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed; use {allow}")]
@@ -41,6 +45,8 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Rejected(_) => "rejected",
             Self::Unavailable => "unavailable",
+            Self::Overloaded => "overloaded",
+            Self::RequestTimeout => "request_timeout",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
         }
@@ -54,7 +60,8 @@ impl ApiError {
             | Self::InvalidRequest(_)
             | Self::Rejected(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -67,8 +74,11 @@ impl ApiError {
             Self::MethodNotAllowed { allow } => {
                 response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             }
-            Self::Unavailable => {
+            Self::Unavailable | Self::Overloaded => {
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::RequestTimeout => {
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

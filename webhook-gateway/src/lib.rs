@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod payments;
 pub mod routes;
 pub mod shutdown;

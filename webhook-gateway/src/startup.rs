@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper::header::{CONNECTION, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::Settings;
-use crate::payments::{self, PaymentsClient};
+use crate::metrics::Metrics;
+use crate::payments::{self, Payments};
 use crate::routes;
 use crate::signature::Verifier;
 
@@ -27,10 +30,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct AppState {
     pub verifier: Verifier,
-    pub payments: PaymentsClient,
+    pub payments: Payments,
     pub max_body_bytes: usize,
     /// Whether `/checkout/success` is served.
     pub success_page: bool,
+    /// One permit per request being handled (GATEWAY_MAX_IN_FLIGHT).
+    pub in_flight: Arc<Semaphore>,
+    pub request_timeout: Duration,
+    pub metrics: Metrics,
 }
 
 /// A gateway with its port bound, ready to serve.
@@ -38,6 +45,8 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    /// One permit per open connection (GATEWAY_MAX_CONNECTIONS).
+    connections: Arc<Semaphore>,
 }
 
 impl Application {
@@ -45,20 +54,20 @@ impl Application {
     /// [`Application::local_addr`]) and prepares the payments-svc client,
     /// which connects on first use.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let payments = payments::connect_lazy(&settings.payments_svc_url, settings.payments_svc_timeout)
-            .with_context(|| {
-                format!("PAYMENTS_SVC_URL {:?} is not a valid URL", settings.payments_svc_url)
-            })?;
         let state = AppState {
             verifier: Verifier::new(&settings.webhook_secrets, settings.tolerance_secs),
-            payments,
+            payments: payments::connect_lazy(settings)?,
             max_body_bytes: settings.max_body_bytes,
             success_page: settings.success_page,
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            request_timeout: settings.request_timeout,
+            metrics: Metrics::default(),
         };
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("binding GATEWAY_ADDR {}", settings.addr))?;
-        Ok(Self { listener, state: Arc::new(state) })
+        let connections = Arc::new(Semaphore::new(settings.max_connections));
+        Ok(Self { listener, state: Arc::new(state), connections })
     }
 
     /// The address actually bound.
@@ -90,12 +99,26 @@ impl Application {
             };
             let _ = stream.set_nodelay(true);
             let state = Arc::clone(&self.state);
-            let service = service_fn(move |request| routes::route(Arc::clone(&state), request));
+            let permit = Arc::clone(&self.connections).try_acquire_owned().ok();
+            let admitted = permit.is_some();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let state = Arc::clone(&state);
+                async move {
+                    if admitted {
+                        routes::route(state, request).await
+                    } else {
+                        let mut refused = routes::overloaded(&state, request.uri().path()).into_response();
+                        refused.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                        Ok::<_, std::convert::Infallible>(refused)
+                    }
+                }
+            });
             let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%peer, %error, "connection closed with an error");
                 }
+                drop(permit);
             });
         }
 

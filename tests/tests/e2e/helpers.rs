@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::{HttpAnswer, HttpClient, signature_now};
@@ -131,7 +130,7 @@ impl Running {
     }
 }
 
-fn shutdown_channel() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send) {
+fn shutdown_channel() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = oneshot::channel::<()>();
     (tx, async move { drop(rx.await) })
 }
@@ -149,16 +148,12 @@ pub struct StackOptions {
 }
 
 async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &StackOptions) -> Running {
-    let settings = payments_svc::config::Settings {
-        database_url: database_url.to_owned(),
-        grpc_addr: addr,
-        skip_migrations: false,
-        stripe_livemode: options.livemode,
-        stripe_secret_key: options.stripe_api_base.as_ref().map(|_| FAKE_STRIPE_KEY.to_owned()),
-        stripe_api_base: options.stripe_api_base.clone().unwrap_or_default(),
-        stripe_api_timeout_ms: options.stripe_timeout_ms.unwrap_or(3_000),
-        log_format: payments_svc::config::LogFormat::Text,
-    };
+    let mut settings = payments_svc::config::Settings::local(database_url);
+    settings.grpc_addr = addr;
+    settings.stripe_livemode = options.livemode;
+    settings.stripe_secret_key = options.stripe_api_base.as_ref().map(|_| FAKE_STRIPE_KEY.to_owned());
+    settings.stripe_api_base = options.stripe_api_base.clone().unwrap_or_default();
+    settings.stripe_api_timeout_ms = options.stripe_timeout_ms.unwrap_or(3_000);
     let app = payments_svc::startup::Application::build(&settings).await.expect("payments-svc starts");
     let addr = app.local_addr();
     let (stop, shutdown) = shutdown_channel();
@@ -167,15 +162,7 @@ async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &Stac
 }
 
 async fn start_gateway(payments_svc_url: String) -> Running {
-    let settings = webhook_gateway::config::Settings {
-        webhook_secrets: vec![secret()],
-        addr: "127.0.0.1:0".parse().expect("address"),
-        payments_svc_url,
-        tolerance_secs: 300,
-        max_body_bytes: 1024 * 1024,
-        payments_svc_timeout: Duration::from_secs(5),
-        success_page: true,
-    };
+    let settings = webhook_gateway::config::Settings::local(secret(), payments_svc_url);
     let app = webhook_gateway::startup::Application::build(&settings).await.expect("gateway starts");
     let addr = app.local_addr();
     let (stop, shutdown) = shutdown_channel();

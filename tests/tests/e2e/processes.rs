@@ -132,6 +132,7 @@ impl ProcessStack {
             &[
                 ("DATABASE_URL", database_url),
                 ("PAYMENTS_GRPC_ADDR", "127.0.0.1:0"),
+                ("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0"),
                 ("STRIPE_LIVEMODE", if livemode { "true" } else { "false" }),
             ],
         );

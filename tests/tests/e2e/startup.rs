@@ -4,16 +4,7 @@ use crate::helpers::{TestDb, on_both_databases};
 
 on_both_databases!(replicas_starting_together_on_a_new_database_all_come_up);
 async fn replicas_starting_together_on_a_new_database_all_come_up(db: TestDb) {
-    let settings = payments_svc::config::Settings {
-        database_url: db.url.clone(),
-        grpc_addr: "127.0.0.1:0".parse().expect("address"),
-        skip_migrations: false,
-        stripe_livemode: false,
-        stripe_secret_key: None,
-        stripe_api_base: String::new(),
-        stripe_api_timeout_ms: 1_000,
-        log_format: payments_svc::config::LogFormat::Text,
-    };
+    let settings = payments_svc::config::Settings::local(db.url.clone());
     let mut replicas = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let settings = settings.clone();

@@ -47,18 +47,20 @@ async fn post_with_json_body_answers_like_get(db: TestDb) {
 }
 
 #[tokio::test]
-async fn malformed_verify_requests_are_400() {
+async fn malformed_verify_requests_are_400_and_malformed_ids_look_unknown() {
     let stack = Stack::start(TestDb::sqlite().await).await;
+    let unknown = stack.get("/api/payments/verify?session_id=cs_test_unknown").await;
 
+    let missing = stack.get("/api/payments/verify").await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(missing.json()["error"], "invalid_request");
     for path in [
-        "/api/payments/verify",
         "/api/payments/verify?session_id=",
         "/api/payments/verify?session_id=pi_123",
         "/api/payments/verify?session_id=cs_x%27%20or%201%3D1",
     ] {
         let answer = stack.get(path).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
-        assert_eq!(answer.json()["error"], "invalid_request", "{path}");
+        assert_eq!((answer.status, answer.json()), (unknown.status, unknown.json()), "{path}");
     }
     for body in [&b"{}"[..], b"not json", br#"{"sessionId": 42}"#] {
         let answer = stack

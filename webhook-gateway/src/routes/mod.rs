@@ -12,6 +12,7 @@ use hyper::{Method, Request, StatusCode};
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json};
+use crate::metrics::WebhookLabels;
 use crate::startup::AppState;
 
 /// Where Stripe posts events.
@@ -20,22 +21,79 @@ pub const WEBHOOK_PATH: &str = "/api/payments/webhook";
 pub const VERIFY_PATH: &str = "/api/payments/verify";
 /// Liveness: the process is up and serving HTTP.
 pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: payments-svc is reachable and serving.
+pub const READY_PATH: &str = "/readyz";
+/// Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
 /// Where Stripe Checkout sends the buyer back (`success_url`).
 pub const SUCCESS_PAGE_PATH: &str = "/checkout/success";
 
 /// Dispatches one request. Never fails: every error becomes its response.
+/// The webhook and verify routes count against the in-flight limit and the
+/// request timeout; health, metrics and the page are cheap and always served.
 pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
-    let result = match (request.uri().path(), request.method()) {
-        (WEBHOOK_PATH, &Method::POST) => webhook::receive(&state, request).await,
-        (WEBHOOK_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        (VERIFY_PATH, &Method::GET) => verify::by_query(&state, request).await,
-        (VERIFY_PATH, &Method::POST) => verify::by_json(&state, request).await,
-        (VERIFY_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
+    let path = request.uri().path();
+    let result = match (path, request.method()) {
+        (WEBHOOK_PATH | VERIFY_PATH, _) => bounded(&state, request).await,
         (HEALTH_PATH, &Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
-        (HEALTH_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (READY_PATH, &Method::GET) => Ok(readiness(&state).await),
+        (METRICS_PATH, &Method::GET) => Ok(metrics(&state)),
         (SUCCESS_PAGE_PATH, &Method::GET) if state.success_page => Ok(success_page::page()),
+        (HEALTH_PATH | READY_PATH | METRICS_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (SUCCESS_PAGE_PATH, _) if state.success_page => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         _ => Err(ApiError::NotFound),
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
+}
+
+/// The API routes, within the in-flight limit and the request timeout.
+async fn bounded(state: &Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        return Err(overloaded(state, request.uri().path()));
+    };
+    state.metrics.in_flight.inc();
+    let answer = tokio::time::timeout(state.request_timeout, api(state, request)).await;
+    state.metrics.in_flight.dec();
+    answer.unwrap_or(Err(ApiError::RequestTimeout))
+}
+
+async fn api(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    match (request.uri().path(), request.method()) {
+        (WEBHOOK_PATH, &Method::POST) => webhook::receive(state, request).await,
+        (WEBHOOK_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        (_, &Method::GET) => verify::by_query(state, request).await,
+        (_, &Method::POST) => verify::by_json(state, request).await,
+        _ => Err(ApiError::MethodNotAllowed { allow: "GET, POST" }),
+    }
+}
+
+/// Refuses a request the gateway has no room for, counting it.
+pub fn overloaded(state: &AppState, path: &str) -> ApiError {
+    if path == WEBHOOK_PATH {
+        state
+            .metrics
+            .webhooks
+            .get_or_create(&WebhookLabels { outcome: "rejected", reason: "overloaded" })
+            .inc();
+    }
+    tracing::warn!(path, "at capacity; request refused with 503");
+    ApiError::Overloaded
+}
+
+async fn readiness(state: &AppState) -> HttpResponse {
+    if state.payments.ready().await {
+        json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "payments-svc not serving" }))
+    }
+}
+
+fn metrics(state: &AppState) -> HttpResponse {
+    let mut response =
+        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(state.metrics.render())));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }

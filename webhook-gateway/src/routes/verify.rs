@@ -3,6 +3,8 @@
 //! checkout session became a purchase. The answer reveals only the status,
 //! the course and when it was bought; nothing about the buyer.
 
+use std::time::Instant;
+
 use chrono::{DateTime, SecondsFormat};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
+use crate::metrics::{MethodLabels, VerifyLabels};
 use crate::payments;
 use crate::startup::AppState;
 
@@ -57,11 +60,23 @@ pub async fn by_json(state: &AppState, request: Request<Incoming>) -> Result<Htt
 
 async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, ApiError> {
     if !is_checkout_session_id(&session_id) {
-        return Err(ApiError::InvalidRequest("session_id is not a Stripe Checkout Session id (cs_...)"));
+        // Answered exactly like an unknown session, and at once: a malformed
+        // id tells a prober nothing an unknown one would not.
+        state.metrics.verifications.get_or_create(&VerifyLabels { status: "not_found" }).inc();
+        let unknown =
+            Verification { status: "not_found", course_id: None, purchased_at: None, unconfirmed: false };
+        return Ok(json(StatusCode::NOT_FOUND, &unknown));
     }
     let request = VerifyPurchaseRequest { lookup: Some(Lookup::CheckoutSessionId(session_id)) };
-    let mut client = state.payments.clone();
-    let answer = client.verify_purchase(request).await.map_err(payments::api_error)?.into_inner();
+    let mut client = state.payments.client.clone();
+    let call_started = Instant::now();
+    let answer = client.verify_purchase(request).await;
+    state
+        .metrics
+        .payments_call_seconds
+        .get_or_create(&MethodLabels { method: "VerifyPurchase" })
+        .observe(call_started.elapsed().as_secs_f64());
+    let answer = answer.map_err(payments::api_error)?.into_inner();
 
     let status = answer.status();
     let Some(name) = status_name(status) else {
@@ -75,6 +90,7 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         purchased_at: purchase.and_then(|p| p.created_at).and_then(|at| rfc3339(at.seconds, at.nanos)),
         unconfirmed: answer.unconfirmed,
     };
+    state.metrics.verifications.get_or_create(&VerifyLabels { status: name }).inc();
     let code = match status {
         PurchaseStatus::NotFound => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
+use crate::metrics::{MethodLabels, WebhookLabels};
 use crate::payments;
 use crate::startup::AppState;
 
@@ -30,7 +31,14 @@ pub async fn receive(state: &AppState, request: Request<Incoming>) -> Result<Htt
     let started = Instant::now();
     let mut seen = Seen::default();
     let result = verify_and_forward(state, request, &mut seen).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
+    state.metrics.webhook_seconds.observe(elapsed);
+    let labels = match &result {
+        Ok((outcome, _)) => WebhookLabels { outcome, reason: "" },
+        Err(error) => WebhookLabels { outcome: "rejected", reason: error.code() },
+    };
+    state.metrics.webhooks.get_or_create(&labels).inc();
     let (event_id, event_type, session_id) =
         (seen.event_id.as_deref(), seen.event_type.as_deref(), seen.session_id.as_deref());
     match &result {
@@ -87,8 +95,15 @@ async fn verify_and_forward(
     let event = stripe::parse_event(body)?;
     *seen = Seen::event(&event);
 
-    let mut client = state.payments.clone();
-    let answer = client.handle_stripe_event(event).await.map_err(payments::api_error)?.into_inner();
+    let mut client = state.payments.client.clone();
+    let call_started = Instant::now();
+    let answer = client.handle_stripe_event(event).await;
+    state
+        .metrics
+        .payments_call_seconds
+        .get_or_create(&MethodLabels { method: "HandleStripeEvent" })
+        .observe(call_started.elapsed().as_secs_f64());
+    let answer = answer.map_err(payments::api_error)?.into_inner();
     let outcome = match answer.outcome() {
         Outcome::Processed => "processed",
         Outcome::Duplicate => "duplicate",

@@ -1,0 +1,57 @@
+//! Prometheus metrics of payments-svc, served on the admin port.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// processed, duplicate, ignored, failed, error (database).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerifyLabels {
+    /// paid, pending, failed, expired, not_found, error.
+    pub status: &'static str,
+    /// "true" when Stripe could not be asked.
+    pub unconfirmed: &'static str,
+}
+
+/// Every metric, registered once at start-up and shared.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<OutcomeLabels, Counter>,
+    pub event_seconds: Histogram,
+    pub verifications: Family<VerifyLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("payments");
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register("events", "Stripe events handled, by outcome", events.clone());
+        let event_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
+        registry.register(
+            "event_handle_seconds",
+            "Time to apply one event, transaction included",
+            event_seconds.clone(),
+        );
+        let verifications = Family::<VerifyLabels, Counter>::default();
+        registry.register("verifications", "VerifyPurchase answers, by status", verifications.clone());
+        Self { registry, events, event_seconds, verifications }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,82 @@
+//! Prometheus metrics of the gateway, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// processed, duplicate, ignored, failed, or rejected.
+    pub outcome: &'static str,
+    /// Why it was rejected (a response error code); empty otherwise.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerifyLabels {
+    /// The answer's status, or the error code.
+    pub status: &'static str,
+}
+
+/// Every metric, registered once at start-up and shared.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub webhook_seconds: Histogram,
+    pub payments_call_seconds: Family<MethodLabels, Histogram>,
+    pub in_flight: Gauge,
+    pub verifications: Family<VerifyLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook deliveries, by outcome and rejection reason",
+            webhooks.clone(),
+        );
+        let webhook_seconds = latency_histogram();
+        registry.register(
+            "webhook_duration_seconds",
+            "Webhook latency, first byte read to response, forwarded or not",
+            webhook_seconds.clone(),
+        );
+        let payments_call_seconds =
+            Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "payments_call_duration_seconds",
+            "gRPC calls to payments-svc",
+            payments_call_seconds.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("in_flight_requests", "Requests being handled now", in_flight.clone());
+        let verifications = Family::<VerifyLabels, Counter>::default();
+        registry.register("verifications", "Verify route answers, by status", verifications.clone());
+        Self { registry, webhooks, webhook_seconds, payments_call_seconds, in_flight, verifications }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
