@@ -116,6 +116,7 @@ impl Application {
         tokio::spawn(admin::serve(self.admin_listener, Arc::clone(&metrics), stop.clone()));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
         let payments = PaymentsService::new(self.db.clone(), self.policy, self.stripe, metrics);

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use webhook_gateway::signature::{WebhookSecret, sign};
 
+pub mod sender;
+
 /// Where the copies of the shared Stripe fixtures live.
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/stripe")
@@ -44,6 +46,16 @@ pub fn with_fresh_ids(body: &[u8], suffix: &str) -> anyhow::Result<Bytes> {
         text = text.replace(&format!("\"{id}\""), &format!("\"{id}{suffix}\""));
     }
     Ok(Bytes::from(text))
+}
+
+/// The paid `checkout.session.completed` fixture as the `n`th of a stream of
+/// distinct purchases: fresh event, session and payment intent ids, and a
+/// buyer of its own.
+pub fn unique_paid_event(n: usize) -> anyhow::Result<Bytes> {
+    const FIXTURE_USER: &str = "76579e2b-1d72-48ed-99f9-d14b4496249a";
+    let paid = fixture("checkout_session_completed_paid.json")?;
+    let fresh = with_fresh_ids(&paid, &format!("_n{n}"))?;
+    replace_once(&fresh, &format!("\"userId\": \"{FIXTURE_USER}\""), &format!("\"userId\": \"user-{n}\""))
 }
 
 /// A variant of a fixture with one piece of text changed, for events the

@@ -117,6 +117,8 @@ impl Drop for TestDb {
 #[derive(Debug)]
 struct Running {
     addr: SocketAddr,
+    /// payments-svc's admin (metrics) address.
+    admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -145,6 +147,32 @@ pub struct StackOptions {
     pub stripe_api_base: Option<String>,
     /// `STRIPE_API_TIMEOUT_MS`; 3 s when `None`.
     pub stripe_timeout_ms: Option<u64>,
+    /// `PAYMENTS_GRPC_TOKEN`, given to both services.
+    pub grpc_token: Option<String>,
+    /// Serve gRPC over TLS with this certificate, trusted by the gateway.
+    pub tls: Option<TestCertificate>,
+    /// Tweaks to the gateway's settings (limits, timeouts).
+    pub gateway: Option<fn(&mut webhook_gateway::config::Settings)>,
+}
+
+/// A self-signed certificate for 127.0.0.1, written to files.
+#[derive(Debug, Clone)]
+pub struct TestCertificate {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl TestCertificate {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, generated.cert.pem()).expect("write certificate");
+        std::fs::write(&key, generated.signing_key.serialize_pem()).expect("write key");
+        Self { cert, key, _dir: std::sync::Arc::new(dir) }
+    }
 }
 
 async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &StackOptions) -> Running {
@@ -154,20 +182,28 @@ async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &Stac
     settings.stripe_secret_key = options.stripe_api_base.as_ref().map(|_| FAKE_STRIPE_KEY.to_owned());
     settings.stripe_api_base = options.stripe_api_base.clone().unwrap_or_default();
     settings.stripe_api_timeout_ms = options.stripe_timeout_ms.unwrap_or(3_000);
+    settings.grpc_token = options.grpc_token.clone();
+    settings.tls_cert = options.tls.as_ref().map(|tls| tls.cert.clone());
+    settings.tls_key = options.tls.as_ref().map(|tls| tls.key.clone());
     let app = payments_svc::startup::Application::build(&settings).await.expect("payments-svc starts");
-    let addr = app.local_addr();
+    let (addr, admin) = (app.local_addr(), Some(app.admin_addr()));
     let (stop, shutdown) = shutdown_channel();
     let task = tokio::spawn(app.run_until_stopped(shutdown));
-    Running { addr, stop: Some(stop), task }
+    Running { addr, admin, stop: Some(stop), task }
 }
 
-async fn start_gateway(payments_svc_url: String) -> Running {
-    let settings = webhook_gateway::config::Settings::local(secret(), payments_svc_url);
+async fn start_gateway(payments_svc_url: String, options: &StackOptions) -> Running {
+    let mut settings = webhook_gateway::config::Settings::local(secret(), payments_svc_url);
+    settings.payments_grpc_token = options.grpc_token.clone();
+    settings.payments_svc_ca_cert = options.tls.as_ref().map(|tls| tls.cert.clone());
+    if let Some(tweak) = options.gateway {
+        tweak(&mut settings);
+    }
     let app = webhook_gateway::startup::Application::build(&settings).await.expect("gateway starts");
     let addr = app.local_addr();
     let (stop, shutdown) = shutdown_channel();
     let task = tokio::spawn(app.run_until_stopped(shutdown));
-    Running { addr, stop: Some(stop), task }
+    Running { addr, admin: None, stop: Some(stop), task }
 }
 
 pub fn secret() -> WebhookSecret {
@@ -197,7 +233,8 @@ impl Stack {
         let ephemeral = "127.0.0.1:0".parse().expect("address");
         let payments = start_payments_svc(&test_db.url, ephemeral, &options).await;
         let payments_addr = payments.addr;
-        let gateway = start_gateway(format!("http://{payments_addr}")).await;
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let gateway = start_gateway(format!("{scheme}://{payments_addr}"), &options).await;
         let db = Database::connect(&test_db.url).await.expect("test connection");
         Self {
             gateway,
@@ -215,6 +252,17 @@ impl Stack {
 
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.payments_addr)
+    }
+
+    /// payments-svc's Prometheus metrics, as text.
+    pub async fn payments_metrics(&self) -> String {
+        let admin = self.payments.as_ref().and_then(|p| p.admin).expect("payments-svc running");
+        let answer = self.http.send(Method::GET, &format!("http://{admin}/metrics"), &[], Bytes::new()).await;
+        String::from_utf8_lossy(&answer.expect("metrics").body).into_owned()
+    }
+
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway.addr
     }
 
     pub async fn grpc(&self) -> PaymentsClient<tonic::transport::Channel> {
@@ -294,7 +342,7 @@ pub async fn gateway_without_payments_svc() -> (String, impl Future<Output = ()>
     let vacant = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let vacant_addr = vacant.local_addr().expect("address");
     drop(vacant);
-    let gateway = start_gateway(format!("http://{vacant_addr}")).await;
+    let gateway = start_gateway(format!("http://{vacant_addr}"), &StackOptions::default()).await;
     let url = format!("http://{}", gateway.addr);
     (url, gateway.stop())
 }
