@@ -2,6 +2,7 @@
 //! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
 
 mod fake_stripe;
+mod faults;
 mod hardening;
 mod helpers;
 mod lifecycle;

@@ -52,6 +52,8 @@ pub struct Process {
     seen: Vec<Value>,
     /// The address it logged as listening on.
     pub addr: String,
+    /// payments-svc's admin (metrics) address, when it logged one.
+    pub admin_addr: Option<String>,
 }
 
 impl Process {
@@ -76,9 +78,10 @@ impl Process {
                 }
             }
         });
-        let mut process = Self { child, logs, seen: Vec::new(), addr: String::new() };
+        let mut process = Self { child, logs, seen: Vec::new(), addr: String::new(), admin_addr: None };
         let listening = process.wait_for_log(&format!("{name} listening"), |_| true);
         process.addr = listening["addr"].as_str().expect("addr field").to_owned();
+        process.admin_addr = listening["admin_addr"].as_str().map(str::to_owned);
         process
     }
 
@@ -109,6 +112,19 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Sends `signal` (`KILL`, `TERM`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(sent.is_ok_and(|status| status.success()), "kill -{signal}");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("the process exits")
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -125,17 +141,21 @@ pub struct ProcessStack {
     http: HttpClient,
 }
 
+fn start_payments_svc(database_url: &str, grpc_addr: &str, livemode: bool) -> Process {
+    Process::start(
+        "payments-svc",
+        &[
+            ("DATABASE_URL", database_url),
+            ("PAYMENTS_GRPC_ADDR", grpc_addr),
+            ("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0"),
+            ("STRIPE_LIVEMODE", if livemode { "true" } else { "false" }),
+        ],
+    )
+}
+
 impl ProcessStack {
     pub fn start(database_url: &str, livemode: bool) -> Self {
-        let payments = Process::start(
-            "payments-svc",
-            &[
-                ("DATABASE_URL", database_url),
-                ("PAYMENTS_GRPC_ADDR", "127.0.0.1:0"),
-                ("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0"),
-                ("STRIPE_LIVEMODE", if livemode { "true" } else { "false" }),
-            ],
-        );
+        let payments = start_payments_svc(database_url, "127.0.0.1:0", livemode);
         let payments_url = format!("http://{}", payments.addr);
         let gateway = Process::start(
             "webhook-gateway",
@@ -146,6 +166,17 @@ impl ProcessStack {
             ],
         );
         Self { payments, gateway, database_url: database_url.to_owned(), http: HttpClient::default() }
+    }
+
+    /// Starts payments-svc again on the address it had, after it died.
+    pub fn restart_payments_svc(&mut self) {
+        let addr = self.payments.addr.clone();
+        let _ = self.payments.child.wait();
+        self.payments = start_payments_svc(&self.database_url, &addr, false);
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/api/payments/webhook", self.gateway.addr)
     }
 
     pub async fn deliver(&self, body: &Bytes) -> HttpAnswer {
