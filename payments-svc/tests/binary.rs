@@ -66,3 +66,19 @@ fn refuses_a_stripe_key_of_the_other_mode_without_printing_it() {
     assert!(all.contains("STRIPE_SECRET_KEY is a live-mode key but STRIPE_LIVEMODE is false"), "{all}");
     assert!(!all.contains("must_not_be_printed"), "{all}");
 }
+
+#[test]
+fn refuses_to_listen_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
+        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display()))
+        .env("PAYMENTS_GRPC_ADDR", "0.0.0.0:0")
+        .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
+        .env_remove("PAYMENTS_GRPC_TOKEN")
+        .output()
+        .expect("runs");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR (0.0.0.0:0)"), "{stderr}");
+}
