@@ -13,12 +13,13 @@ use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
+use crate::batch::{BatchSettings, EventBatcher};
 use crate::error::Error;
 use crate::fulfilment::Policy;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Verdict, Verification};
-use crate::webhook::{self, IncomingEvent, Outcome};
+use crate::webhook::{IncomingEvent, Outcome};
 
 /// Longest Stripe id accepted (Stripe's ids are at most 255 characters).
 const MAX_SESSION_ID_LEN: usize = 255;
@@ -27,19 +28,24 @@ const MAX_SESSION_ID_LEN: usize = 255;
 pub struct PaymentsService {
     db: DatabaseConnection,
     policy: Policy,
+    /// Group commit for incoming events.
+    batcher: EventBatcher,
     /// Stripe's API, for verify; `None` answers from the database only.
     stripe: Option<StripeApi>,
     metrics: Arc<Metrics>,
 }
 
 impl PaymentsService {
+    /// The service, with the group-commit workers it sends events to.
     pub fn new(
         db: DatabaseConnection,
         policy: Policy,
+        batching: BatchSettings,
         stripe: Option<StripeApi>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { db, policy, stripe, metrics }
+        let batcher = EventBatcher::start(db.clone(), policy, batching);
+        Self { db, policy, batcher, stripe, metrics }
     }
 }
 
@@ -51,7 +57,7 @@ impl Payments for PaymentsService {
     ) -> Result<Response<HandleStripeEventResponse>, Status> {
         let event = IncomingEvent::try_from(request.into_inner())?;
         let started = Instant::now();
-        let result = webhook::handle_event(&self.db, &event, self.policy).await;
+        let result = self.batcher.handle(event).await;
         self.metrics.event_seconds.observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or("error", |outcome| outcome.as_str());
         self.metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();

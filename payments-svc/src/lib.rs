@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;

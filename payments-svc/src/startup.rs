@@ -16,6 +16,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
 use crate::auth::RequireToken;
+use crate::batch::BatchSettings;
 use crate::config::Settings;
 use crate::fulfilment::Policy;
 use crate::grpc::PaymentsService;
@@ -33,6 +34,7 @@ pub struct Application {
     admin_listener: TcpListener,
     db: DatabaseConnection,
     policy: Policy,
+    batching: BatchSettings,
     stripe: Option<StripeApi>,
     auth: RequireToken,
     tls: Option<ServerTlsConfig>,
@@ -76,6 +78,7 @@ impl Application {
             admin_listener,
             db,
             policy: settings.policy(),
+            batching: settings.batching(),
             stripe,
             auth: RequireToken::new(token),
             tls,
@@ -119,7 +122,7 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let payments = PaymentsService::new(self.db.clone(), self.policy, self.stripe, metrics);
+        let payments = PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics);
 
         let mut server = Server::builder();
         if let Some(tls) = self.tls {

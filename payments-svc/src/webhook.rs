@@ -143,7 +143,7 @@ pub async fn handle_event(
 
 /// One line per event, and a distinct warning for each reason an event is
 /// not applied, so each can be grepped and alerted on.
-fn log_outcome(event: &IncomingEvent, outcome: &Outcome) {
+pub(crate) fn log_outcome(event: &IncomingEvent, outcome: &Outcome) {
     let (event_id, event_type, session_id) = (&event.id, &event.event_type, event.session_id());
     match outcome {
         Outcome::Ignored { reason } if reason.code == "unhandled_event_type" => {

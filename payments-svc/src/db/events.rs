@@ -1,7 +1,7 @@
 //! Queries on `stripe_webhook_events`.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -11,18 +11,32 @@ use super::entities::stripe_webhook_event::{ActiveModel, Column, Entity, EventSt
 use crate::webhook::IncomingEvent;
 
 /// Records one delivery of `event` and returns its row as it now stands.
-///
-/// A first delivery inserts a `received` row; a redelivery only bumps
-/// `delivery_count` and `last_received_at`. It is a single
-/// `INSERT ... ON CONFLICT (event_id) DO UPDATE ... RETURNING`, so concurrent
-/// deliveries of the same event serialise on the unique index: the later ones
-/// wait for the first transaction and then see what it committed.
+/// See [`record_deliveries`].
 pub async fn record_delivery(
     db: &impl ConnectionTrait,
     event: &IncomingEvent,
     now: DateTime<Utc>,
 ) -> Result<Model, DbErr> {
-    let row = ActiveModel {
+    let mut rows = record_deliveries(db, &[(event, 1)], now).await?;
+    rows.pop().ok_or_else(|| DbErr::RecordNotFound(format!("event {} after recording it", event.id)))
+}
+
+/// Records `deliveries` (each event with how many times it arrived; each
+/// event at most once) and returns their rows as they now stand.
+///
+/// A first delivery inserts a `received` row; a redelivery only adds to
+/// `delivery_count` and sets `last_received_at`, leaving the status as it
+/// was, so the returned status says whether the event was already settled.
+/// It is one `INSERT ... ON CONFLICT (event_id) DO UPDATE ... RETURNING`, so
+/// concurrent deliveries of the same event serialise on the unique index:
+/// the later ones wait for the first transaction and then see what it
+/// committed.
+pub async fn record_deliveries(
+    db: &impl ConnectionTrait,
+    deliveries: &[(&IncomingEvent, i32)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Model>, DbErr> {
+    let rows = deliveries.iter().map(|(event, count)| ActiveModel {
         id: NotSet,
         event_id: Set(event.id.clone()),
         event_type: Set(event.event_type.clone()),
@@ -32,17 +46,35 @@ pub async fn record_delivery(
         status: Set(EventStatus::Received),
         error: Set(None),
         payload: Set(event.payload.clone()),
-        delivery_count: Set(1),
+        delivery_count: Set(*count),
         stripe_created_at: Set(event.created),
         received_at: Set(now),
         last_received_at: Set(now),
         processed_at: Set(None),
-    };
+    });
     let redelivery = OnConflict::column(Column::EventId)
-        .value(Column::DeliveryCount, Expr::col((Entity, Column::DeliveryCount)).add(1))
+        .value(
+            Column::DeliveryCount,
+            Expr::col((Entity, Column::DeliveryCount)).add(Expr::col((Alias::new("excluded"), Column::DeliveryCount))),
+        )
         .value(Column::LastReceivedAt, now)
         .to_owned();
-    Entity::insert(row).on_conflict(redelivery).exec_with_returning(db).await
+    Entity::insert_many(rows).on_conflict(redelivery).exec_with_returning(db).await
+}
+
+/// Settles many events as processed, with no error, in one statement.
+pub async fn settle_processed(db: &impl ConnectionTrait, ids: &[i64], now: DateTime<Utc>) -> Result<(), DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    Entity::update_many()
+        .col_expr(Column::Status, Expr::value(EventStatus::Processed))
+        .col_expr(Column::Error, Expr::value(Option::<serde_json::Value>::None))
+        .col_expr(Column::ProcessedAt, Expr::value(now))
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .exec(db)
+        .await
+        .map(drop)
 }
 
 /// Settles an event as processed, ignored or failed, with the reason when

@@ -10,15 +10,17 @@ use sea_orm::{
 use super::entities::course_purchase::{ActiveModel, Column, Entity, Model, PurchaseStatus};
 use crate::fulfilment::NewPurchase;
 
+/// One purchase to write: at `status`, flagged `needs_refund` or not.
+#[derive(Debug, Clone, Copy)]
+pub struct PurchaseWrite<'a> {
+    pub purchase: &'a NewPurchase,
+    pub status: PurchaseStatus,
+    pub needs_refund: bool,
+}
+
 /// Records `purchase` at `status`, or moves the session's existing purchase
-/// up to `status`; never down (see [`PurchaseStatus::rank`]). One statement,
-/// `INSERT ... ON CONFLICT (stripe_checkout_session_id) DO UPDATE ... WHERE
-/// rank(current) < rank(new)`, so concurrent callers and any order of events
-/// end in the same row. Returns whether the row was written.
-///
-/// Fails with a unique violation when this would make a second paid,
-/// unflagged purchase of the same course by the same user; the caller then
-/// records it with `needs_refund`.
+/// up to `status`; never down (see [`PurchaseStatus::rank`]). Returns
+/// whether the row was written. See [`advance_all`].
 pub async fn advance(
     db: &impl ConnectionTrait,
     purchase: &NewPurchase,
@@ -26,20 +28,36 @@ pub async fn advance(
     needs_refund: bool,
     now: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
-    let row = ActiveModel {
+    advance_all(db, &[PurchaseWrite { purchase, status, needs_refund }], now).await.map(|written| written > 0)
+}
+
+/// Writes every purchase in one statement, `INSERT ... ON CONFLICT
+/// (stripe_checkout_session_id) DO UPDATE ... WHERE rank(current) <
+/// rank(new)`, so concurrent callers and any order of events end in the same
+/// rows. `writes` must name each session at most once. Returns how many rows
+/// were written.
+///
+/// Fails with a unique violation when this would make a second paid,
+/// unflagged purchase of the same course by the same user; the caller then
+/// records it with `needs_refund`.
+pub async fn advance_all(db: &impl ConnectionTrait, writes: &[PurchaseWrite<'_>], now: DateTime<Utc>) -> Result<u64, DbErr> {
+    if writes.is_empty() {
+        return Ok(0);
+    }
+    let rows = writes.iter().map(|write| ActiveModel {
         id: NotSet,
-        user_id: Set(purchase.user_id.clone()),
-        course_id: Set(purchase.course_id.clone()),
-        stripe_checkout_session_id: Set(purchase.checkout_session_id.clone()),
-        stripe_payment_intent_id: Set(purchase.payment_intent_id.clone()),
-        amount_total: Set(purchase.amount_total),
-        currency: Set(purchase.currency.clone()),
-        status: Set(status),
-        source: Set(purchase.source),
-        needs_refund: Set(needs_refund),
+        user_id: Set(write.purchase.user_id.clone()),
+        course_id: Set(write.purchase.course_id.clone()),
+        stripe_checkout_session_id: Set(write.purchase.checkout_session_id.clone()),
+        stripe_payment_intent_id: Set(write.purchase.payment_intent_id.clone()),
+        amount_total: Set(write.purchase.amount_total),
+        currency: Set(write.purchase.currency.clone()),
+        status: Set(write.status),
+        source: Set(write.purchase.source),
+        needs_refund: Set(write.needs_refund),
         created_at: Set(now),
         updated_at: Set(now),
-    };
+    });
     let forward_only = OnConflict::column(Column::StripeCheckoutSessionId)
         .update_columns([Column::Status, Column::NeedsRefund, Column::UpdatedAt])
         .values([
@@ -47,24 +65,26 @@ pub async fn advance(
             (Column::AmountTotal, keep_known(Column::AmountTotal)),
             (Column::Currency, keep_known(Column::Currency)),
         ])
-        .action_and_where(current_rank().lt(status.rank()))
+        .action_and_where(rank_of(Expr::col((Entity, Column::Status))).lt(rank_of(excluded(Column::Status))))
         .to_owned();
-    let written = Entity::insert(row).on_conflict(forward_only).exec_without_returning(db).await?;
-    Ok(written > 0)
+    Entity::insert_many(rows).on_conflict(forward_only).exec_without_returning(db).await
+}
+
+/// The value the insert proposed for `column` (`excluded.column`).
+fn excluded(column: Column) -> Expr {
+    Expr::col((Alias::new("excluded"), column))
 }
 
 /// The new value when the event carries one, else the value already stored.
 fn keep_known(column: Column) -> SimpleExpr {
-    Func::coalesce([Expr::col((Alias::new("excluded"), column)), Expr::col((Entity, column))]).into()
+    Func::coalesce([excluded(column), Expr::col((Entity, column))]).into()
 }
 
-/// `CASE course_purchases.status WHEN 'pending' THEN 1 ... END`, generated
-/// from [`PurchaseStatus::rank`] so Rust and SQL cannot disagree.
-fn current_rank() -> SimpleExpr {
+/// `CASE <status> WHEN 'pending' THEN 1 ... END`, generated from
+/// [`PurchaseStatus::rank`] so Rust and SQL cannot disagree.
+fn rank_of(status: Expr) -> SimpleExpr {
     PurchaseStatus::iter()
-        .fold(CaseStatement::new(), |case, status| {
-            case.case(Expr::col((Entity, Column::Status)).eq(status), status.rank())
-        })
+        .fold(CaseStatement::new(), |case, each| case.case(status.clone().eq(each), each.rank()))
         .finally(0)
         .into()
 }

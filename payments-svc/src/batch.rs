@@ -1,0 +1,251 @@
+//! Group commit: concurrent `HandleStripeEvent` calls are gathered into one
+//! database transaction, written with multi-row statements, and each caller
+//! gets its own outcome once that transaction has committed.
+//!
+//! One transaction per event cannot go faster than the database can commit;
+//! a batch pays for one commit (one fsync) for all of its events. A batch is
+//! whatever calls are waiting when a worker is free, up to
+//! `PAYMENTS_BATCH_MAX`, optionally waiting `PAYMENTS_BATCH_WAIT_US` for more.
+//!
+//! The guarantees are those of [`webhook::handle_event`], which stays the
+//! reference: the same rows, the same outcomes. Within a batch an event
+//! delivered several times is applied once (the later copies answer
+//! duplicate), and the events and sessions are written in sorted order so
+//! that concurrent batches take their row locks in the same order. If any
+//! statement of a batch fails (a second paid purchase of one course, which
+//! needs the flagged path; a lost connection) the whole transaction rolls
+//! back and its events are applied one by one through `handle_event`: one
+//! bad event never fails its batch-mates, and a database outage fails only
+//! the calls it touches, which Stripe retries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::db::entities::course_purchase::PurchaseStatus;
+use crate::db::entities::stripe_webhook_event::EventStatus;
+use crate::db::purchases::PurchaseWrite;
+use crate::db::{events, purchases};
+use crate::fulfilment::{self, NewPurchase, Plan, Policy};
+use crate::webhook::{self, IncomingEvent, Outcome};
+
+/// How calls are gathered into transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Most events in one transaction (1 turns group commit off).
+    pub max_size: usize,
+    /// How long a worker waits for more events once it has one; zero takes
+    /// only what is already waiting (calls queue up while a batch commits).
+    pub max_wait: Duration,
+    /// Transactions in progress at once.
+    pub workers: usize,
+}
+
+struct Job {
+    event: IncomingEvent,
+    reply: oneshot::Sender<Result<Outcome, DbErr>>,
+}
+
+/// The handle calls go through; cheap to clone.
+#[derive(Clone)]
+pub struct EventBatcher {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for EventBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBatcher").field("queued", &(self.jobs.max_capacity() - self.jobs.capacity())).finish()
+    }
+}
+
+impl EventBatcher {
+    /// Starts the workers. They stop once every handle is dropped and the
+    /// queue is empty.
+    pub fn start(db: DatabaseConnection, policy: Policy, settings: BatchSettings) -> Self {
+        let (jobs, queue) = mpsc::channel(settings.max_size.max(1) * settings.workers.max(1) * 4);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..settings.workers.max(1) {
+            tokio::spawn(work(db.clone(), policy, settings, Arc::clone(&queue)));
+        }
+        Self { jobs }
+    }
+
+    /// Applies `event` in the next batch and answers once it is committed.
+    pub async fn handle(&self, event: IncomingEvent) -> Result<Outcome, DbErr> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { event, reply }).await.map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
+        answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))?
+    }
+}
+
+async fn work(db: DatabaseConnection, policy: Policy, settings: BatchSettings, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let jobs = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else { return };
+            gather(&mut queue, first, settings).await
+        };
+        run(&db, policy, jobs).await;
+    }
+}
+
+/// `first` and whatever else is waiting, within the settings' bounds.
+async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSettings) -> Vec<Job> {
+    let mut jobs = vec![first];
+    while jobs.len() < settings.max_size {
+        match queue.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    if settings.max_wait.is_zero() {
+        return jobs;
+    }
+    let deadline = tokio::time::Instant::now() + settings.max_wait;
+    while jobs.len() < settings.max_size {
+        match tokio::time::timeout_at(deadline, queue.recv()).await {
+            Ok(Some(job)) => jobs.push(job),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    jobs
+}
+
+async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>) {
+    let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
+    match apply_batch(db, policy, &events).await {
+        Ok(outcomes) => {
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");
+            for job in jobs {
+                let result = webhook::handle_event(db, &job.event, policy).await;
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// One transaction for every event; the outcome of each, in order.
+async fn apply_batch(db: &DatabaseConnection, policy: Policy, events: &[&IncomingEvent]) -> Result<Vec<Outcome>, DbErr> {
+    let now = Utc::now();
+    let mut deliveries: BTreeMap<&str, (&IncomingEvent, i32)> = BTreeMap::new();
+    for event in events {
+        deliveries.entry(event.id.as_str()).or_insert((event, 0)).1 += 1;
+    }
+    let distinct: Vec<(&IncomingEvent, i32)> = deliveries.values().copied().collect();
+
+    let txn = db.begin().await?;
+    let rows = events::record_deliveries(&txn, &distinct, now).await?;
+    let row_of: HashMap<&str, (i64, EventStatus)> = rows.iter().map(|r| (r.event_id.as_str(), (r.id, r.status))).collect();
+
+    let mut applied = Applied::default();
+    for (event, _) in &distinct {
+        let (row_id, status) = *row_of
+            .get(event.id.as_str())
+            .ok_or_else(|| DbErr::RecordNotFound(format!("event {} after recording it", event.id)))?;
+        let outcome = if status.is_settled() {
+            Outcome::Duplicate
+        } else {
+            applied.plan(row_id, fulfilment::plan(event, policy))
+        };
+        applied.outcomes.insert(event.id.as_str(), outcome);
+    }
+    applied.write(&txn, now).await?;
+    txn.commit().await?;
+
+    for (event, _) in &distinct {
+        if let Some(outcome) = applied.outcomes.get(event.id.as_str()) {
+            webhook::log_outcome(event, outcome);
+        }
+    }
+    Ok(answers(events, &applied.outcomes))
+}
+
+/// What a batch writes once every event is planned.
+#[derive(Default)]
+struct Applied<'a> {
+    outcomes: HashMap<&'a str, Outcome>,
+    /// By session id, sorted; the most advanced status wins.
+    purchases: BTreeMap<String, (NewPurchase, PurchaseStatus)>,
+    processed: Vec<i64>,
+    /// Ignored or failed, each with its reason.
+    others: Vec<(i64, EventStatus, serde_json::Value)>,
+}
+
+impl Applied<'_> {
+    fn plan(&mut self, row_id: i64, plan: Plan) -> Outcome {
+        match plan {
+            Plan::Record(purchase, status) => {
+                self.record(purchase, status);
+                self.processed.push(row_id);
+                Outcome::Processed
+            }
+            Plan::Acknowledge => {
+                self.processed.push(row_id);
+                Outcome::Processed
+            }
+            Plan::Ignore(reason) => {
+                self.others.push((row_id, EventStatus::Ignored, reason.to_json()));
+                Outcome::Ignored { reason }
+            }
+            Plan::Fail(error) => {
+                self.others.push((row_id, EventStatus::Failed, error.to_json()));
+                Outcome::Failed { error }
+            }
+        }
+    }
+
+    /// Two events of one session in a batch become one write at the higher
+    /// status: what applying both, in either order, would leave.
+    fn record(&mut self, purchase: NewPurchase, status: PurchaseStatus) {
+        let session = purchase.checkout_session_id.clone();
+        match self.purchases.get_mut(&session) {
+            Some(current) if current.1.rank() >= status.rank() => {}
+            Some(current) => *current = (purchase, status),
+            None => {
+                self.purchases.insert(session, (purchase, status));
+            }
+        }
+    }
+
+    async fn write(&self, txn: &sea_orm::DatabaseTransaction, now: DateTime<Utc>) -> Result<(), DbErr> {
+        let writes: Vec<PurchaseWrite<'_>> = self
+            .purchases
+            .values()
+            .map(|(purchase, status)| PurchaseWrite { purchase, status: *status, needs_refund: false })
+            .collect();
+        purchases::advance_all(txn, &writes, now).await?;
+        events::settle_processed(txn, &self.processed, now).await?;
+        for (row_id, status, reason) in &self.others {
+            events::settle(txn, *row_id, *status, Some(reason.clone()), now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Each call's answer: the first copy of an event gets its outcome, later
+/// copies in the same batch are duplicates of it (or the same failure).
+fn answers(events: &[&IncomingEvent], outcomes: &HashMap<&str, Outcome>) -> Vec<Outcome> {
+    let mut answered: HashMap<&str, ()> = HashMap::new();
+    events
+        .iter()
+        .map(|event| {
+            let outcome = outcomes.get(event.id.as_str()).cloned().unwrap_or(Outcome::Duplicate);
+            if answered.insert(event.id.as_str(), ()).is_none() {
+                return outcome;
+            }
+            match outcome {
+                Outcome::Failed { .. } => outcome,
+                _ => Outcome::Duplicate,
+            }
+        })
+        .collect()
+}
