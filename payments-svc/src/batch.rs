@@ -31,6 +31,7 @@ use crate::db::entities::stripe_webhook_event::EventStatus;
 use crate::db::purchases::PurchaseWrite;
 use crate::db::{events, purchases};
 use crate::fulfilment::{self, NewPurchase, Plan, Policy};
+use crate::metrics::Metrics;
 use crate::webhook::{self, IncomingEvent, Outcome};
 
 /// How calls are gathered into transactions.
@@ -58,18 +59,25 @@ pub struct EventBatcher {
 
 impl std::fmt::Debug for EventBatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventBatcher").field("queued", &(self.jobs.max_capacity() - self.jobs.capacity())).finish()
+        f.debug_struct("EventBatcher")
+            .field("queued", &(self.jobs.max_capacity() - self.jobs.capacity()))
+            .finish()
     }
 }
 
 impl EventBatcher {
     /// Starts the workers. They stop once every handle is dropped and the
     /// queue is empty.
-    pub fn start(db: DatabaseConnection, policy: Policy, settings: BatchSettings) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        policy: Policy,
+        settings: BatchSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(settings.max_size.max(1) * settings.workers.max(1) * 4);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..settings.workers.max(1) {
-            tokio::spawn(work(db.clone(), policy, settings, Arc::clone(&queue)));
+            tokio::spawn(work(db.clone(), policy, settings, Arc::clone(&queue), Arc::clone(&metrics)));
         }
         Self { jobs }
     }
@@ -77,19 +85,29 @@ impl EventBatcher {
     /// Applies `event` in the next batch and answers once it is committed.
     pub async fn handle(&self, event: IncomingEvent) -> Result<Outcome, DbErr> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { event, reply }).await.map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
+        self.jobs
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
         answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))?
     }
 }
 
-async fn work(db: DatabaseConnection, policy: Policy, settings: BatchSettings, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn work(
+    db: DatabaseConnection,
+    policy: Policy,
+    settings: BatchSettings,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let jobs = {
             let mut queue = queue.lock().await;
             let Some(first) = queue.recv().await else { return };
             gather(&mut queue, first, settings).await
         };
-        run(&db, policy, jobs).await;
+        metrics.batch_size.observe(jobs.len() as f64);
+        run(&db, policy, jobs, &metrics).await;
     }
 }
 
@@ -115,7 +133,7 @@ async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSett
     jobs
 }
 
-async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>) {
+async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>, metrics: &Metrics) {
     let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
     match apply_batch(db, policy, &events).await {
         Ok(outcomes) => {
@@ -124,6 +142,7 @@ async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>) {
             }
         }
         Err(error) => {
+            metrics.batch_fallbacks.inc();
             tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");
             for job in jobs {
                 let result = webhook::handle_event(db, &job.event, policy).await;
@@ -134,7 +153,11 @@ async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>) {
 }
 
 /// One transaction for every event; the outcome of each, in order.
-async fn apply_batch(db: &DatabaseConnection, policy: Policy, events: &[&IncomingEvent]) -> Result<Vec<Outcome>, DbErr> {
+async fn apply_batch(
+    db: &DatabaseConnection,
+    policy: Policy,
+    events: &[&IncomingEvent],
+) -> Result<Vec<Outcome>, DbErr> {
     let now = Utc::now();
     let mut deliveries: BTreeMap<&str, (&IncomingEvent, i32)> = BTreeMap::new();
     for event in events {
@@ -144,7 +167,8 @@ async fn apply_batch(db: &DatabaseConnection, policy: Policy, events: &[&Incomin
 
     let txn = db.begin().await?;
     let rows = events::record_deliveries(&txn, &distinct, now).await?;
-    let row_of: HashMap<&str, (i64, EventStatus)> = rows.iter().map(|r| (r.event_id.as_str(), (r.id, r.status))).collect();
+    let row_of: HashMap<&str, (i64, EventStatus)> =
+        rows.iter().map(|r| (r.event_id.as_str(), (r.id, r.status))).collect();
 
     let mut applied = Applied::default();
     for (event, _) in &distinct {
@@ -248,4 +272,68 @@ fn answers(events: &[&IncomingEvent], outcomes: &HashMap<&str, Outcome>) -> Vec<
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fulfilment::Failure;
+
+    fn event(id: &str) -> IncomingEvent {
+        IncomingEvent {
+            id: id.into(),
+            event_type: "checkout.session.completed".into(),
+            created: 1,
+            livemode: false,
+            api_version: None,
+            session: None,
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn later_copies_of_an_event_in_a_batch_are_duplicates_of_the_first() {
+        let (a, b) = (event("evt_a"), event("evt_b"));
+        let failure = Failure { code: "invalid_metadata", message: "m".into() };
+        let outcomes = HashMap::from([
+            ("evt_a", Outcome::Processed),
+            ("evt_b", Outcome::Failed { error: failure.clone() }),
+        ]);
+
+        let answered = answers(&[&a, &b, &a, &b], &outcomes);
+
+        assert_eq!(
+            answered,
+            [
+                Outcome::Processed,
+                Outcome::Failed { error: failure.clone() },
+                Outcome::Duplicate,
+                Outcome::Failed { error: failure }
+            ]
+        );
+    }
+
+    #[test]
+    fn two_events_of_one_session_write_the_more_advanced_status() {
+        let purchase = |status_hint: &str| NewPurchase {
+            source: crate::db::entities::course_purchase::PurchaseSource::Webhook,
+            user_id: "u".into(),
+            course_id: "c".into(),
+            checkout_session_id: "cs_1".into(),
+            payment_intent_id: Some(status_hint.into()),
+            amount_total: None,
+            currency: None,
+        };
+        for order in
+            [[PurchaseStatus::Paid, PurchaseStatus::Pending], [PurchaseStatus::Pending, PurchaseStatus::Paid]]
+        {
+            let mut applied = Applied::default();
+            for status in order {
+                applied.record(purchase(&format!("{status:?}")), status);
+            }
+            let (written, status) = &applied.purchases["cs_1"];
+            assert_eq!(*status, PurchaseStatus::Paid, "{order:?}");
+            assert_eq!(written.payment_intent_id.as_deref(), Some("Paid"));
+        }
+    }
 }

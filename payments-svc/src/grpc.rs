@@ -12,8 +12,8 @@ use std::time::Instant;
 use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
-use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
 use crate::batch::{BatchSettings, EventBatcher};
+use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
 use crate::error::Error;
 use crate::fulfilment::Policy;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
@@ -44,7 +44,7 @@ impl PaymentsService {
         stripe: Option<StripeApi>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let batcher = EventBatcher::start(db.clone(), policy, batching);
+        let batcher = EventBatcher::start(db.clone(), policy, batching, Arc::clone(&metrics));
         Self { db, policy, batcher, stripe, metrics }
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub events: Family<OutcomeLabels, Counter>,
     pub event_seconds: Histogram,
     pub verifications: Family<VerifyLabels, Counter>,
+    pub batch_size: Histogram,
+    pub batch_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -42,7 +44,15 @@ impl Default for Metrics {
         );
         let verifications = Family::<VerifyLabels, Counter>::default();
         registry.register("verifications", "VerifyPurchase answers, by status", verifications.clone());
-        Self { registry, events, event_seconds, verifications }
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register("batch_size", "Events per group-commit transaction", batch_size.clone());
+        let batch_fallbacks = Counter::default();
+        registry.register(
+            "batch_fallbacks",
+            "Batches rolled back and applied event by event (a duplicate payment, a database error)",
+            batch_fallbacks.clone(),
+        );
+        Self { registry, events, event_seconds, verifications, batch_size, batch_fallbacks }
     }
 }
 

@@ -122,7 +122,8 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let payments = PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics);
+        let payments =
+            PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics);
 
         let mut server = Server::builder();
         if let Some(tls) = self.tls {

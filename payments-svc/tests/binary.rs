@@ -80,5 +80,8 @@ fn refuses_to_listen_beyond_loopback_without_a_token() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR (0.0.0.0:0)"), "{stderr}");
+    assert!(
+        stderr.contains("PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR (0.0.0.0:0)"),
+        "{stderr}"
+    );
 }

@@ -55,7 +55,8 @@ pub async fn record_deliveries(
     let redelivery = OnConflict::column(Column::EventId)
         .value(
             Column::DeliveryCount,
-            Expr::col((Entity, Column::DeliveryCount)).add(Expr::col((Alias::new("excluded"), Column::DeliveryCount))),
+            Expr::col((Entity, Column::DeliveryCount))
+                .add(Expr::col((Alias::new("excluded"), Column::DeliveryCount))),
         )
         .value(Column::LastReceivedAt, now)
         .to_owned();
@@ -63,7 +64,11 @@ pub async fn record_deliveries(
 }
 
 /// Settles many events as processed, with no error, in one statement.
-pub async fn settle_processed(db: &impl ConnectionTrait, ids: &[i64], now: DateTime<Utc>) -> Result<(), DbErr> {
+pub async fn settle_processed(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
     if ids.is_empty() {
         return Ok(());
     }

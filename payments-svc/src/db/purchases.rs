@@ -40,7 +40,11 @@ pub async fn advance(
 /// Fails with a unique violation when this would make a second paid,
 /// unflagged purchase of the same course by the same user; the caller then
 /// records it with `needs_refund`.
-pub async fn advance_all(db: &impl ConnectionTrait, writes: &[PurchaseWrite<'_>], now: DateTime<Utc>) -> Result<u64, DbErr> {
+pub async fn advance_all(
+    db: &impl ConnectionTrait,
+    writes: &[PurchaseWrite<'_>],
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
     if writes.is_empty() {
         return Ok(0);
     }

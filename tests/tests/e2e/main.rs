@@ -3,6 +3,7 @@
 
 mod fake_stripe;
 mod faults;
+mod group_commit;
 mod hardening;
 mod helpers;
 mod lifecycle;

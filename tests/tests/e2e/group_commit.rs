@@ -1,0 +1,83 @@
+//! Group commit, observed: one transaction for a burst of events, each
+//! caller with its own outcome, and a batch that cannot be written whole
+//! falling back without failing the others.
+
+use bytes::Bytes;
+use e2e::{fixture, with_fresh_ids};
+use hyper::StatusCode;
+use payments_svc::db::entities::course_purchase::PurchaseStatus;
+
+use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
+
+/// Long enough that a burst of concurrent calls lands in one batch.
+const GATHER_US: u64 = 300_000;
+
+fn outcome(answer: &e2e::HttpAnswer) -> String {
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    answer.json()["outcome"].as_str().expect("outcome").to_owned()
+}
+
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).map(str::trim))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+on_both_databases!(a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome);
+async fn a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome(db: TestDb) {
+    let stack = Stack::start_with(db, StackOptions { batch_wait_us: GATHER_US, ..Default::default() }).await;
+    let paid = fixture("checkout_session_completed_paid.json").expect("fixture");
+    let burst: Vec<Bytes> = [
+        "checkout_session_completed_paid.json",
+        "checkout_session_completed_no_metadata.json",
+        "charge_succeeded.json",
+        "checkout_session_completed_unpaid_async.json",
+        "checkout_session_async_payment_succeeded.json",
+    ]
+    .iter()
+    .map(|name| fixture(name).expect("fixture"))
+    .chain([paid])
+    .collect();
+
+    let answers = stack.deliver_concurrently(&burst).await;
+
+    let mut outcomes: Vec<String> = answers.iter().map(outcome).collect();
+    let paid_twice = [outcomes.remove(0), outcomes.pop().expect("last")];
+    assert!(
+        paid_twice.contains(&"processed".to_owned()) && paid_twice.contains(&"duplicate".to_owned()),
+        "{paid_twice:?}"
+    );
+    assert_eq!(outcomes, ["failed", "ignored", "processed", "processed"]);
+    let metrics = stack.payments_metrics().await;
+    assert_eq!(metric(&metrics, "payments_batch_size_count"), 1.0, "one transaction");
+    assert_eq!(metric(&metrics, "payments_batch_size_sum"), 6.0);
+    assert_eq!(metric(&metrics, "payments_batch_fallbacks_total"), 0.0);
+    let purchases = stack.purchases().await;
+    assert_eq!(purchases.len(), 2);
+    assert!(purchases.iter().all(|p| p.status == PurchaseStatus::Paid), "{purchases:?}");
+    let events = stack.events().await;
+    assert_eq!(events.len(), 5);
+    assert_eq!(events.iter().map(|e| e.delivery_count).sum::<i32>(), 6);
+    stack.shutdown().await;
+}
+
+on_both_databases!(a_batch_that_cannot_be_written_whole_falls_back_without_failing_the_others);
+async fn a_batch_that_cannot_be_written_whole_falls_back_without_failing_the_others(db: TestDb) {
+    let stack = Stack::start_with(db, StackOptions { batch_wait_us: GATHER_US, ..Default::default() }).await;
+    let paid = fixture("checkout_session_completed_paid.json").expect("fixture");
+    let paid_again_for_the_same_course = with_fresh_ids(&paid, "_again").expect("variant");
+    let burst = [paid, paid_again_for_the_same_course, fixture("charge_succeeded.json").expect("fixture")];
+
+    let answers = stack.deliver_concurrently(&burst).await;
+
+    let outcomes: Vec<String> = answers.iter().map(outcome).collect();
+    assert_eq!(outcomes, ["processed", "processed", "ignored"]);
+    let metrics = stack.payments_metrics().await;
+    assert_eq!(metric(&metrics, "payments_batch_fallbacks_total"), 1.0);
+    let purchases = stack.purchases().await;
+    assert_eq!(purchases.len(), 2);
+    assert_eq!(purchases.iter().filter(|p| p.needs_refund).count(), 1, "the second payment is flagged");
+    stack.shutdown().await;
+}
