@@ -1,0 +1,436 @@
+//! Load generator: starts payments-svc and webhook-gateway (the binaries next
+//! to this one), floods the gateway with pre-signed unique events over C
+//! keep-alive connections for a while, reports throughput, latency
+//! percentiles and the services' CPU and memory, then checks the database
+//! holds exactly one event row per distinct event and one purchase per
+//! distinct session.
+//!
+//! ```text
+//! cargo build --release -p payments-svc -p webhook-gateway -p e2e
+//! target/release/loadgen --database-url postgres://postgres@127.0.0.1:5432/loadgen --connections 64 --duration 25
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use clap::Parser;
+use e2e::{fixture, replace_once, unix_now, with_fresh_ids};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use tokio::net::TcpStream;
+use webhook_gateway::signature::{WebhookSecret, sign};
+
+const SECRET: &str = "whsec_loadgen_secret_0123456789";
+/// The userId in the paid fixture, replaced so every purchase has its buyer.
+const FIXTURE_USER: &str = "76579e2b-1d72-48ed-99f9-d14b4496249a";
+/// Stands for the event number in the body template.
+const MARK: &str = "\u{a7}";
+
+/// Flood the stack with signed Stripe events and measure it.
+#[derive(Parser)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Database for payments-svc; created (PostgreSQL) or emptied first.
+    #[arg(long, default_value = "sqlite://loadgen.db?mode=rwc")]
+    database_url: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 25)]
+    duration: u64,
+    /// Unique events to pre-sign; sending stops early when they run out.
+    #[arg(long, default_value_t = 300_000)]
+    events: usize,
+    /// Share of sends that re-send an earlier event (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Directory of the payments-svc and webhook-gateway binaries; default:
+    /// the one this binary is in.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// One thread: a load generator should spend its CPU on requests, not on
+/// a work-stealing scheduler competing with the services for two cores.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!((0.0..=1.0).contains(&args.duplicates), "--duplicates is a share from 0.0 to 1.0");
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?.parent().context("binary directory")?.to_path_buf(),
+    };
+    reset_database(&args.database_url).await?;
+
+    let started = Instant::now();
+    let events = Arc::new(presign(args.events)?);
+    eprintln!("pre-signed {} events in {:.1} s", events.len(), started.elapsed().as_secs_f64());
+
+    let stack = Stack::start(&bin_dir, &args.database_url)?;
+    let before = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
+    let report = drive(&stack.gateway_addr, Arc::clone(&events), &args).await;
+    let after = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
+    let peak_rss = [peak_rss_kib(stack.payments.id())?, peak_rss_kib(stack.gateway.id())?];
+    let batches = batch_sizes(&stack.payments_admin).await.unwrap_or_default();
+    drop(stack);
+
+    let accepted = report.statuses.get(&200).copied().unwrap_or(0);
+    let elapsed = report.elapsed.as_secs_f64();
+    let cpu = [after[0] - before[0], after[1] - before[1]];
+    println!("connections       {}", args.connections);
+    println!("sent              {} in {elapsed:.1} s ({} distinct)", report.sent, report.distinct);
+    println!("events/s (2xx)    {:.0}", accepted as f64 / elapsed);
+    println!(
+        "latency           p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        ms(report.latency.value_at_quantile(0.50)),
+        ms(report.latency.value_at_quantile(0.99)),
+        ms(report.latency.value_at_quantile(0.999)),
+        ms(report.latency.max())
+    );
+    println!("statuses          {:?} (connection errors: {})", report.statuses, report.connection_errors);
+    println!("group commit      {batches}");
+    println!(
+        "cpu               payments-svc {:.2} s, gateway {:.2} s: {:.1} µs per event",
+        cpu[0],
+        cpu[1],
+        (cpu[0] + cpu[1]) * 1e6 / accepted.max(1) as f64
+    );
+    println!(
+        "peak rss          payments-svc {:.1} MB, gateway {:.1} MB, together {:.1} MB",
+        peak_rss[0] as f64 / 1024.0,
+        peak_rss[1] as f64 / 1024.0,
+        (peak_rss[0] + peak_rss[1]) as f64 / 1024.0
+    );
+    check_database(&args.database_url, report.delivered, report.distinct).await
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// Bodies of `count` distinct paid checkouts (fresh event, session and
+/// payment intent ids, a buyer each) with their signature headers, signed
+/// now: the run must finish within the gateway's 300 s tolerance.
+fn presign(count: usize) -> anyhow::Result<Vec<(Bytes, String)>> {
+    let paid = fixture("checkout_session_completed_paid.json")?;
+    let marked = with_fresh_ids(&paid, MARK)?;
+    let marked = replace_once(
+        &marked,
+        &format!("\"userId\": \"{FIXTURE_USER}\""),
+        &format!("\"userId\": \"u{MARK}\""),
+    )?;
+    let parts: Vec<&str> = std::str::from_utf8(&marked)?.split(MARK).collect();
+    let secret = WebhookSecret::new(SECRET).map_err(anyhow::Error::msg)?;
+    let now = unix_now();
+    Ok((0..count)
+        .map(|n| {
+            let body = Bytes::from(parts.join(&n.to_string()));
+            let header = sign(&secret, now, &body);
+            (body, header)
+        })
+        .collect())
+}
+
+#[derive(Debug)]
+struct Report {
+    sent: usize,
+    /// Distinct events handed out to connections.
+    distinct: usize,
+    /// Distinct events that got a 2xx.
+    delivered: usize,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    statuses: BTreeMap<u16, usize>,
+    connection_errors: usize,
+}
+
+/// Sends from `connections` tasks until the duration or the events run out.
+async fn drive(addr: &str, events: Arc<Vec<(Bytes, String)>>, args: &Args) -> Report {
+    let next = Arc::new(AtomicUsize::new(0));
+    let delivered: Arc<Vec<AtomicBool>> =
+        Arc::new((0..events.len()).map(|_| AtomicBool::new(false)).collect());
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for connection in 0..args.connections {
+        let (addr, events, next, delivered, duplicates) = (
+            addr.to_owned(),
+            Arc::clone(&events),
+            Arc::clone(&next),
+            Arc::clone(&delivered),
+            args.duplicates,
+        );
+        tasks.spawn(async move {
+            let shared = Shared { events: &events, next: &next, delivered: &delivered };
+            connection_loop(&addr, shared, deadline, duplicates, connection).await
+        });
+    }
+    let mut report = Report {
+        sent: 0,
+        distinct: 0,
+        delivered: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        statuses: BTreeMap::new(),
+        connection_errors: 0,
+    };
+    for part in tasks.join_all().await {
+        report.sent += part.sent;
+        report.connection_errors += part.connection_errors;
+        let _ = report.latency.add(&part.latency);
+        for (status, count) in part.statuses {
+            *report.statuses.entry(status).or_default() += count;
+        }
+    }
+    report.elapsed = started.elapsed();
+    report.distinct = next.load(Ordering::Relaxed).min(events.len());
+    report.delivered = delivered.iter().filter(|d| d.load(Ordering::Relaxed)).count();
+    report
+}
+
+/// What every connection task shares.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    events: &'a [(Bytes, String)],
+    next: &'a AtomicUsize,
+    delivered: &'a [AtomicBool],
+}
+
+async fn connection_loop(
+    addr: &str,
+    shared: Shared<'_>,
+    deadline: Instant,
+    duplicates: f64,
+    seed: usize,
+) -> Report {
+    let Shared { events, next, delivered } = shared;
+    let mut part = Report {
+        sent: 0,
+        distinct: 0,
+        delivered: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        statuses: BTreeMap::new(),
+        connection_errors: 0,
+    };
+    let mut sender = None;
+    let mut rng = seed as u64 * 2_654_435_761 + 1;
+    while Instant::now() < deadline {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let resend = (rng % 10_000) as f64 / 10_000.0 < duplicates;
+        let issued = next.load(Ordering::Relaxed);
+        let index = if resend && issued > 0 {
+            (rng as usize) % issued.min(events.len())
+        } else {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= events.len() {
+                break;
+            }
+            index
+        };
+        if sender.is_none() {
+            sender = connect(addr).await.ok();
+        }
+        let Some(connection) = sender.as_mut() else {
+            part.connection_errors += 1;
+            continue;
+        };
+        let (body, header) = &events[index];
+        let request = Request::post(format!("http://{addr}/api/payments/webhook"))
+            .header("content-type", "application/json; charset=utf-8")
+            .header("stripe-signature", header.as_str())
+            .body(Full::new(body.clone()))
+            .expect("request");
+        let sent_at = Instant::now();
+        match send(connection, request).await {
+            Ok(status) => {
+                let _ = part.latency.record(sent_at.elapsed().as_micros() as u64);
+                *part.statuses.entry(status).or_default() += 1;
+                part.sent += 1;
+                if (200..300).contains(&status) {
+                    delivered[index].store(true, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                part.connection_errors += 1;
+                sender = None;
+            }
+        }
+    }
+    part
+}
+
+type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: &str) -> anyhow::Result<Connection> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn send(connection: &mut Connection, request: Request<Full<Bytes>>) -> anyhow::Result<u16> {
+    connection.ready().await?;
+    let response = connection.send_request(request).await?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await?;
+    Ok(status)
+}
+
+/// The two services, started from `bin_dir`, stopped on drop.
+struct Stack {
+    payments: Child,
+    gateway: Child,
+    gateway_addr: String,
+    payments_admin: String,
+}
+
+impl Stack {
+    fn start(bin_dir: &Path, database_url: &str) -> anyhow::Result<Self> {
+        let mut payments = Command::new(bin_dir.join("payments-svc"))
+            .env("DATABASE_URL", database_url)
+            .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
+            .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,payments_svc::startup=info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting payments-svc (build it first)")?;
+        let (grpc, payments_admin) = listening_addrs(&mut payments)?;
+        let mut gateway = Command::new(bin_dir.join("webhook-gateway"))
+            .env("STRIPE_WEBHOOK_SECRET", SECRET)
+            .env("GATEWAY_ADDR", "127.0.0.1:0")
+            .env("PAYMENTS_SVC_URL", format!("http://{grpc}"))
+            .env("GATEWAY_MAX_CONNECTIONS", "4096")
+            .env("GATEWAY_MAX_IN_FLIGHT", "4096")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,webhook_gateway::startup=info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting webhook-gateway (build it first)")?;
+        let (gateway_addr, _) = listening_addrs(&mut gateway)?;
+        Ok(Self { payments, gateway, gateway_addr, payments_admin: payments_admin.unwrap_or_default() })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [&mut self.gateway, &mut self.payments] {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads the child's JSON log lines until it says where it listens (and
+/// where its admin port is, if it has one); the rest of its output is
+/// discarded by a thread, so it never blocks.
+fn listening_addrs(child: &mut Child) -> anyhow::Result<(String, Option<String>)> {
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    for line in lines.by_ref() {
+        let line: serde_json::Value = serde_json::from_str(&line?).unwrap_or_default();
+        if line["message"].as_str().is_some_and(|m| m.ends_with(" listening")) {
+            let addr = line["addr"].as_str().context("addr field")?.to_owned();
+            let admin = line["admin_addr"].as_str().map(str::to_owned);
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok((addr, admin));
+        }
+    }
+    bail!("the service exited before listening")
+}
+
+/// payments-svc's group-commit figures, from its metrics.
+async fn batch_sizes(admin: &str) -> anyhow::Result<String> {
+    let answer = e2e::HttpClient::default()
+        .send(hyper::Method::GET, &format!("http://{admin}/metrics"), &[], Bytes::new())
+        .await?;
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    let value = |series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let (count, sum) = (value("payments_batch_size_count "), value("payments_batch_size_sum "));
+    Ok(format!(
+        "{count:.0} batches, {:.1} events per batch on average, {:.0} fallbacks",
+        sum / count.max(1.0),
+        value("payments_batch_fallbacks_total ")
+    ))
+}
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// The process's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM")?;
+    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+}
+
+/// Empties the database (drops and recreates it on PostgreSQL, deletes the
+/// file on SQLite) so the check afterwards counts this run only.
+async fn reset_database(url: &str) -> anyhow::Result<()> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+        return Ok(());
+    }
+    let mut admin = url::Url::parse(url)?;
+    let name = admin.path().trim_start_matches('/').to_owned();
+    ensure!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "database name {name:?}");
+    admin.set_path("postgres");
+    let admin = Database::connect(admin.as_str()).await?;
+    admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await?;
+    admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await?;
+    Ok(())
+}
+
+/// One event row per distinct event, one purchase per distinct session,
+/// every event processed, nothing else. Every event that got a 2xx is
+/// there; one whose answer was lost may be too, so with failures the count
+/// lies between the two.
+async fn check_database(url: &str, delivered: usize, issued: usize) -> anyhow::Result<()> {
+    let db = Database::connect(url).await?;
+    let count = |sql: &str| {
+        let statement = Statement::from_string(db.get_database_backend(), sql.to_owned());
+        let db = db.clone();
+        async move {
+            let row = db.query_one_raw(statement).await?.context("a count")?;
+            anyhow::Ok(row.try_get_by_index::<i64>(0)?)
+        }
+    };
+    let events = count("SELECT COUNT(*) FROM stripe_webhook_events").await?;
+    let processed = count("SELECT COUNT(*) FROM stripe_webhook_events WHERE status = 'processed'").await?;
+    let purchases = count("SELECT COUNT(*) FROM course_purchases").await?;
+    let sessions = count("SELECT COUNT(DISTINCT stripe_checkout_session_id) FROM course_purchases").await?;
+    println!(
+        "database          {events} events ({processed} processed), {purchases} purchases, {sessions} sessions"
+    );
+    let (low, high) = (delivered as i64, issued as i64);
+    ensure!(
+        (low..=high).contains(&events) && processed == events && purchases == events && sessions == events,
+        "expected one processed event and one purchase per delivered event ({low} to {high})"
+    );
+    println!("check             ok: one event row and one purchase per distinct event");
+    Ok(())
+}
