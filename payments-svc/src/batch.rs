@@ -18,8 +18,9 @@
 //! bad event never fails its batch-mates, and a database outage fails only
 //! the calls it touches, which Stripe retries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +29,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::EventStatus;
+use crate::db::events::Settled;
 use crate::db::purchases::PurchaseWrite;
 use crate::db::{events, purchases};
 use crate::fulfilment::{self, NewPurchase, Plan, Policy};
@@ -153,105 +155,113 @@ async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>, metrics: &
 }
 
 /// One transaction for every event; the outcome of each, in order.
+///
+/// Two statements: one upsert records and settles every event (see
+/// [`events::record_settled`]), telling which this batch applied and which
+/// were settled before; one upsert writes the purchases of the applied ones.
 async fn apply_batch(
     db: &DatabaseConnection,
     policy: Policy,
     events: &[&IncomingEvent],
 ) -> Result<Vec<Outcome>, DbErr> {
-    let now = Utc::now();
+    let now = unique_now();
     let mut deliveries: BTreeMap<&str, (&IncomingEvent, i32)> = BTreeMap::new();
     for event in events {
         deliveries.entry(event.id.as_str()).or_insert((event, 0)).1 += 1;
     }
-    let distinct: Vec<(&IncomingEvent, i32)> = deliveries.values().copied().collect();
+    let planned: Vec<(&IncomingEvent, i32, Planned)> = deliveries
+        .values()
+        .map(|(event, count)| (*event, *count, Planned::from(fulfilment::plan(event, policy))))
+        .collect();
+    let settled: Vec<Settled<'_>> = planned
+        .iter()
+        .map(|(event, deliveries, plan)| Settled {
+            event,
+            deliveries: *deliveries,
+            status: plan.status,
+            error: plan.error.as_ref(),
+        })
+        .collect();
 
     let txn = db.begin().await?;
-    let rows = events::record_deliveries(&txn, &distinct, now).await?;
-    let row_of: HashMap<&str, (i64, EventStatus)> =
-        rows.iter().map(|r| (r.event_id.as_str(), (r.id, r.status))).collect();
-
-    let mut applied = Applied::default();
-    for (event, _) in &distinct {
-        let (row_id, status) = *row_of
-            .get(event.id.as_str())
-            .ok_or_else(|| DbErr::RecordNotFound(format!("event {} after recording it", event.id)))?;
-        let outcome = if status.is_settled() {
-            Outcome::Duplicate
-        } else {
-            applied.plan(row_id, fulfilment::plan(event, policy))
-        };
-        applied.outcomes.insert(event.id.as_str(), outcome);
+    let rows = events::record_settled(&txn, &settled, now).await?;
+    let applied_now: HashSet<&str> =
+        rows.iter().filter(|row| row.processed_at == Some(now)).map(|row| row.event_id.as_str()).collect();
+    let mut outcomes = HashMap::new();
+    let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
+    for (event, _, plan) in &planned {
+        if !applied_now.contains(event.id.as_str()) {
+            outcomes.insert(event.id.as_str(), Outcome::Duplicate);
+            continue;
+        }
+        if let Some((purchase, status)) = &plan.purchase {
+            merge(&mut purchases, purchase, *status);
+        }
+        outcomes.insert(event.id.as_str(), plan.outcome.clone());
     }
-    applied.write(&txn, now).await?;
+    let writes: Vec<PurchaseWrite<'_>> = purchases
+        .values()
+        .map(|(purchase, status)| PurchaseWrite { purchase, status: *status, needs_refund: false })
+        .collect();
+    purchases::advance_all(&txn, &writes, now).await?;
     txn.commit().await?;
 
-    for (event, _) in &distinct {
-        if let Some(outcome) = applied.outcomes.get(event.id.as_str()) {
+    for (event, _, _) in &planned {
+        if let Some(outcome) = outcomes.get(event.id.as_str()) {
             webhook::log_outcome(event, outcome);
         }
     }
-    Ok(answers(events, &applied.outcomes))
+    Ok(answers(events, &outcomes))
 }
 
-/// What a batch writes once every event is planned.
-#[derive(Default)]
-struct Applied<'a> {
-    outcomes: HashMap<&'a str, Outcome>,
-    /// By session id, sorted; the most advanced status wins.
-    purchases: BTreeMap<String, (NewPurchase, PurchaseStatus)>,
-    processed: Vec<i64>,
-    /// Ignored or failed, each with its reason.
-    others: Vec<(i64, EventStatus, serde_json::Value)>,
+/// A fresh `now` for each batch: microsecond precision (what PostgreSQL
+/// stores) and strictly increasing within the process, so that a row whose
+/// `processed_at` equals it was settled by that batch and no other.
+fn unique_now() -> DateTime<Utc> {
+    static LAST_MICROS: AtomicI64 = AtomicI64::new(0);
+    let wall = Utc::now().timestamp_micros();
+    let previous = LAST_MICROS.fetch_max(wall, Ordering::SeqCst);
+    let micros = if previous >= wall { LAST_MICROS.fetch_add(1, Ordering::SeqCst) + 1 } else { wall };
+    DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
 }
 
-impl Applied<'_> {
-    fn plan(&mut self, row_id: i64, plan: Plan) -> Outcome {
-        match plan {
+/// What a plan means for a batch: the event's status and reason, its
+/// outcome if applied, and the purchase it writes.
+struct Planned {
+    status: EventStatus,
+    error: Option<serde_json::Value>,
+    outcome: Outcome,
+    purchase: Option<(NewPurchase, PurchaseStatus)>,
+}
+
+impl From<Plan> for Planned {
+    fn from(plan: Plan) -> Self {
+        let (status, error, outcome, purchase) = match plan {
             Plan::Record(purchase, status) => {
-                self.record(purchase, status);
-                self.processed.push(row_id);
-                Outcome::Processed
+                (EventStatus::Processed, None, Outcome::Processed, Some((purchase, status)))
             }
-            Plan::Acknowledge => {
-                self.processed.push(row_id);
-                Outcome::Processed
-            }
+            Plan::Acknowledge => (EventStatus::Processed, None, Outcome::Processed, None),
             Plan::Ignore(reason) => {
-                self.others.push((row_id, EventStatus::Ignored, reason.to_json()));
-                Outcome::Ignored { reason }
+                (EventStatus::Ignored, Some(reason.to_json()), Outcome::Ignored { reason }, None)
             }
             Plan::Fail(error) => {
-                self.others.push((row_id, EventStatus::Failed, error.to_json()));
-                Outcome::Failed { error }
+                (EventStatus::Failed, Some(error.to_json()), Outcome::Failed { error }, None)
             }
-        }
+        };
+        Self { status, error, outcome, purchase }
     }
+}
 
-    /// Two events of one session in a batch become one write at the higher
-    /// status: what applying both, in either order, would leave.
-    fn record(&mut self, purchase: NewPurchase, status: PurchaseStatus) {
-        let session = purchase.checkout_session_id.clone();
-        match self.purchases.get_mut(&session) {
-            Some(current) if current.1.rank() >= status.rank() => {}
-            Some(current) => *current = (purchase, status),
-            None => {
-                self.purchases.insert(session, (purchase, status));
-            }
-        }
-    }
-
-    async fn write(&self, txn: &sea_orm::DatabaseTransaction, now: DateTime<Utc>) -> Result<(), DbErr> {
-        let writes: Vec<PurchaseWrite<'_>> = self
-            .purchases
-            .values()
-            .map(|(purchase, status)| PurchaseWrite { purchase, status: *status, needs_refund: false })
-            .collect();
-        purchases::advance_all(txn, &writes, now).await?;
-        events::settle_processed(txn, &self.processed, now).await?;
-        for (row_id, status, reason) in &self.others {
-            events::settle(txn, *row_id, *status, Some(reason.clone()), now).await?;
-        }
-        Ok(())
+/// Two events of one session in a batch become one write at the higher
+/// status: what applying both, in either order, would leave.
+fn merge<'a>(
+    purchases: &mut BTreeMap<&'a str, (&'a NewPurchase, PurchaseStatus)>,
+    purchase: &'a NewPurchase,
+    status: PurchaseStatus,
+) {
+    let entry = purchases.entry(purchase.checkout_session_id.as_str()).or_insert((purchase, status));
+    if status.rank() > entry.1.rank() {
+        *entry = (purchase, status);
     }
 }
 
@@ -315,25 +325,34 @@ mod tests {
 
     #[test]
     fn two_events_of_one_session_write_the_more_advanced_status() {
-        let purchase = |status_hint: &str| NewPurchase {
+        let purchase = |hint: &str| NewPurchase {
             source: crate::db::entities::course_purchase::PurchaseSource::Webhook,
             user_id: "u".into(),
             course_id: "c".into(),
             checkout_session_id: "cs_1".into(),
-            payment_intent_id: Some(status_hint.into()),
+            payment_intent_id: Some(hint.into()),
             amount_total: None,
             currency: None,
         };
-        for order in
-            [[PurchaseStatus::Paid, PurchaseStatus::Pending], [PurchaseStatus::Pending, PurchaseStatus::Paid]]
-        {
-            let mut applied = Applied::default();
-            for status in order {
-                applied.record(purchase(&format!("{status:?}")), status);
+        let (paid, pending) = (purchase("Paid"), purchase("Pending"));
+        for order in [
+            [(&paid, PurchaseStatus::Paid), (&pending, PurchaseStatus::Pending)],
+            [(&pending, PurchaseStatus::Pending), (&paid, PurchaseStatus::Paid)],
+        ] {
+            let mut purchases = BTreeMap::new();
+            for (purchase, status) in order {
+                merge(&mut purchases, purchase, status);
             }
-            let (written, status) = &applied.purchases["cs_1"];
-            assert_eq!(*status, PurchaseStatus::Paid, "{order:?}");
+            let (written, status) = purchases["cs_1"];
+            assert_eq!(status, PurchaseStatus::Paid);
             assert_eq!(written.payment_intent_id.as_deref(), Some("Paid"));
         }
+    }
+
+    #[test]
+    fn batch_timestamps_are_unique_and_microsecond_precise() {
+        let stamps: Vec<_> = (0..1000).map(|_| unique_now()).collect();
+        assert!(stamps.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(stamps.iter().all(|stamp| stamp.timestamp_subsec_nanos() % 1000 == 0));
     }
 }

@@ -168,7 +168,7 @@ pub(crate) fn log_outcome(event: &IncomingEvent, outcome: &Outcome) {
         }
         _ => {}
     }
-    tracing::info!(event_id, event_type, session_id, outcome = outcome.as_str(), "stripe event handled");
+    tracing::debug!(event_id, event_type, session_id, outcome = outcome.as_str(), "stripe event handled");
 }
 
 /// What a replay did to one stored event.

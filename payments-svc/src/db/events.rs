@@ -1,7 +1,7 @@
 //! Queries on `stripe_webhook_events`.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -63,23 +63,58 @@ pub async fn record_deliveries(
     Entity::insert_many(rows).on_conflict(redelivery).exec_with_returning(db).await
 }
 
-/// Settles many events as processed, with no error, in one statement.
-pub async fn settle_processed(
+/// One event of a batch, already planned: how often it arrived, and the
+/// status (with its reason) it settles as if this batch applies it.
+#[derive(Debug, Clone, Copy)]
+pub struct Settled<'a> {
+    pub event: &'a IncomingEvent,
+    pub deliveries: i32,
+    pub status: EventStatus,
+    pub error: Option<&'a serde_json::Value>,
+}
+
+/// Records and settles a batch of events in one statement, returning their
+/// rows. A new event is inserted already settled. A known one gets its
+/// deliveries added and, unless it was settled for good (processed or
+/// ignored), the new status, error and `processed_at`. So a returned row
+/// whose `processed_at` is `now` was applied by this call, and any other
+/// was already settled: `now` must be unique to the call (see
+/// `batch::unique_now`). Each event at most once.
+pub async fn record_settled(
     db: &impl ConnectionTrait,
-    ids: &[i64],
+    batch: &[Settled<'_>],
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    Entity::update_many()
-        .col_expr(Column::Status, Expr::value(EventStatus::Processed))
-        .col_expr(Column::Error, Expr::value(Option::<serde_json::Value>::None))
-        .col_expr(Column::ProcessedAt, Expr::value(now))
-        .filter(Column::Id.is_in(ids.iter().copied()))
-        .exec(db)
-        .await
-        .map(drop)
+) -> Result<Vec<Model>, DbErr> {
+    let rows = batch.iter().map(|item| ActiveModel {
+        id: NotSet,
+        event_id: Set(item.event.id.clone()),
+        event_type: Set(item.event.event_type.clone()),
+        livemode: Set(item.event.livemode),
+        api_version: Set(item.event.api_version.clone()),
+        checkout_session_id: Set(item.event.session.as_ref().map(|s| s.id.clone())),
+        status: Set(item.status),
+        error: Set(item.error.cloned()),
+        payload: Set(item.event.payload.clone()),
+        delivery_count: Set(item.deliveries),
+        stripe_created_at: Set(item.event.created),
+        received_at: Set(now),
+        last_received_at: Set(now),
+        processed_at: Set(Some(now)),
+    });
+    let existing = |column: Column| Expr::col((Entity, column));
+    let excluded = |column: Column| Expr::col((Alias::new("excluded"), column));
+    let settled_for_good = existing(Column::Status).is_in([EventStatus::Processed, EventStatus::Ignored]);
+    let unless_settled = |column: Column| -> Expr {
+        CaseStatement::new().case(settled_for_good.clone(), existing(column)).finally(excluded(column)).into()
+    };
+    let redelivery = OnConflict::column(Column::EventId)
+        .value(Column::DeliveryCount, existing(Column::DeliveryCount).add(excluded(Column::DeliveryCount)))
+        .value(Column::LastReceivedAt, now)
+        .value(Column::Status, unless_settled(Column::Status))
+        .value(Column::Error, unless_settled(Column::Error))
+        .value(Column::ProcessedAt, unless_settled(Column::ProcessedAt))
+        .to_owned();
+    Entity::insert_many(rows).on_conflict(redelivery).exec_with_returning(db).await
 }
 
 /// Settles an event as processed, ignored or failed, with the reason when
