@@ -72,6 +72,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Runs a call to payments-svc, timing it as `method`.
+    pub async fn time_call<T>(&self, method: &'static str, call: impl Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.payments_call_seconds
+            .get_or_create(&MethodLabels { method })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();

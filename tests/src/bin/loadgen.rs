@@ -155,6 +155,21 @@ struct Report {
     connection_errors: usize,
 }
 
+impl Report {
+    fn empty() -> Self {
+        Self {
+            sent: 0,
+            distinct: 0,
+            delivered: 0,
+            elapsed: Duration::ZERO,
+            // Microseconds, from 1 µs to a minute, three significant digits.
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            statuses: BTreeMap::new(),
+            connection_errors: 0,
+        }
+    }
+}
+
 /// Sends from `connections` tasks until the duration or the events run out.
 async fn drive(addr: &str, events: Arc<Vec<(Bytes, String)>>, args: &Args) -> Report {
     let next = Arc::new(AtomicUsize::new(0));
@@ -176,15 +191,7 @@ async fn drive(addr: &str, events: Arc<Vec<(Bytes, String)>>, args: &Args) -> Re
             connection_loop(&addr, shared, deadline, duplicates, connection).await
         });
     }
-    let mut report = Report {
-        sent: 0,
-        distinct: 0,
-        delivered: 0,
-        elapsed: Duration::ZERO,
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        statuses: BTreeMap::new(),
-        connection_errors: 0,
-    };
+    let mut report = Report::empty();
     for part in tasks.join_all().await {
         report.sent += part.sent;
         report.connection_errors += part.connection_errors;
@@ -215,15 +222,7 @@ async fn connection_loop(
     seed: usize,
 ) -> Report {
     let Shared { events, next, delivered } = shared;
-    let mut part = Report {
-        sent: 0,
-        distinct: 0,
-        delivered: 0,
-        elapsed: Duration::ZERO,
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        statuses: BTreeMap::new(),
-        connection_errors: 0,
-    };
+    let mut part = Report::empty();
     let mut sender = None;
     let mut rng = seed as u64 * 2_654_435_761 + 1;
     while Instant::now() < deadline {

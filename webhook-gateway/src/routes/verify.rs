@@ -3,8 +3,6 @@
 //! checkout session became a purchase. The answer reveals only the status,
 //! the course and when it was bought; nothing about the buyer.
 
-use std::time::Instant;
-
 use chrono::{DateTime, SecondsFormat};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -13,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
-use crate::metrics::{MethodLabels, VerifyLabels};
+use crate::metrics::VerifyLabels;
 use crate::payments;
 use crate::startup::AppState;
 
@@ -69,13 +67,7 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
     }
     let request = VerifyPurchaseRequest { lookup: Some(Lookup::CheckoutSessionId(session_id)) };
     let mut client = state.payments.client.clone();
-    let call_started = Instant::now();
-    let answer = client.verify_purchase(request).await;
-    state
-        .metrics
-        .payments_call_seconds
-        .get_or_create(&MethodLabels { method: "VerifyPurchase" })
-        .observe(call_started.elapsed().as_secs_f64());
+    let answer = state.metrics.time_call("VerifyPurchase", client.verify_purchase(request)).await;
     let answer = answer.map_err(payments::api_error)?.into_inner();
 
     let status = answer.status();

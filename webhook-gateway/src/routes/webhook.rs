@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
-use crate::metrics::{MethodLabels, WebhookLabels};
+use crate::metrics::WebhookLabels;
 use crate::payments;
 use crate::startup::AppState;
 
@@ -96,13 +96,7 @@ async fn verify_and_forward(
     *seen = Seen::event(&event);
 
     let mut client = state.payments.client.clone();
-    let call_started = Instant::now();
-    let answer = client.handle_stripe_event(event).await;
-    state
-        .metrics
-        .payments_call_seconds
-        .get_or_create(&MethodLabels { method: "HandleStripeEvent" })
-        .observe(call_started.elapsed().as_secs_f64());
+    let answer = state.metrics.time_call("HandleStripeEvent", client.handle_stripe_event(event)).await;
     let answer = answer.map_err(payments::api_error)?.into_inner();
     let outcome = match answer.outcome() {
         Outcome::Processed => "processed",
