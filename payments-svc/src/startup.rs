@@ -24,6 +24,10 @@ use crate::metrics::Metrics;
 use crate::stripe_api::StripeApi;
 use crate::{admin, db};
 
+/// HTTP/2 flow-control windows for callers, in bytes.
+const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+const HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+
 /// How often the health service re-checks the database.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -125,7 +129,11 @@ impl Application {
         let payments =
             PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics);
 
-        let mut server = Server::builder();
+        // Each call carries a ~5 KB payload; HTTP/2's default 64 KiB windows
+        // would stall the gateway's concurrent calls on its one connection.
+        let mut server = Server::builder()
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("configuring TLS")?;
         }

@@ -44,6 +44,10 @@ impl Payments {
 /// gateway should say 503 quickly rather than hold Stripe's request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// HTTP/2 flow-control windows towards payments-svc, in bytes.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+pub const HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+
 /// Adds `authorization: Bearer <PAYMENTS_GRPC_TOKEN>` to every call.
 #[derive(Clone)]
 pub struct BearerToken(Option<AsciiMetadataValue>);
@@ -72,7 +76,11 @@ pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Payments> {
         .with_context(|| format!("PAYMENTS_SVC_URL {url:?} is not a valid URL"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(settings.payments_svc_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Every webhook carries its ~5 KB payload on one HTTP/2 connection:
+        // HTTP/2's default 64 KiB windows would stall a burst of them.
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_webpki_roots();
         if let Some(path) = &settings.payments_svc_ca_cert {

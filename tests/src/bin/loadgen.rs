@@ -305,7 +305,7 @@ impl Stack {
             .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
             .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,payments_svc::startup=info")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting payments-svc (build it first)")?;
@@ -317,7 +317,7 @@ impl Stack {
             .env("GATEWAY_MAX_CONNECTIONS", "4096")
             .env("GATEWAY_MAX_IN_FLIGHT", "4096")
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,webhook_gateway::startup=info")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting webhook-gateway (build it first)")?;
@@ -333,6 +333,13 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+/// The services log as deployed (`info`, or the caller's RUST_LOG), always
+/// including the start-up line that says where they listen.
+fn log_filter() -> String {
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    format!("{base},payments_svc::startup=info,webhook_gateway::startup=info")
 }
 
 /// Reads the child's JSON log lines until it says where it listens (and
