@@ -150,9 +150,10 @@ impl Verifier {
         if age.is_none_or(|age| age > self.tolerance_secs) {
             return Err(SignatureError::StaleTimestamp);
         }
+        let candidates: Vec<[u8; 32]> = parsed.v1.iter().filter_map(|v1| decode_lowercase_hex(v1)).collect();
         let matches = self.keys.iter().any(|key| {
-            let expected = hex::encode(signature(key.clone(), parsed.timestamp, body));
-            parsed.v1.iter().any(|candidate| bool::from(expected.as_bytes().ct_eq(candidate.as_bytes())))
+            let expected = signature(key.clone(), parsed.timestamp, body);
+            candidates.iter().any(|candidate| bool::from(expected.ct_eq(candidate)))
         });
         if matches { Ok(parsed.timestamp) } else { Err(SignatureError::Mismatch) }
     }
@@ -171,11 +172,48 @@ fn keyed(secret: &str) -> HmacSha256 {
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
 }
 
+/// A `v1` value as the 32 bytes it encodes. Only lowercase hex of the exact
+/// length counts: Stripe's libraries compare the lowercase hex string, so
+/// uppercase or padded values never match.
+fn decode_lowercase_hex(value: &str) -> Option<[u8; 32]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut decoded = [0u8; 32];
+    for (out, pair) in decoded.iter_mut().zip(bytes.chunks_exact(2)) {
+        *out = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(decoded)
+}
+
 fn signature(mut mac: HmacSha256, timestamp: i64, body: &[u8]) -> [u8; 32] {
-    mac.update(timestamp.to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    mac.update(decimal(timestamp, &mut digits));
     mac.update(b".");
     mac.update(body);
     mac.finalize().into_bytes().into()
+}
+
+/// `value`'s decimal digits, written into `buffer` without allocating
+/// (timestamps are never negative once parsed).
+fn decimal(value: i64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut rest = value.unsigned_abs();
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    &buffer[start..]
 }
 
 #[cfg(test)]
@@ -201,6 +239,22 @@ mod tests {
 
     fn verify(header: &str) -> Result<i64, SignatureError> {
         verifier().verify(Some(header.as_bytes()), BODY, NOW)
+    }
+
+    #[test]
+    fn decimal_digits_match_to_string() {
+        for value in [0, 7, 10, 1_785_766_190, i64::MAX] {
+            assert_eq!(decimal(value, &mut [0; 20]), value.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn only_lowercase_hex_of_the_right_length_decodes() {
+        let lower = "0123456789abcdef".repeat(4);
+        assert_eq!(hex::encode(decode_lowercase_hex(&lower).expect("decodes")), lower);
+        assert!(decode_lowercase_hex(&lower.to_uppercase()).is_none());
+        assert!(decode_lowercase_hex(&lower[..62]).is_none());
+        assert!(decode_lowercase_hex(&format!("{}g", &lower[..63])).is_none());
     }
 
     #[test]
