@@ -10,7 +10,7 @@ use payments_svc::db::entities::course_purchase::PurchaseStatus;
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
 
 /// Long enough that a burst of concurrent calls lands in one batch.
-const GATHER_US: u64 = 300_000;
+const GATHER_US: u64 = 1_000_000;
 
 fn outcome(answer: &e2e::HttpAnswer) -> String {
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
