@@ -236,18 +236,13 @@ struct Planned {
 
 impl From<Plan> for Planned {
     fn from(plan: Plan) -> Self {
-        let (status, error, outcome, purchase) = match plan {
-            Plan::Record(purchase, status) => {
-                (EventStatus::Processed, None, Outcome::Processed, Some((purchase, status)))
-            }
-            Plan::Acknowledge => (EventStatus::Processed, None, Outcome::Processed, None),
-            Plan::Ignore(reason) => {
-                (EventStatus::Ignored, Some(reason.to_json()), Outcome::Ignored { reason }, None)
-            }
-            Plan::Fail(error) => {
-                (EventStatus::Failed, Some(error.to_json()), Outcome::Failed { error }, None)
-            }
+        let (outcome, purchase) = match plan {
+            Plan::Record(purchase, status) => (Outcome::Processed, Some((purchase, status))),
+            Plan::Acknowledge => (Outcome::Processed, None),
+            Plan::Ignore(reason) => (Outcome::Ignored { reason }, None),
+            Plan::Fail(error) => (Outcome::Failed { error }, None),
         };
+        let (status, error) = outcome.settled_as();
         Self { status, error, outcome, purchase }
     }
 }

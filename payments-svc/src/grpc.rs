@@ -1,6 +1,7 @@
 //! The `payments.v1.Payments` service: validates requests at the boundary,
 //! calls the domain, converts back. No business logic lives here.
 
+use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::payments_server::Payments;
 use payments_proto::v1::{
     self as pb, HandleStripeEventResponse, StripeEvent, VerifyPurchaseRequest, VerifyPurchaseResponse,
@@ -20,9 +21,6 @@ use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Verdict, Verification};
 use crate::webhook::{IncomingEvent, Outcome};
-
-/// Longest Stripe id accepted (Stripe's ids are at most 255 characters).
-const MAX_SESSION_ID_LEN: usize = 255;
 
 #[derive(Debug, Clone)]
 pub struct PaymentsService {
@@ -124,15 +122,6 @@ fn lookup(request: VerifyPurchaseRequest) -> Result<Lookup, Error> {
         }
         None => Err(Error::invalid("lookup", "is required")),
     }
-}
-
-/// `cs_` then letters, digits and `_`: what Stripe issues, and safe to put
-/// in a Stripe API path.
-fn is_checkout_session_id(id: &str) -> bool {
-    id.len() > "cs_".len()
-        && id.len() <= MAX_SESSION_ID_LEN
-        && id.starts_with("cs_")
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn verify_response(verification: Verification) -> VerifyPurchaseResponse {

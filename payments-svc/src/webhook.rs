@@ -101,7 +101,8 @@ impl Outcome {
         }
     }
 
-    fn settled_as(&self) -> (EventStatus, Option<serde_json::Value>) {
+    /// The status (and reason) an event is stored with after this outcome.
+    pub(crate) fn settled_as(&self) -> (EventStatus, Option<serde_json::Value>) {
         match self {
             Self::Processed | Self::Duplicate => (EventStatus::Processed, None),
             Self::Ignored { reason } => (EventStatus::Ignored, Some(reason.to_json())),

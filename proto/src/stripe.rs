@@ -77,6 +77,18 @@ struct CustomerDetails {
     email: Option<String>,
 }
 
+/// Longest Stripe id accepted (Stripe's ids are at most 255 characters).
+pub const MAX_ID_LEN: usize = 255;
+
+/// Whether `id` looks like a Checkout Session id Stripe issues: `cs_` then
+/// letters, digits and `_`. Safe to put in a Stripe API path.
+pub fn is_checkout_session_id(id: &str) -> bool {
+    id.len() > "cs_".len()
+        && id.len() <= MAX_ID_LEN
+        && id.starts_with("cs_")
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Parses a webhook body. `payload` is kept, untouched, in
 /// [`StripeEvent::raw_payload`].
 pub fn parse_event(payload: Bytes) -> Result<StripeEvent, ParseError> {
@@ -173,6 +185,15 @@ mod tests {
         match &event.object {
             Some(stripe_event::Object::CheckoutSession(session)) => session,
             None => panic!("{} carries no checkout session", event.id),
+        }
+    }
+
+    #[test]
+    fn checkout_session_ids_are_recognised() {
+        assert!(is_checkout_session_id("cs_test_a1iolLS3ITgWKPeHk8FcCmpFOlMp4DuFLZFxmEhdm55FlhTr8srB0dB3N3"));
+        assert!(is_checkout_session_id("cs_live_1"));
+        for bad in ["", "cs_", "pi_123", "cs_1 2", "cs_1/../x", "cs_é", &format!("cs_{}", "a".repeat(253))] {
+            assert!(!is_checkout_session_id(bad), "{bad}");
         }
     }
 

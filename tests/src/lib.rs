@@ -75,6 +75,12 @@ pub fn with_created(body: &[u8], created: i64) -> anyhow::Result<Bytes> {
     replace_once(body, &format!("\"created\": {old}"), &format!("\"created\": {created}"))
 }
 
+/// The value of `series` (a metric name with its labels, as printed) in
+/// Prometheus text, if present.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
 /// Seconds since the Unix epoch, as Stripe puts in `t=`.
 pub fn unix_now() -> i64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

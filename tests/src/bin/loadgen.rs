@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use clap::Parser;
-use e2e::{fixture, replace_once, unix_now, with_fresh_ids};
+use e2e::{fixture, metric_value, replace_once, unix_now, with_fresh_ids};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -365,9 +365,7 @@ async fn batch_sizes(admin: &str) -> anyhow::Result<String> {
         .send(hyper::Method::GET, &format!("http://{admin}/metrics"), &[], Bytes::new())
         .await?;
     let text = String::from_utf8_lossy(&answer.body).into_owned();
-    let value = |series: &str| -> f64 {
-        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
-    };
+    let value = |series: &str| metric_value(&text, series).unwrap_or(0.0);
     let (count, sum) = (value("payments_batch_size_count "), value("payments_batch_size_sum "));
     Ok(format!(
         "{count:.0} batches, {:.1} events per batch on average, {:.0} fallbacks",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e::sender::{Delivery, RetryPolicy, deliver_all};
-use e2e::unique_paid_event;
+use e2e::{metric_value, unique_paid_event};
 use hyper::StatusCode;
 use payments_svc::db::entities::stripe_webhook_event::EventStatus;
 use payments_svc::db::entities::{course_purchase, stripe_webhook_event};
@@ -104,11 +104,7 @@ async fn payments_svc_stopped_then_restarted_loses_nothing(db: TestDb) {
 
 async fn stack_metric_at_least(stack: &Stack, series: &str, at_least: u64) -> bool {
     let metrics = String::from_utf8_lossy(&stack.get("/metrics").await.body).into_owned();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series).map(str::trim))
-        .and_then(|value| value.parse::<f64>().ok())
-        .is_some_and(|value| value >= at_least as f64)
+    metric_value(&metrics, series).is_some_and(|value| value >= at_least as f64)
 }
 
 on_both_databases!(payments_svc_killed_mid_stream_loses_and_doubles_nothing);

@@ -3,7 +3,7 @@
 //! falling back without failing the others.
 
 use bytes::Bytes;
-use e2e::{fixture, with_fresh_ids};
+use e2e::{fixture, metric_value, with_fresh_ids};
 use hyper::StatusCode;
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
 
@@ -18,11 +18,7 @@ fn outcome(answer: &e2e::HttpAnswer) -> String {
 }
 
 fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series).map(str::trim))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    metric_value(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 on_both_databases!(a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome);
