@@ -28,6 +28,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(StripeWebhookEvents::ReceivedAt))
                     .col(timestamp_with_time_zone(StripeWebhookEvents::LastReceivedAt))
                     .col(timestamp_with_time_zone_null(StripeWebhookEvents::ProcessedAt))
+                    .col(big_integer_null(StripeWebhookEvents::SettledBy))
                     .to_owned(),
             )
             .await?;
@@ -95,4 +96,5 @@ enum StripeWebhookEvents {
     ReceivedAt,
     LastReceivedAt,
     ProcessedAt,
+    SettledBy,
 }

@@ -18,12 +18,14 @@
 //! bad event never fails its batch-mates, and a database outage fails only
 //! the calls it touches, which Stripe retries.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -164,7 +166,7 @@ async fn apply_batch(
     policy: Policy,
     events: &[&IncomingEvent],
 ) -> Result<Vec<Outcome>, DbErr> {
-    let now = unique_now();
+    let (token, now) = (batch_token(), Utc::now());
     let mut deliveries: BTreeMap<&str, (&IncomingEvent, i32)> = BTreeMap::new();
     for event in events {
         deliveries.entry(event.id.as_str()).or_insert((event, 0)).1 += 1;
@@ -184,9 +186,9 @@ async fn apply_batch(
         .collect();
 
     let txn = db.begin().await?;
-    let rows = events::record_settled(&txn, &settled, now).await?;
+    let rows = events::record_settled(&txn, &settled, token, now).await?;
     let applied_now: HashSet<&str> =
-        rows.iter().filter(|row| row.processed_at == Some(now)).map(|row| row.event_id.as_str()).collect();
+        rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect();
     let mut outcomes = HashMap::new();
     let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
     for (event, _, plan) in &planned {
@@ -214,15 +216,15 @@ async fn apply_batch(
     Ok(answers(events, &outcomes))
 }
 
-/// A fresh `now` for each batch: microsecond precision (what PostgreSQL
-/// stores) and strictly increasing within the process, so that a row whose
-/// `processed_at` equals it was settled by that batch and no other.
-fn unique_now() -> DateTime<Utc> {
-    static LAST_MICROS: AtomicI64 = AtomicI64::new(0);
-    let wall = Utc::now().timestamp_micros();
-    let previous = LAST_MICROS.fetch_max(wall, Ordering::SeqCst);
-    let micros = if previous >= wall { LAST_MICROS.fetch_add(1, Ordering::SeqCst) + 1 } else { wall };
-    DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
+/// A random token per batch, marking the rows it settles. Random rather
+/// than a clock, so that batches of different replicas never share one.
+fn batch_token() -> i64 {
+    static COUNTER: AtomicI64 = AtomicI64::new(0);
+    // RandomState is seeded from the operating system once per process.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_i64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.finish() as i64
 }
 
 /// What a plan means for a batch: the event's status and reason, its
@@ -345,9 +347,8 @@ mod tests {
     }
 
     #[test]
-    fn batch_timestamps_are_unique_and_microsecond_precise() {
-        let stamps: Vec<_> = (0..1000).map(|_| unique_now()).collect();
-        assert!(stamps.windows(2).all(|pair| pair[0] < pair[1]));
-        assert!(stamps.iter().all(|stamp| stamp.timestamp_subsec_nanos() % 1000 == 0));
+    fn batch_tokens_do_not_repeat() {
+        let tokens: HashSet<i64> = (0..10_000).map(|_| batch_token()).collect();
+        assert_eq!(tokens.len(), 10_000);
     }
 }

@@ -51,6 +51,7 @@ pub async fn record_deliveries(
         received_at: Set(now),
         last_received_at: Set(now),
         processed_at: Set(None),
+        settled_by: Set(None),
     });
     let redelivery = OnConflict::column(Column::EventId)
         .value(
@@ -76,13 +77,14 @@ pub struct Settled<'a> {
 /// Records and settles a batch of events in one statement, returning their
 /// rows. A new event is inserted already settled. A known one gets its
 /// deliveries added and, unless it was settled for good (processed or
-/// ignored), the new status, error and `processed_at`. So a returned row
-/// whose `processed_at` is `now` was applied by this call, and any other
-/// was already settled: `now` must be unique to the call (see
-/// `batch::unique_now`). Each event at most once.
+/// ignored), the new status, error, `processed_at` and `settled_by`. So a
+/// returned row whose `settled_by` is `token` was applied by this call, and
+/// any other was already settled: `token` must be unique to the call (a
+/// random one per batch). Each event at most once.
 pub async fn record_settled(
     db: &impl ConnectionTrait,
     batch: &[Settled<'_>],
+    token: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<Model>, DbErr> {
     let rows = batch.iter().map(|item| ActiveModel {
@@ -100,6 +102,7 @@ pub async fn record_settled(
         received_at: Set(now),
         last_received_at: Set(now),
         processed_at: Set(Some(now)),
+        settled_by: Set(Some(token)),
     });
     let existing = |column: Column| Expr::col((Entity, column));
     let excluded = |column: Column| Expr::col((Alias::new("excluded"), column));
@@ -113,6 +116,7 @@ pub async fn record_settled(
         .value(Column::Status, unless_settled(Column::Status))
         .value(Column::Error, unless_settled(Column::Error))
         .value(Column::ProcessedAt, unless_settled(Column::ProcessedAt))
+        .value(Column::SettledBy, unless_settled(Column::SettledBy))
         .to_owned();
     Entity::insert_many(rows).on_conflict(redelivery).exec_with_returning(db).await
 }

@@ -27,6 +27,10 @@ pub struct Model {
     pub last_received_at: DateTimeUtc,
     /// When the event settled as processed, ignored or failed.
     pub processed_at: Option<DateTimeUtc>,
+    /// The random token of the group-commit batch that settled the event
+    /// (none when the per-event path did): how a batch tells the events it
+    /// applied from ones already settled, even with other replicas at work.
+    pub settled_by: Option<i64>,
 }
 
 /// Where an event stands. Only `Processed` and `Ignored` are settled for good:
