@@ -1,10 +1,10 @@
 //! Queries on `stripe_webhook_events`.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Set,
 };
 
 use super::entities::stripe_webhook_event::{ActiveModel, Column, Entity, EventStatus, Model};
@@ -74,19 +74,29 @@ pub struct Settled<'a> {
     pub error: Option<&'a serde_json::Value>,
 }
 
-/// Records and settles a batch of events in one statement, returning their
-/// rows. A new event is inserted already settled. A known one gets its
+/// Who settled an event, as [`record_settled`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct SettledRow {
+    pub event_id: String,
+    pub settled_by: Option<i64>,
+}
+
+/// Records and settles a batch of events in one statement, returning who
+/// settled each. A new event is inserted already settled. A known one gets its
 /// deliveries added and, unless it was settled for good (processed or
 /// ignored), the new status, error, `processed_at` and `settled_by`. So a
 /// returned row whose `settled_by` is `token` was applied by this call, and
 /// any other was already settled: `token` must be unique to the call (a
 /// random one per batch). Each event at most once.
+///
+/// Only those two columns come back: returning whole rows would send every
+/// ~5 KB payload back from the database just to be dropped.
 pub async fn record_settled(
     db: &impl ConnectionTrait,
     batch: &[Settled<'_>],
     token: i64,
     now: DateTime<Utc>,
-) -> Result<Vec<Model>, DbErr> {
+) -> Result<Vec<SettledRow>, DbErr> {
     let rows = batch.iter().map(|item| ActiveModel {
         id: NotSet,
         event_id: Set(item.event.id.clone()),
@@ -118,7 +128,10 @@ pub async fn record_settled(
         .value(Column::ProcessedAt, unless_settled(Column::ProcessedAt))
         .value(Column::SettledBy, unless_settled(Column::SettledBy))
         .to_owned();
-    Entity::insert_many(rows).on_conflict(redelivery).exec_with_returning(db).await
+    let mut statement = Entity::insert_many(rows).on_conflict(redelivery).into_query();
+    statement.returning(Query::returning().columns([Column::EventId, Column::SettledBy]));
+    let rows = db.query_all(&statement).await?;
+    rows.iter().map(|row| SettledRow::from_query_result(row, "")).collect()
 }
 
 /// Settles an event as processed, ignored or failed, with the reason when
