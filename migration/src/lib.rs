@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_stripe_webhook_events;
 mod m20261127_000002_create_course_purchases;
+mod m20261127_000003_keep_payloads_inline;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_create_stripe_webhook_events::Migration),
             Box::new(m20261127_000002_create_course_purchases::Migration),
+            Box::new(m20261127_000003_keep_payloads_inline::Migration),
         ]
     }
 }
