@@ -88,12 +88,22 @@ impl EventBatcher {
 
     /// Applies `event` in the next batch and answers once it is committed.
     pub async fn handle(&self, event: IncomingEvent) -> Result<Outcome, DbErr> {
+        self.submit(event).await?.await
+    }
+
+    /// Queues `event` for the next batch; the returned future answers once
+    /// it is committed. Submitting several events before awaiting any lets
+    /// them share a batch.
+    pub async fn submit(
+        &self,
+        event: IncomingEvent,
+    ) -> Result<impl Future<Output = Result<Outcome, DbErr>> + use<>, DbErr> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { event, reply })
             .await
             .map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
-        answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))?
+        Ok(async move { answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))? })
     }
 }
 

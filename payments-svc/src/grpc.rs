@@ -4,7 +4,8 @@
 use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::payments_server::Payments;
 use payments_proto::v1::{
-    self as pb, HandleStripeEventResponse, StripeEvent, VerifyPurchaseRequest, VerifyPurchaseResponse,
+    self as pb, EventError, HandleStripeEventResponse, HandleStripeEventsRequest, HandleStripeEventsResponse,
+    StripeEvent, StripeEventResult, VerifyPurchaseRequest, VerifyPurchaseResponse, stripe_event_result,
     verify_purchase_request,
 };
 use std::sync::Arc;
@@ -47,19 +48,69 @@ impl PaymentsService {
     }
 }
 
+/// Most events one `HandleStripeEvents` call may carry.
+pub const MAX_EVENTS_PER_CALL: usize = 1000;
+
+impl PaymentsService {
+    /// Validates `event` and queues it for group commit; the returned
+    /// future answers once its batch has committed, and counts it.
+    async fn submit(
+        &self,
+        event: StripeEvent,
+    ) -> Result<impl Future<Output = Result<HandleStripeEventResponse, Status>> + use<>, Status> {
+        let event = IncomingEvent::try_from(event)?;
+        let started = Instant::now();
+        let answer = self.batcher.submit(event).await;
+        let metrics = Arc::clone(&self.metrics);
+        Ok(async move {
+            let result = match answer {
+                Ok(answer) => answer.await,
+                Err(error) => Err(error),
+            };
+            metrics.event_seconds.observe(started.elapsed().as_secs_f64());
+            let outcome = result.as_ref().map_or("error", |outcome| outcome.as_str());
+            metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();
+            Ok(handle_response(result.map_err(Error::from)?))
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Payments for PaymentsService {
     async fn handle_stripe_event(
         &self,
         request: Request<StripeEvent>,
     ) -> Result<Response<HandleStripeEventResponse>, Status> {
-        let event = IncomingEvent::try_from(request.into_inner())?;
-        let started = Instant::now();
-        let result = self.batcher.handle(event).await;
-        self.metrics.event_seconds.observe(started.elapsed().as_secs_f64());
-        let outcome = result.as_ref().map_or("error", |outcome| outcome.as_str());
-        self.metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();
-        Ok(Response::new(handle_response(result.map_err(Error::from)?)))
+        let answer = self.submit(request.into_inner()).await?;
+        Ok(Response::new(answer.await?))
+    }
+
+    async fn handle_stripe_events(
+        &self,
+        request: Request<HandleStripeEventsRequest>,
+    ) -> Result<Response<HandleStripeEventsResponse>, Status> {
+        let events = request.into_inner().events;
+        if events.len() > MAX_EVENTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_EVENTS_PER_CALL} events per call, got {}",
+                events.len()
+            )));
+        }
+        // Everything is queued before anything is awaited, so the events
+        // share batches.
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            answers.push(self.submit(event).await);
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = match answer {
+                Ok(answer) => answer.await,
+                Err(status) => Err(status),
+            };
+            results.push(event_result(result));
+        }
+        Ok(Response::new(HandleStripeEventsResponse { results }))
     }
 
     async fn verify_purchase(
@@ -90,6 +141,19 @@ fn status_label(status: pb::PurchaseStatus) -> &'static str {
         pb::PurchaseStatus::NotFound => "not_found",
         pb::PurchaseStatus::Unspecified => "unspecified",
     }
+}
+
+/// One event's answer within `HandleStripeEvents`: what
+/// `HandleStripeEvent` would have answered, success or error.
+fn event_result(result: Result<HandleStripeEventResponse, Status>) -> StripeEventResult {
+    let result = match result {
+        Ok(handled) => stripe_event_result::Result::Handled(handled),
+        Err(status) => stripe_event_result::Result::Error(EventError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        }),
+    };
+    StripeEventResult { result: Some(result) }
 }
 
 fn handle_response(outcome: Outcome) -> HandleStripeEventResponse {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::forwarder::ForwardSettings;
 use crate::signature::WebhookSecret;
 
 /// Receives Stripe webhooks, verifies their signatures and forwards them to
@@ -53,6 +54,16 @@ pub struct Cli {
     #[arg(long, env = "PAYMENTS_SVC_TIMEOUT_MS", default_value_t = 5_000)]
     pub payments_svc_timeout_ms: u64,
 
+    /// Most webhook events forwarded to payments-svc in one call; 1 sends
+    /// each event on its own call.
+    #[arg(long, env = "PAYMENTS_SVC_BATCH_MAX", default_value_t = 64)]
+    pub payments_svc_batch_max: usize,
+
+    /// Calls forwarding events to payments-svc in flight at once. Events
+    /// that arrive while every call is busy travel together in the next one.
+    #[arg(long, env = "PAYMENTS_SVC_MAX_CALLS", default_value_t = 4)]
+    pub payments_svc_max_calls: usize,
+
     /// Most connections held open at once. Beyond it, requests on new
     /// connections get 503 with Retry-After and the connection is closed.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -92,6 +103,8 @@ impl fmt::Debug for Cli {
             .field("stripe_webhook_tolerance_secs", &self.stripe_webhook_tolerance_secs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("payments_svc_timeout_ms", &self.payments_svc_timeout_ms)
+            .field("payments_svc_batch_max", &self.payments_svc_batch_max)
+            .field("payments_svc_max_calls", &self.payments_svc_max_calls)
             .field("success_page", &self.success_page)
             .field("log_format", &self.log_format)
             .finish()
@@ -116,6 +129,7 @@ pub struct Settings {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub payments_svc_timeout: Duration,
+    pub forwarding: ForwardSettings,
     pub payments_grpc_token: Option<String>,
     pub payments_svc_ca_cert: Option<PathBuf>,
     pub max_connections: usize,
@@ -148,6 +162,7 @@ impl Settings {
             tolerance_secs: 300,
             max_body_bytes: 1024 * 1024,
             payments_svc_timeout: Duration::from_secs(5),
+            forwarding: ForwardSettings { max_events: 64, max_calls: 4 },
             payments_grpc_token: None,
             payments_svc_ca_cert: None,
             max_connections: 1024,
@@ -173,6 +188,8 @@ pub enum ConfigError {
     ZeroTimeout,
     #[error("GATEWAY_MAX_CONNECTIONS, GATEWAY_MAX_IN_FLIGHT and GATEWAY_REQUEST_TIMEOUT_MS must be above 0")]
     ZeroLimit,
+    #[error("PAYMENTS_SVC_BATCH_MAX and PAYMENTS_SVC_MAX_CALLS must be above 0")]
+    ZeroForwarding,
 }
 
 impl TryFrom<Cli> for Settings {
@@ -203,6 +220,9 @@ impl TryFrom<Cli> for Settings {
         if cli.max_connections == 0 || cli.max_in_flight == 0 || cli.request_timeout_ms == 0 {
             return Err(ConfigError::ZeroLimit);
         }
+        if cli.payments_svc_batch_max == 0 || cli.payments_svc_max_calls == 0 {
+            return Err(ConfigError::ZeroForwarding);
+        }
         Ok(Self {
             webhook_secrets,
             addr: cli.gateway_addr,
@@ -210,6 +230,10 @@ impl TryFrom<Cli> for Settings {
             tolerance_secs: cli.stripe_webhook_tolerance_secs,
             max_body_bytes: cli.max_body_bytes,
             payments_svc_timeout: Duration::from_millis(cli.payments_svc_timeout_ms),
+            forwarding: ForwardSettings {
+                max_events: cli.payments_svc_batch_max,
+                max_calls: cli.payments_svc_max_calls,
+            },
             payments_grpc_token: cli.payments_grpc_token.filter(|t| !t.trim().is_empty()),
             payments_svc_ca_cert: cli.payments_svc_ca_cert,
             max_connections: cli.max_connections,

@@ -3,11 +3,13 @@
 //! A webhook is read with a size bound, its `Stripe-Signature` checked over
 //! the exact bytes ([`signature`]) before anything is parsed, then parsed
 //! leniently into the typed `StripeEvent` and handed to payments-svc over
-//! gRPC ([`payments`]). [`routes`] holds the HTTP routes,
+//! gRPC ([`payments`]), many events to a call under load ([`forwarder`]).
+//! [`routes`] holds the HTTP routes,
 //! [`startup::Application`] is what `main` and the tests run.
 
 pub mod config;
 pub mod error;
+pub mod forwarder;
 pub mod http;
 pub mod metrics;
 pub mod payments;

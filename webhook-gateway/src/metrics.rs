@@ -34,6 +34,8 @@ pub struct Metrics {
     pub webhook_seconds: Histogram,
     pub payments_call_seconds: Family<MethodLabels, Histogram>,
     pub in_flight: Gauge,
+    /// Events per `HandleStripeEvents` call.
+    pub forwarded_per_call: Histogram,
     pub verifications: Family<VerifyLabels, Counter>,
 }
 
@@ -65,9 +67,23 @@ impl Default for Metrics {
         );
         let in_flight = Gauge::default();
         registry.register("in_flight_requests", "Requests being handled now", in_flight.clone());
+        let forwarded_per_call = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "forwarded_events_per_call",
+            "Webhook events carried by each HandleStripeEvents call to payments-svc",
+            forwarded_per_call.clone(),
+        );
         let verifications = Family::<VerifyLabels, Counter>::default();
         registry.register("verifications", "Verify route answers, by status", verifications.clone());
-        Self { registry, webhooks, webhook_seconds, payments_call_seconds, in_flight, verifications }
+        Self {
+            registry,
+            webhooks,
+            webhook_seconds,
+            payments_call_seconds,
+            in_flight,
+            forwarded_per_call,
+            verifications,
+        }
     }
 }
 

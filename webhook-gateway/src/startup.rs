@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
+use crate::forwarder::Forwarder;
 use crate::metrics::Metrics;
 use crate::payments::{self, Payments};
 use crate::routes;
@@ -31,13 +32,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState {
     pub verifier: Verifier,
     pub payments: Payments,
+    /// Forwards webhook events to payments-svc.
+    pub forwarder: Forwarder,
     pub max_body_bytes: usize,
     /// Whether `/checkout/success` is served.
     pub success_page: bool,
     /// One permit per request being handled (GATEWAY_MAX_IN_FLIGHT).
     pub in_flight: Arc<Semaphore>,
     pub request_timeout: Duration,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A gateway with its port bound, ready to serve.
@@ -54,14 +57,18 @@ impl Application {
     /// [`Application::local_addr`]) and prepares the payments-svc client,
     /// which connects on first use.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let payments = payments::connect_lazy(settings)?;
+        let forwarder = Forwarder::start(payments.client.clone(), settings.forwarding, Arc::clone(&metrics));
         let state = AppState {
             verifier: Verifier::new(&settings.webhook_secrets, settings.tolerance_secs),
-            payments: payments::connect_lazy(settings)?,
+            payments,
+            forwarder,
             max_body_bytes: settings.max_body_bytes,
             success_page: settings.success_page,
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
             request_timeout: settings.request_timeout,
-            metrics: Metrics::default(),
+            metrics,
         };
         let listener = TcpListener::bind(settings.addr)
             .await

@@ -6,11 +6,22 @@ use bytes::Bytes;
 use e2e::{fixture, metric_value, with_fresh_ids};
 use hyper::StatusCode;
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
+use webhook_gateway::forwarder::ForwardSettings;
 
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
 
 /// Long enough that a burst of concurrent calls lands in one batch.
 const GATHER_US: u64 = 1_000_000;
+
+/// Group commit as payments-svc sees it: the gateway forwards every event
+/// on a call of its own, so that only payments-svc gathers them.
+fn gathered_by_payments_svc() -> StackOptions {
+    StackOptions {
+        batch_wait_us: GATHER_US,
+        gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
+        ..Default::default()
+    }
+}
 
 fn outcome(answer: &e2e::HttpAnswer) -> String {
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
@@ -23,7 +34,7 @@ fn metric(metrics: &str, series: &str) -> f64 {
 
 on_both_databases!(a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome);
 async fn a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome(db: TestDb) {
-    let stack = Stack::start_with(db, StackOptions { batch_wait_us: GATHER_US, ..Default::default() }).await;
+    let stack = Stack::start_with(db, gathered_by_payments_svc()).await;
     let paid = fixture("checkout_session_completed_paid.json").expect("fixture");
     let burst: Vec<Bytes> = [
         "checkout_session_completed_paid.json",
@@ -61,7 +72,7 @@ async fn a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome(
 
 on_both_databases!(a_batch_that_cannot_be_written_whole_falls_back_without_failing_the_others);
 async fn a_batch_that_cannot_be_written_whole_falls_back_without_failing_the_others(db: TestDb) {
-    let stack = Stack::start_with(db, StackOptions { batch_wait_us: GATHER_US, ..Default::default() }).await;
+    let stack = Stack::start_with(db, gathered_by_payments_svc()).await;
     let paid = fixture("checkout_session_completed_paid.json").expect("fixture");
     let paid_again_for_the_same_course = with_fresh_ids(&paid, "_again").expect("variant");
     let burst = [paid, paid_again_for_the_same_course, fixture("charge_succeeded.json").expect("fixture")];

@@ -168,7 +168,8 @@ async fn both_services_expose_prometheus_metrics() {
         r#"gateway_webhooks_total{outcome="duplicate",reason=""} 1"#,
         r#"gateway_webhooks_total{outcome="rejected",reason="stale_timestamp"} 1"#,
         r#"gateway_verifications_total{status="not_found"} 1"#,
-        r#"gateway_payments_call_duration_seconds_count{method="HandleStripeEvent"} 2"#,
+        r#"gateway_payments_call_duration_seconds_count{method="HandleStripeEvents"} 2"#,
+        "gateway_forwarded_events_per_call_sum 2",
         "gateway_webhook_duration_seconds_count 3",
         "gateway_in_flight_requests 0",
     ] {

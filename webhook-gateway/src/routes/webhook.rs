@@ -95,9 +95,7 @@ async fn verify_and_forward(
     let event = stripe::parse_event(body)?;
     *seen = Seen::event(&event);
 
-    let mut client = state.payments.client.clone();
-    let answer = state.metrics.time_call("HandleStripeEvent", client.handle_stripe_event(event)).await;
-    let answer = answer.map_err(payments::api_error)?.into_inner();
+    let answer = state.forwarder.forward(event).await.map_err(payments::api_error)?;
     let outcome = match answer.outcome() {
         Outcome::Processed => "processed",
         Outcome::Duplicate => "duplicate",

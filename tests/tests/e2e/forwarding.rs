@@ -1,0 +1,86 @@
+//! The gateway forwarding many events to a call: events that arrive while
+//! a call is in flight travel together, and each still gets its own answer.
+
+use bytes::Bytes;
+use e2e::{fixture, metric_value};
+use hyper::StatusCode;
+use payments_proto::stripe::parse_event;
+use payments_proto::v1::{HandleStripeEventsRequest, Outcome, StripeEvent, stripe_event_result};
+use tonic::Code;
+use webhook_gateway::forwarder::ForwardSettings;
+
+use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
+
+const PAID: &str = "checkout_session_completed_paid.json";
+
+fn outcome(answer: &e2e::HttpAnswer) -> String {
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    answer.json()["outcome"].as_str().expect("outcome").to_owned()
+}
+
+fn metric(metrics: &str, series: &str) -> f64 {
+    metric_value(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+on_both_databases!(events_arriving_while_a_call_is_in_flight_travel_together_each_with_its_own_answer);
+async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its_own_answer(db: TestDb) {
+    // One call at a time, held by payments-svc for a moment: whatever
+    // arrives meanwhile queues in the gateway and goes in the next call.
+    let options = StackOptions {
+        batch_wait_us: 300_000,
+        gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 64, max_calls: 1 }),
+        ..Default::default()
+    };
+    let stack = Stack::start_with(db, options).await;
+    let burst: Vec<Bytes> =
+        [PAID, "checkout_session_completed_no_metadata.json", "charge_succeeded.json", PAID]
+            .iter()
+            .map(|name| fixture(name).expect("fixture"))
+            .collect();
+
+    let answers = stack.deliver_concurrently(&burst).await;
+
+    let mut outcomes: Vec<String> = answers.iter().map(outcome).collect();
+    let paid_twice = [outcomes.remove(0), outcomes.pop().expect("last")];
+    assert!(
+        paid_twice.contains(&"processed".to_owned()) && paid_twice.contains(&"duplicate".to_owned()),
+        "{paid_twice:?}"
+    );
+    assert_eq!(outcomes, ["failed", "ignored"]);
+    let metrics = String::from_utf8(stack.get("/metrics").await.body.to_vec()).expect("UTF-8");
+    assert_eq!(metric(&metrics, "gateway_forwarded_events_per_call_sum"), 4.0);
+    let calls = metric(&metrics, "gateway_forwarded_events_per_call_count");
+    assert!(calls <= 2.0, "four events in {calls} calls: the ones that waited should share one");
+    assert_eq!(stack.purchases().await.len(), 1);
+    assert_eq!(stack.events().await.len(), 3);
+    stack.shutdown().await;
+}
+
+on_both_databases!(one_invalid_event_in_a_call_is_refused_alone);
+async fn one_invalid_event_in_a_call_is_refused_alone(db: TestDb) {
+    let stack = Stack::start(db).await;
+    let paid = parse_event(fixture(PAID).expect("fixture")).expect("parses");
+    let nameless = StripeEvent { id: String::new(), ..paid.clone() };
+    let request = HandleStripeEventsRequest { events: vec![paid.clone(), nameless, paid] };
+
+    let results = stack.grpc().await.handle_stripe_events(request).await.expect("call").into_inner().results;
+
+    let answers: Vec<_> = results.into_iter().map(|r| r.result.expect("a result per event")).collect();
+    let [first, second, third] = answers.try_into().expect("three results");
+    let outcome_of = |result: stripe_event_result::Result| match result {
+        stripe_event_result::Result::Handled(handled) => handled.outcome(),
+        stripe_event_result::Result::Error(error) => panic!("unexpected error {error:?}"),
+    };
+    assert_eq!(outcome_of(first), Outcome::Processed);
+    match second {
+        stripe_event_result::Result::Error(error) => {
+            assert_eq!(Code::from(error.code), Code::InvalidArgument);
+            assert_eq!(error.message, "invalid argument: id is empty");
+        }
+        other => panic!("the nameless event was accepted: {other:?}"),
+    }
+    assert_eq!(outcome_of(third), Outcome::Duplicate);
+    assert_eq!(stack.events().await.len(), 1);
+    assert_eq!(stack.purchases().await.len(), 1);
+    stack.shutdown().await;
+}
