@@ -2,25 +2,17 @@
 //! a call is in flight travel together, and each still gets its own answer.
 
 use bytes::Bytes;
-use e2e::{fixture, metric_value};
-use hyper::StatusCode;
+use e2e::fixture;
 use payments_proto::stripe::parse_event;
 use payments_proto::v1::{HandleStripeEventsRequest, Outcome, StripeEvent, stripe_event_result};
 use tonic::Code;
 use webhook_gateway::forwarder::ForwardSettings;
 
-use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
+use crate::helpers::{
+    Stack, StackOptions, TestDb, metric, on_both_databases, outcomes_around_one_event_sent_twice,
+};
 
 const PAID: &str = "checkout_session_completed_paid.json";
-
-fn outcome(answer: &e2e::HttpAnswer) -> String {
-    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-    answer.json()["outcome"].as_str().expect("outcome").to_owned()
-}
-
-fn metric(metrics: &str, series: &str) -> f64 {
-    metric_value(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-}
 
 on_both_databases!(events_arriving_while_a_call_is_in_flight_travel_together_each_with_its_own_answer);
 async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its_own_answer(db: TestDb) {
@@ -40,12 +32,7 @@ async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its
 
     let answers = stack.deliver_concurrently(&burst).await;
 
-    let mut outcomes: Vec<String> = answers.iter().map(outcome).collect();
-    let paid_twice = [outcomes.remove(0), outcomes.pop().expect("last")];
-    assert!(
-        paid_twice.contains(&"processed".to_owned()) && paid_twice.contains(&"duplicate".to_owned()),
-        "{paid_twice:?}"
-    );
+    let outcomes = outcomes_around_one_event_sent_twice(&answers);
     assert_eq!(outcomes, ["failed", "ignored"]);
     let metrics = String::from_utf8(stack.get("/metrics").await.body.to_vec()).expect("UTF-8");
     assert_eq!(metric(&metrics, "gateway_forwarded_events_per_call_sum"), 4.0);

@@ -3,12 +3,13 @@
 //! falling back without failing the others.
 
 use bytes::Bytes;
-use e2e::{fixture, metric_value, with_fresh_ids};
-use hyper::StatusCode;
+use e2e::{fixture, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
 use webhook_gateway::forwarder::ForwardSettings;
 
-use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
+use crate::helpers::{
+    Stack, StackOptions, TestDb, metric, on_both_databases, outcome, outcomes_around_one_event_sent_twice,
+};
 
 /// Long enough that a burst of concurrent calls lands in one batch.
 const GATHER_US: u64 = 1_000_000;
@@ -21,15 +22,6 @@ fn gathered_by_payments_svc() -> StackOptions {
         gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
         ..Default::default()
     }
-}
-
-fn outcome(answer: &e2e::HttpAnswer) -> String {
-    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-    answer.json()["outcome"].as_str().expect("outcome").to_owned()
-}
-
-fn metric(metrics: &str, series: &str) -> f64 {
-    metric_value(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 on_both_databases!(a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome);
@@ -50,12 +42,7 @@ async fn a_burst_of_mixed_events_commits_as_one_batch_with_each_callers_outcome(
 
     let answers = stack.deliver_concurrently(&burst).await;
 
-    let mut outcomes: Vec<String> = answers.iter().map(outcome).collect();
-    let paid_twice = [outcomes.remove(0), outcomes.pop().expect("last")];
-    assert!(
-        paid_twice.contains(&"processed".to_owned()) && paid_twice.contains(&"duplicate".to_owned()),
-        "{paid_twice:?}"
-    );
+    let outcomes = outcomes_around_one_event_sent_twice(&answers);
     assert_eq!(outcomes, ["failed", "ignored", "processed", "processed"]);
     let metrics = stack.payments_metrics().await;
     assert_eq!(metric(&metrics, "payments_batch_size_count"), 1.0, "one transaction");

@@ -7,8 +7,8 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
-use e2e::{HttpAnswer, HttpClient, signature_now};
-use hyper::Method;
+use e2e::{HttpAnswer, HttpClient, metric_value, signature_now};
+use hyper::{Method, StatusCode};
 use payments_proto::v1::payments_client::PaymentsClient;
 use payments_svc::db::entities::{course_purchase, stripe_webhook_event};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
@@ -348,4 +348,28 @@ pub async fn gateway_without_payments_svc() -> (String, impl Future<Output = ()>
     let gateway = start_gateway(format!("http://{vacant_addr}"), &StackOptions::default()).await;
     let url = format!("http://{}", gateway.addr);
     (url, gateway.stop())
+}
+
+/// The `outcome` of a webhook's 200 answer.
+pub fn outcome(answer: &HttpAnswer) -> String {
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    answer.json()["outcome"].as_str().expect("outcome").to_owned()
+}
+
+/// The value of `series` in a Prometheus text exposition; fails the test
+/// when it is missing.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metric_value(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+/// The outcomes of a burst whose first and last bodies are one event:
+/// asserts that one copy was processed and the other answered duplicate,
+/// in whichever order they were applied, and returns the others' outcomes.
+pub fn outcomes_around_one_event_sent_twice(answers: &[HttpAnswer]) -> Vec<String> {
+    let mut outcomes: Vec<String> = answers.iter().map(outcome).collect();
+    let twice = [outcomes.remove(0), outcomes.pop().expect("last")];
+    let mut sorted = twice.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["duplicate", "processed"], "{twice:?}");
+    outcomes
 }
