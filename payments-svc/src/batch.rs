@@ -86,11 +86,6 @@ impl EventBatcher {
         Self { jobs }
     }
 
-    /// Applies `event` in the next batch and answers once it is committed.
-    pub async fn handle(&self, event: IncomingEvent) -> Result<Outcome, DbErr> {
-        self.submit(event).await?.await
-    }
-
     /// Queues `event` for the next batch; the returned future answers once
     /// it is committed. Submitting several events before awaiting any lets
     /// them share a batch.

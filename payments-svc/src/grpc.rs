@@ -23,6 +23,9 @@ use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Verdict, Verification};
 use crate::webhook::{IncomingEvent, Outcome};
 
+/// Most events one `HandleStripeEvents` call may carry.
+pub const MAX_EVENTS_PER_CALL: usize = 1000;
+
 #[derive(Debug, Clone)]
 pub struct PaymentsService {
     db: DatabaseConnection,
@@ -46,12 +49,7 @@ impl PaymentsService {
         let batcher = EventBatcher::start(db.clone(), policy, batching, Arc::clone(&metrics));
         Self { db, policy, batcher, stripe, metrics }
     }
-}
 
-/// Most events one `HandleStripeEvents` call may carry.
-pub const MAX_EVENTS_PER_CALL: usize = 1000;
-
-impl PaymentsService {
     /// Validates `event` and queues it for group commit; the returned
     /// future answers once its batch has committed, and counts it.
     async fn submit(
