@@ -25,13 +25,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use chrono::Utc;
-use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use chrono::{DateTime, Utc};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::db::batch_pg::{self, Candidate};
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::EventStatus;
-use crate::db::events::Settled;
+use crate::db::events::{Settled, SettledRow};
 use crate::db::purchases::PurchaseWrite;
 use crate::db::{events, purchases};
 use crate::fulfilment::{self, NewPurchase, Plan, Policy};
@@ -163,9 +164,10 @@ async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>, metrics: &
 
 /// One transaction for every event; the outcome of each, in order.
 ///
-/// Two statements: one upsert records and settles every event (see
-/// [`events::record_settled`]), telling which this batch applied and which
-/// were settled before; one upsert writes the purchases of the applied ones.
+/// It records and settles every event (see [`events::record_settled`]),
+/// learning which this batch applied and which were settled before, and
+/// writes the purchases of the applied ones. On PostgreSQL that is one
+/// statement ([`batch_pg`]); elsewhere two upserts in a transaction.
 async fn apply_batch(
     db: &DatabaseConnection,
     policy: Policy,
@@ -189,22 +191,51 @@ async fn apply_batch(
             error: plan.error.as_ref(),
         })
         .collect();
+    let candidates: Vec<Candidate<'_>> = planned
+        .iter()
+        .filter_map(|(event, _, plan)| {
+            let (purchase, status) = plan.purchase.as_ref()?;
+            Some(Candidate { event_id: &event.id, purchase, status: *status })
+        })
+        .collect();
 
-    let txn = db.begin().await?;
-    let rows = events::record_settled(&txn, &settled, token, now).await?;
+    let rows = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            batch_pg::settle_and_fulfil(pool, &settled, &candidates, token, now).await?
+        }
+        _ => settle_and_fulfil(db, &settled, &candidates, token, now).await?,
+    };
     let applied_now: HashSet<&str> =
         rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect();
     let mut outcomes = HashMap::new();
-    let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
     for (event, _, plan) in &planned {
-        if !applied_now.contains(event.id.as_str()) {
-            outcomes.insert(event.id.as_str(), Outcome::Duplicate);
-            continue;
+        let applied = applied_now.contains(event.id.as_str());
+        let outcome = if applied { plan.outcome.clone() } else { Outcome::Duplicate };
+        if applied {
+            webhook::log_outcome(event, &outcome);
         }
-        if let Some((purchase, status)) = &plan.purchase {
-            merge(&mut purchases, purchase, *status);
-        }
-        outcomes.insert(event.id.as_str(), plan.outcome.clone());
+        outcomes.insert(event.id.as_str(), outcome);
+    }
+    Ok(answers(events, &outcomes))
+}
+
+/// [`batch_pg::settle_and_fulfil`] as two upserts in one transaction, for
+/// databases without data-modifying CTEs (SQLite).
+async fn settle_and_fulfil(
+    db: &DatabaseConnection,
+    settled: &[Settled<'_>],
+    candidates: &[Candidate<'_>],
+    token: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<SettledRow>, DbErr> {
+    let txn = db.begin().await?;
+    let rows = events::record_settled(&txn, settled, token, now).await?;
+    let applied_now: HashSet<&str> =
+        rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect();
+    let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
+    for candidate in candidates.iter().filter(|candidate| applied_now.contains(candidate.event_id)) {
+        merge(&mut purchases, candidate.purchase, candidate.status);
     }
     let writes: Vec<PurchaseWrite<'_>> = purchases
         .values()
@@ -212,13 +243,7 @@ async fn apply_batch(
         .collect();
     purchases::advance_all(&txn, &writes, now).await?;
     txn.commit().await?;
-
-    for (event, _, _) in &planned {
-        if let Some(outcome) = outcomes.get(event.id.as_str()) {
-            webhook::log_outcome(event, outcome);
-        }
-    }
-    Ok(answers(events, &outcomes))
+    Ok(rows)
 }
 
 /// A random token per batch, marking the rows it settles. Random rather

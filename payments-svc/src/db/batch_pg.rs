@@ -1,0 +1,152 @@
+//! Group commit on PostgreSQL: a whole batch in one statement.
+//!
+//! [`events::record_settled`] and [`purchases::advance_all`] inside a
+//! transaction cost four round trips per batch (BEGIN, two upserts, COMMIT),
+//! and under load those round trips, not the rows, were most of a batch's
+//! time. Here both upserts are data-modifying CTEs of one statement, which
+//! PostgreSQL runs as its own transaction: all of it or nothing, one round
+//! trip. The rows it writes are exactly those of the two upserts: see their
+//! docs for the conflict rules, repeated here in SQL.
+//!
+//! Columns are bound as arrays and expanded with `unnest`, so the statement
+//! text never changes with the batch size: it is built once per process and
+//! prepared once per connection, and the payloads are bound straight from
+//! the events without another copy.
+//!
+//! [`events::record_settled`]: super::events::record_settled
+//! [`purchases::advance_all`]: super::purchases::advance_all
+
+use std::sync::{Arc, LazyLock};
+
+use chrono::{DateTime, Utc};
+use sea_orm::sqlx::PgPool;
+use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
+
+use super::entities::course_purchase::PurchaseStatus;
+use super::entities::stripe_webhook_event::EventStatus;
+use super::events::{Settled, SettledRow};
+use crate::fulfilment::NewPurchase;
+
+/// A purchase that `event_id` writes at `status` if this batch applies it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub event_id: &'a str,
+    pub purchase: &'a NewPurchase,
+    pub status: PurchaseStatus,
+}
+
+/// Records and settles `batch` and writes the purchases of the events it
+/// applies, in one statement; returns who settled each event, as
+/// [`events::record_settled`](super::events::record_settled) does.
+///
+/// `batch` names each event once, in the order its rows are to be locked;
+/// `token` is unique to the call. Of several candidates for one session
+/// among the applied events, the one with the higher status is written
+/// (what applying them in either order would leave). Fails as a whole, with
+/// nothing written, when a purchase would be a second paid one of a course.
+pub async fn settle_and_fulfil(
+    pool: &PgPool,
+    batch: &[Settled<'_>],
+    candidates: &[Candidate<'_>],
+    token: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<SettledRow>, DbErr> {
+    let errors: Vec<Option<String>> =
+        batch.iter().map(|item| item.error.map(serde_json::Value::to_string)).collect();
+    let query = sea_orm::sqlx::query_as::<_, (String, Option<i64>)>(STATEMENT.as_str())
+        .bind(batch.iter().map(|item| item.event.id.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|item| item.event.event_type.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|item| item.event.livemode).collect::<Vec<_>>())
+        .bind(batch.iter().map(|item| item.event.api_version.as_deref()).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|item| item.event.session.as_ref().map(|session| session.id.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|item| item.status.to_value()).collect::<Vec<_>>())
+        .bind(errors)
+        .bind(batch.iter().map(|item| item.event.payload.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|item| item.deliveries).collect::<Vec<_>>())
+        .bind(batch.iter().map(|item| item.event.created).collect::<Vec<_>>())
+        .bind(now)
+        .bind(token)
+        .bind(candidates.iter().map(|c| c.event_id).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.user_id.as_str()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.course_id.as_str()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.checkout_session_id.as_str()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.payment_intent_id.as_deref()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.amount_total).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.currency.as_deref()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.status.to_value()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.purchase.source.to_value()).collect::<Vec<_>>());
+    let rows =
+        query.fetch_all(pool).await.map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))?;
+    Ok(rows.into_iter().map(|(event_id, settled_by)| SettledRow { event_id, settled_by }).collect())
+}
+
+/// The statement, with the status names and ranks spelled from the Rust
+/// enums so that the two cannot disagree.
+static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+    let settled_for_good = [EventStatus::Processed, EventStatus::Ignored]
+        .map(|status| format!("'{}'", status.to_value()))
+        .join(", ");
+    let unless_settled = |column: &str| {
+        format!("CASE WHEN e.status IN ({settled_for_good}) THEN e.{column} ELSE excluded.{column} END")
+    };
+    let (status, error, processed_at, settled_by) = (
+        unless_settled("status"),
+        unless_settled("error"),
+        unless_settled("processed_at"),
+        unless_settled("settled_by"),
+    );
+    let rank = |status: &str| {
+        let arms: String = PurchaseStatus::iter()
+            .map(|each| format!(" WHEN '{}' THEN {}", each.to_value(), each.rank()))
+            .collect();
+        format!("(CASE {status}{arms} ELSE 0 END)")
+    };
+    let (rank_candidate, rank_stored, rank_excluded) =
+        (rank("c.status"), rank("p.status"), rank("excluded.status"));
+    format!(
+        "WITH settled AS (
+            INSERT INTO stripe_webhook_events AS e (event_id, event_type, livemode, api_version,
+                checkout_session_id, status, error, payload, delivery_count, stripe_created_at,
+                received_at, last_received_at, processed_at, settled_by)
+            SELECT event_id, event_type, livemode, api_version, checkout_session_id, status,
+                error::json, payload, delivery_count, stripe_created_at,
+                $11::timestamptz, $11::timestamptz, $11::timestamptz, $12::int8
+            FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::int4[], $10::int8[])
+                AS i(event_id, event_type, livemode, api_version, checkout_session_id, status,
+                    error, payload, delivery_count, stripe_created_at)
+            ON CONFLICT (event_id) DO UPDATE SET
+                delivery_count = e.delivery_count + excluded.delivery_count,
+                last_received_at = excluded.last_received_at,
+                status = {status}, error = {error}, processed_at = {processed_at},
+                settled_by = {settled_by}
+            RETURNING event_id, settled_by
+        ), written AS (
+            INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
+                stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
+                created_at, updated_at)
+            SELECT DISTINCT ON (c.session_id) c.user_id, c.course_id, c.session_id,
+                c.payment_intent_id, c.amount_total, c.currency, c.status, c.source, false,
+                $11::timestamptz, $11::timestamptz
+            FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
+                $18::int8[], $19::text[], $20::text[], $21::text[])
+                AS c(event_id, user_id, course_id, session_id, payment_intent_id, amount_total,
+                    currency, status, source)
+            JOIN settled s ON s.event_id = c.event_id AND s.settled_by = $12::int8
+            ORDER BY c.session_id, {rank_candidate} DESC
+            ON CONFLICT (stripe_checkout_session_id) DO UPDATE SET
+                status = excluded.status, needs_refund = excluded.needs_refund,
+                updated_at = excluded.updated_at,
+                stripe_payment_intent_id = COALESCE(excluded.stripe_payment_intent_id, p.stripe_payment_intent_id),
+                amount_total = COALESCE(excluded.amount_total, p.amount_total),
+                currency = COALESCE(excluded.currency, p.currency)
+            WHERE {rank_stored} < {rank_excluded}
+        )
+        SELECT event_id, settled_by FROM settled"
+    )
+});
