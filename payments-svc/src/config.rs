@@ -135,8 +135,11 @@ pub struct Settings {
     pub batch_wait_us: u64,
 
     /// Group commit: transactions in progress at once (SQLite always uses 1:
-    /// it has one writer).
-    #[arg(long, env = "PAYMENTS_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// it has one writer). One is the default: the next batch gathers while
+    /// the current one commits, and a second transaction only splits the
+    /// waiting events into smaller batches, each paying for its own commit.
+    /// More help only when the database has cores to spare for them.
+    #[arg(long, env = "PAYMENTS_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub batch_workers: u16,
 
     /// Address of the admin HTTP server (Prometheus `/metrics`).
@@ -192,7 +195,7 @@ impl Settings {
             admin_addr: loopback_ephemeral,
             batch_max: 128,
             batch_wait_us: 0,
-            batch_workers: 2,
+            batch_workers: 1,
             skip_migrations: false,
             stripe_livemode: false,
             stripe_secret_key: None,

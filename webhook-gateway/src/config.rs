@@ -61,7 +61,10 @@ pub struct Cli {
 
     /// Calls forwarding events to payments-svc in flight at once. Events
     /// that arrive while every call is busy travel together in the next one.
-    #[arg(long, env = "PAYMENTS_SVC_MAX_CALLS", default_value_t = 4)]
+    /// Two is the default: while payments-svc applies one call, the next is
+    /// already on its way; more calls only split the waiting events into
+    /// smaller batches.
+    #[arg(long, env = "PAYMENTS_SVC_MAX_CALLS", default_value_t = 2)]
     pub payments_svc_max_calls: usize,
 
     /// Most connections held open at once. Beyond it, requests on new
@@ -162,7 +165,7 @@ impl Settings {
             tolerance_secs: 300,
             max_body_bytes: 1024 * 1024,
             payments_svc_timeout: Duration::from_secs(5),
-            forwarding: ForwardSettings { max_events: 64, max_calls: 4 },
+            forwarding: ForwardSettings { max_events: 64, max_calls: 2 },
             payments_grpc_token: None,
             payments_svc_ca_cert: None,
             max_connections: 1024,

@@ -1,9 +1,10 @@
 //! Group commit, observed: one transaction for a burst of events, each
-//! caller with its own outcome, and a batch that cannot be written whole
-//! falling back without failing the others.
+//! caller with its own outcome, a batch that cannot be written whole
+//! falling back without failing the others, and several batches in
+//! progress at once sharing events between them.
 
 use bytes::Bytes;
-use e2e::{fixture, with_fresh_ids};
+use e2e::{fixture, unique_paid_event, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
 use webhook_gateway::forwarder::ForwardSettings;
 
@@ -73,5 +74,43 @@ async fn a_batch_that_cannot_be_written_whole_falls_back_without_failing_the_oth
     let purchases = stack.purchases().await;
     assert_eq!(purchases.len(), 2);
     assert_eq!(purchases.iter().filter(|p| p.needs_refund).count(), 1, "the second payment is flagged");
+    stack.shutdown().await;
+}
+
+on_both_databases!(concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copies);
+/// With several workers (PostgreSQL; SQLite always has one), the two copies
+/// of each event can land in different batches committing at the same time:
+/// one copy is applied, the other answers duplicate, and nothing is written
+/// twice.
+async fn concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copies(db: TestDb) {
+    const EVENTS: usize = 24;
+    let options = StackOptions {
+        gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
+        payments: Some(|settings| {
+            settings.batch_workers = 4;
+            settings.batch_max = 3;
+        }),
+        ..Default::default()
+    };
+    let stack = Stack::start_with(db, options).await;
+    let events: Vec<Bytes> = (0..EVENTS).map(|n| unique_paid_event(n).expect("event")).collect();
+    let burst: Vec<Bytes> = events.iter().chain(events.iter().rev()).cloned().collect();
+
+    let answers = stack.deliver_concurrently(&burst).await;
+
+    for n in 0..EVENTS {
+        let mut pair = [outcome(&answers[n]), outcome(&answers[burst.len() - 1 - n])];
+        pair.sort();
+        assert_eq!(pair, ["duplicate", "processed"], "event {n}");
+    }
+    let metrics = stack.payments_metrics().await;
+    assert!(metric(&metrics, "payments_batch_size_count") >= (2 * EVENTS / 3) as f64, "batches of at most 3");
+    assert_eq!(metric(&metrics, "payments_batch_fallbacks_total"), 0.0);
+    let purchases = stack.purchases().await;
+    assert_eq!(purchases.len(), EVENTS);
+    assert!(purchases.iter().all(|p| p.status == PurchaseStatus::Paid && !p.needs_refund), "{purchases:?}");
+    let events = stack.events().await;
+    assert_eq!(events.len(), EVENTS);
+    assert!(events.iter().all(|e| e.delivery_count == 2), "{events:?}");
     stack.shutdown().await;
 }

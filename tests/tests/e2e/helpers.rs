@@ -155,6 +155,8 @@ pub struct StackOptions {
     pub batch_wait_us: u64,
     /// Tweaks to the gateway's settings (limits, timeouts).
     pub gateway: Option<fn(&mut webhook_gateway::config::Settings)>,
+    /// Tweaks to payments-svc's settings, applied last.
+    pub payments: Option<fn(&mut payments_svc::config::Settings)>,
 }
 
 /// A self-signed certificate for 127.0.0.1, written to files.
@@ -188,6 +190,9 @@ async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &Stac
     settings.batch_wait_us = options.batch_wait_us;
     settings.tls_cert = options.tls.as_ref().map(|tls| tls.cert.clone());
     settings.tls_key = options.tls.as_ref().map(|tls| tls.key.clone());
+    if let Some(tweak) = options.payments {
+        tweak(&mut settings);
+    }
     let app = payments_svc::startup::Application::build(&settings).await.expect("payments-svc starts");
     let (addr, admin) = (app.local_addr(), Some(app.admin_addr()));
     let (stop, shutdown) = shutdown_channel();
