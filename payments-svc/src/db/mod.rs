@@ -6,12 +6,13 @@ pub mod entities;
 pub mod events;
 pub mod purchases;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteError, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    TransactionTrait,
 };
 
 /// How long a SQLite writer waits for the file lock before giving up. The
@@ -21,7 +22,25 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the pool. SQLite files are created if missing and run in WAL mode
 /// with `synchronous=FULL`, so an acknowledged event survives a power cut.
+///
+/// A new SQLite file set up by several replicas at once can answer
+/// "database is locked" to a first connection without waiting on the busy
+/// timeout (switching the file to WAL needs it to itself), so connecting is
+/// retried on that error for as long as the busy timeout.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
+    loop {
+        match Database::connect(options(url)).await {
+            Err(error) if is_sqlite_busy(&error) && Instant::now() < deadline => {
+                tracing::info!(%error, "database file busy while connecting; retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn options(url: &str) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
         .connect_timeout(Duration::from_secs(5))
@@ -34,7 +53,19 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
-    Database::connect(options).await
+    options
+}
+
+/// Whether `error` is SQLite's `SQLITE_BUSY` (primary result code 5; sqlx
+/// reports the extended code).
+fn is_sqlite_busy(error: &DbErr) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    let (DbErr::Conn(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error))) = error
+    else {
+        return false;
+    };
+    let code = error.as_database_error().filter(|error| error.try_downcast_ref::<SqliteError>().is_some());
+    code.and_then(|error| error.code()?.parse::<i32>().ok()).is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
 /// Key of the PostgreSQL advisory lock held while migrating.
@@ -56,4 +87,36 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     txn.execute_unprepared(&lock).await?;
     Migrator::up(&txn, None).await?;
     txn.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::Statement;
+
+    fn sqlite_pool(path: &std::path::Path, busy_timeout: Duration) -> ConnectOptions {
+        let mut options = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
+        options
+            .max_connections(1)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(move |opts| opts.create_if_missing(true).busy_timeout(busy_timeout));
+        options
+    }
+
+    #[tokio::test]
+    async fn a_locked_sqlite_file_is_told_apart_from_other_errors() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("busy.db");
+        let holder = Database::connect(sqlite_pool(&path, SQLITE_BUSY_TIMEOUT)).await.expect("connects");
+        holder.execute_unprepared("CREATE TABLE t (x INTEGER); BEGIN EXCLUSIVE").await.expect("locks");
+
+        let locked = Database::connect(sqlite_pool(&path, Duration::ZERO)).await.expect_err("file is locked");
+        let invalid = holder
+            .query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT FROM"))
+            .await
+            .expect_err("not SQL");
+
+        assert!(is_sqlite_busy(&locked), "{locked}");
+        assert!(!is_sqlite_busy(&invalid), "{invalid}");
+    }
 }
