@@ -90,16 +90,13 @@ impl EventBatcher {
     /// Queues `event` for the next batch; the returned future answers once
     /// it is committed. Submitting several events before awaiting any lets
     /// them share a batch.
-    pub async fn submit(
-        &self,
-        event: IncomingEvent,
-    ) -> Result<impl Future<Output = Result<Outcome, DbErr>> + use<>, DbErr> {
+    pub async fn submit(&self, event: IncomingEvent) -> impl Future<Output = Result<Outcome, DbErr>> + use<> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { event, reply })
-            .await
-            .map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
-        Ok(async move { answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))? })
+        let queued = self.jobs.send(Job { event, reply }).await;
+        async move {
+            queued.map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
+            answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))?
+        }
     }
 }
 
@@ -206,8 +203,7 @@ async fn apply_batch(
         }
         _ => settle_and_fulfil(db, &settled, &candidates, token, now).await?,
     };
-    let applied_now: HashSet<&str> =
-        rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect();
+    let applied_now = applied_by(&rows, token);
     let mut outcomes = HashMap::new();
     for (event, _, plan) in &planned {
         let applied = applied_now.contains(event.id.as_str());
@@ -231,8 +227,7 @@ async fn settle_and_fulfil(
 ) -> Result<Vec<SettledRow>, DbErr> {
     let txn = db.begin().await?;
     let rows = events::record_settled(&txn, settled, token, now).await?;
-    let applied_now: HashSet<&str> =
-        rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect();
+    let applied_now = applied_by(&rows, token);
     let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
     for candidate in candidates.iter().filter(|candidate| applied_now.contains(candidate.event_id)) {
         merge(&mut purchases, candidate.purchase, candidate.status);
@@ -244,6 +239,12 @@ async fn settle_and_fulfil(
     purchases::advance_all(&txn, &writes, now).await?;
     txn.commit().await?;
     Ok(rows)
+}
+
+/// The events of `rows` that the batch holding `token` applied; the others
+/// were settled before it.
+fn applied_by(rows: &[SettledRow], token: i64) -> HashSet<&str> {
+    rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect()
 }
 
 /// A random token per batch, marking the rows it settles. Random rather
@@ -295,12 +296,12 @@ fn merge<'a>(
 /// Each call's answer: the first copy of an event gets its outcome, later
 /// copies in the same batch are duplicates of it (or the same failure).
 fn answers(events: &[&IncomingEvent], outcomes: &HashMap<&str, Outcome>) -> Vec<Outcome> {
-    let mut answered: HashMap<&str, ()> = HashMap::new();
+    let mut answered: HashSet<&str> = HashSet::new();
     events
         .iter()
         .map(|event| {
             let outcome = outcomes.get(event.id.as_str()).cloned().unwrap_or(Outcome::Duplicate);
-            if answered.insert(event.id.as_str(), ()).is_none() {
+            if answered.insert(event.id.as_str()) {
                 return outcome;
             }
             match outcome {

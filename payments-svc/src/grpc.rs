@@ -61,10 +61,7 @@ impl PaymentsService {
         let answer = self.batcher.submit(event).await;
         let metrics = Arc::clone(&self.metrics);
         Ok(async move {
-            let result = match answer {
-                Ok(answer) => answer.await,
-                Err(error) => Err(error),
-            };
+            let result = answer.await;
             metrics.event_seconds.observe(started.elapsed().as_secs_f64());
             let outcome = result.as_ref().map_or("error", |outcome| outcome.as_str());
             metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();

@@ -9,6 +9,7 @@ pub mod purchases;
 use std::time::{Duration, Instant};
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::error::DatabaseError;
 use sea_orm::sqlx::sqlite::{SqliteError, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
@@ -64,8 +65,11 @@ fn is_sqlite_busy(error: &DbErr) -> bool {
     else {
         return false;
     };
-    let code = error.as_database_error().filter(|error| error.try_downcast_ref::<SqliteError>().is_some());
-    code.and_then(|error| error.code()?.parse::<i32>().ok()).is_some_and(|code| code & 0xff == SQLITE_BUSY)
+    error
+        .as_database_error()
+        .and_then(|error| error.try_downcast_ref::<SqliteError>())
+        .and_then(|error| error.code()?.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
 /// Key of the PostgreSQL advisory lock held while migrating.

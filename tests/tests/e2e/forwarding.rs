@@ -19,7 +19,7 @@ async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its
     // One call at a time, held by payments-svc for a moment: whatever
     // arrives meanwhile queues in the gateway and goes in the next call.
     let options = StackOptions {
-        batch_wait_us: 300_000,
+        payments: Some(|settings| settings.batch_wait_us = 300_000),
         gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 64, max_calls: 1 }),
         ..Default::default()
     };

@@ -19,7 +19,7 @@ const GATHER_US: u64 = 1_000_000;
 /// on a call of its own, so that only payments-svc gathers them.
 fn gathered_by_payments_svc() -> StackOptions {
     StackOptions {
-        batch_wait_us: GATHER_US,
+        payments: Some(|settings| settings.batch_wait_us = GATHER_US),
         gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
         ..Default::default()
     }

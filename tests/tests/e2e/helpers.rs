@@ -151,11 +151,9 @@ pub struct StackOptions {
     pub grpc_token: Option<String>,
     /// Serve gRPC over TLS with this certificate, trusted by the gateway.
     pub tls: Option<TestCertificate>,
-    /// `PAYMENTS_BATCH_WAIT_US`: how long group commit waits for a batch.
-    pub batch_wait_us: u64,
     /// Tweaks to the gateway's settings (limits, timeouts).
     pub gateway: Option<fn(&mut webhook_gateway::config::Settings)>,
-    /// Tweaks to payments-svc's settings, applied last.
+    /// Tweaks to payments-svc's settings (group commit), applied last.
     pub payments: Option<fn(&mut payments_svc::config::Settings)>,
 }
 
@@ -187,7 +185,6 @@ async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &Stac
     settings.stripe_api_base = options.stripe_api_base.clone().unwrap_or_default();
     settings.stripe_api_timeout_ms = options.stripe_timeout_ms.unwrap_or(3_000);
     settings.grpc_token = options.grpc_token.clone();
-    settings.batch_wait_us = options.batch_wait_us;
     settings.tls_cert = options.tls.as_ref().map(|tls| tls.cert.clone());
     settings.tls_key = options.tls.as_ref().map(|tls| tls.key.clone());
     if let Some(tweak) = options.payments {
