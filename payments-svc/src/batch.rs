@@ -107,6 +107,10 @@ async fn work(
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
     metrics: Arc<Metrics>,
 ) {
+    let mut writer = match db.get_database_backend() {
+        DbBackend::Postgres => Some(batch_pg::Writer::new(db.get_postgres_connection_pool().clone())),
+        _ => None,
+    };
     loop {
         let jobs = {
             let mut queue = queue.lock().await;
@@ -114,7 +118,7 @@ async fn work(
             gather(&mut queue, first, settings).await
         };
         metrics.batch_size.observe(jobs.len() as f64);
-        run(&db, policy, jobs, &metrics).await;
+        run(&db, writer.as_mut(), policy, jobs, &metrics).await;
     }
 }
 
@@ -140,9 +144,17 @@ async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSett
     jobs
 }
 
-async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>, metrics: &Metrics) {
+/// Applies `jobs` as one batch, through `writer` on PostgreSQL, and answers
+/// each of them.
+async fn run(
+    db: &DatabaseConnection,
+    writer: Option<&mut batch_pg::Writer>,
+    policy: Policy,
+    jobs: Vec<Job>,
+    metrics: &Metrics,
+) {
     let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
-    match apply_batch(db, policy, &events).await {
+    match apply_batch(db, writer, policy, &events).await {
         Ok(outcomes) => {
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcome));
@@ -164,9 +176,11 @@ async fn run(db: &DatabaseConnection, policy: Policy, jobs: Vec<Job>, metrics: &
 /// It records and settles every event (see [`events::record_settled`]),
 /// learning which this batch applied and which were settled before, and
 /// writes the purchases of the applied ones. On PostgreSQL that is one
-/// statement ([`batch_pg`]); elsewhere two upserts in a transaction.
+/// statement through the worker's `writer` ([`batch_pg`]); elsewhere two
+/// upserts in a transaction.
 async fn apply_batch(
     db: &DatabaseConnection,
+    writer: Option<&mut batch_pg::Writer>,
     policy: Policy,
     events: &[&IncomingEvent],
 ) -> Result<Vec<Outcome>, DbErr> {
@@ -196,12 +210,9 @@ async fn apply_batch(
         })
         .collect();
 
-    let rows = match db.get_database_backend() {
-        DbBackend::Postgres => {
-            let pool = db.get_postgres_connection_pool();
-            batch_pg::settle_and_fulfil(pool, &settled, &candidates, token, now).await?
-        }
-        _ => settle_and_fulfil(db, &settled, &candidates, token, now).await?,
+    let rows = match writer {
+        Some(writer) => writer.settle_and_fulfil(&settled, &candidates, token, now).await?,
+        None => settle_and_fulfil(db, &settled, &candidates, token, now).await?,
     };
     let applied_now = applied_by(&rows, token);
     let mut outcomes = HashMap::new();
@@ -216,7 +227,7 @@ async fn apply_batch(
     Ok(answers(events, &outcomes))
 }
 
-/// [`batch_pg::settle_and_fulfil`] as two upserts in one transaction, for
+/// [`batch_pg::Writer::settle_and_fulfil`] as two upserts in one transaction, for
 /// databases without data-modifying CTEs (SQLite).
 async fn settle_and_fulfil(
     db: &DatabaseConnection,

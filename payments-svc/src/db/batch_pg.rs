@@ -13,13 +13,20 @@
 //! prepared once per connection, and the payloads are bound straight from
 //! the events without another copy.
 //!
+//!
+//! Each group-commit worker sends its statements over a connection of its
+//! own ([`Writer`]) rather than one borrowed from the pool per batch: sqlx
+//! checks a pooled connection with a round trip when it is taken and
+//! another when it is given back, which would make one round trip three.
+//!
 //! [`events::record_settled`]: super::events::record_settled
 //! [`purchases::advance_all`]: super::purchases::advance_all
 
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::PgPool;
+use sea_orm::sqlx::{self, ConnectOptions, Connection, PgConnection, PgPool};
 use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
 
 use super::entities::course_purchase::PurchaseStatus;
@@ -35,25 +42,87 @@ pub struct Candidate<'a> {
     pub status: PurchaseStatus,
 }
 
-/// Records and settles `batch` and writes the purchases of the events it
-/// applies, in one statement; returns who settled each event, as
-/// [`events::record_settled`](super::events::record_settled) does.
+/// A connection left unused this long is pinged before its next batch, so
+/// that one dropped while traffic was quiet (a database restart, an idle
+/// timeout on the way) is replaced instead of failing that batch.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// A group-commit worker's own connection, opened with the pool's options
+/// but outside it, so that workers never compete with verify and the
+/// per-event path for pooled connections (a deployment needs one
+/// connection per worker on top of the pool).
 ///
-/// `batch` names each event once, in the order its rows are to be locked;
-/// `token` is unique to the call. Of several candidates for one session
-/// among the applied events, the one with the higher status is written
-/// (what applying them in either order would leave). Fails as a whole, with
-/// nothing written, when a purchase would be a second paid one of a course.
-pub async fn settle_and_fulfil(
-    pool: &PgPool,
+/// Opened on the first batch; after a failed statement it is closed, since
+/// the connection itself may be what failed, and the next batch opens a new
+/// one.
+#[derive(Debug)]
+pub struct Writer {
+    pool: PgPool,
+    connection: Option<PgConnection>,
+    last_used: Instant,
+}
+
+impl Writer {
+    /// A writer connecting as `pool` does.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, connection: None, last_used: Instant::now() }
+    }
+
+    /// Records and settles `batch` and writes the purchases of the events
+    /// it applies, in one statement; returns who settled each event, as
+    /// [`events::record_settled`](super::events::record_settled) does.
+    ///
+    /// `batch` names each event once, in the order its rows are to be
+    /// locked; `token` is unique to the call. Of several candidates for one
+    /// session among the applied events, the one with the higher status is
+    /// written (what applying them in either order would leave). Fails as a
+    /// whole, with nothing written, when a purchase would be a second paid
+    /// one of a course.
+    pub async fn settle_and_fulfil(
+        &mut self,
+        batch: &[Settled<'_>],
+        candidates: &[Candidate<'_>],
+        token: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SettledRow>, DbErr> {
+        let connection = self.connection().await.map_err(query_error)?;
+        let result = settle_and_fulfil(connection, batch, candidates, token, now).await;
+        match &result {
+            Ok(_) => self.last_used = Instant::now(),
+            Err(_) => self.connection = None,
+        }
+        result.map_err(query_error)
+    }
+
+    /// The open connection, pinged first if it has been idle; else a new one.
+    async fn connection(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        let idle = self.last_used.elapsed() > IDLE_CHECK;
+        let open = match self.connection.take() {
+            Some(mut connection) if idle => connection.ping().await.ok().map(|()| connection),
+            open => open,
+        };
+        let connection = match open {
+            Some(connection) => connection,
+            None => self.pool.connect_options().connect().await?,
+        };
+        Ok(self.connection.insert(connection))
+    }
+}
+
+fn query_error(error: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(Arc::new(error)))
+}
+
+async fn settle_and_fulfil(
+    connection: &mut PgConnection,
     batch: &[Settled<'_>],
     candidates: &[Candidate<'_>],
     token: i64,
     now: DateTime<Utc>,
-) -> Result<Vec<SettledRow>, DbErr> {
+) -> Result<Vec<SettledRow>, sqlx::Error> {
     let errors: Vec<Option<String>> =
         batch.iter().map(|item| item.error.map(serde_json::Value::to_string)).collect();
-    let query = sea_orm::sqlx::query_as::<_, (String, Option<i64>)>(STATEMENT.as_str())
+    let query = sqlx::query_as::<_, (String, Option<i64>)>(STATEMENT.as_str())
         .bind(batch.iter().map(|item| item.event.id.as_str()).collect::<Vec<_>>())
         .bind(batch.iter().map(|item| item.event.event_type.as_str()).collect::<Vec<_>>())
         .bind(batch.iter().map(|item| item.event.livemode).collect::<Vec<_>>())
@@ -80,8 +149,7 @@ pub async fn settle_and_fulfil(
         .bind(candidates.iter().map(|c| c.purchase.currency.as_deref()).collect::<Vec<_>>())
         .bind(candidates.iter().map(|c| c.status.to_value()).collect::<Vec<_>>())
         .bind(candidates.iter().map(|c| c.purchase.source.to_value()).collect::<Vec<_>>());
-    let rows =
-        query.fetch_all(pool).await.map_err(|error| DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))?;
+    let rows = query.fetch_all(connection).await?;
     Ok(rows.into_iter().map(|(event_id, settled_by)| SettledRow { event_id, settled_by }).collect())
 }
 
