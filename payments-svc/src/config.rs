@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use service_kit::logs::LogFormat;
 
 use crate::auth::MIN_TOKEN_LEN;
 use crate::batch::BatchSettings;
@@ -254,15 +255,6 @@ impl Settings {
         let budget = Duration::from_millis(self.stripe_api_timeout_ms);
         StripeApi::new(&self.stripe_api_base, &key, budget).map(Some)
     }
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 impl fmt::Debug for Settings {

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use service_kit::logs::LogFormat;
 
 use crate::forwarder::ForwardSettings;
 use crate::signature::WebhookSecret;
@@ -112,15 +113,6 @@ impl fmt::Debug for Cli {
             .field("log_format", &self.log_format)
             .finish()
     }
-}
-
-/// How log lines are written to stdout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
 }
 
 /// Validated settings the gateway runs with.

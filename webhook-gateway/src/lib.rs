@@ -14,7 +14,5 @@ pub mod http;
 pub mod metrics;
 pub mod payments;
 pub mod routes;
-pub mod shutdown;
 pub mod signature;
 pub mod startup;
-pub mod telemetry;

@@ -1,11 +1,13 @@
 use clap::Parser;
+use service_kit::logs::{self, Output};
+use service_kit::shutdown;
 use webhook_gateway::config::{Cli, Settings};
-use webhook_gateway::{shutdown, startup::Application, telemetry};
+use webhook_gateway::startup::Application;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let _logs = logs::init(cli.log_format, Output::Stdout);
     let settings = Settings::try_from(cli)?;
     let app = Application::build(&settings).await?;
     app.run_until_stopped(shutdown::signal()).await

@@ -179,6 +179,9 @@ async fn terminated_gateway_finishes_in_flight_requests_and_exits_cleanly() {
         acknowledged,
         "every accepted request was finished and answered"
     );
+    let handled =
+        stack.gateway.logs_after_exit().iter().filter(|l| l["message"] == "webhook handled").count();
+    assert_eq!(handled as u64, acknowledged, "a graceful stop writes out every waiting log line");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,13 @@ impl Process {
         }
     }
 
+    /// Every line the process logged, once it has exited: its output is
+    /// read to the end.
+    pub fn logs_after_exit(&mut self) -> Vec<Value> {
+        self.seen.extend(self.logs.iter());
+        self.seen.clone()
+    }
+
     /// Every line logged so far, as text: for checking what never appears.
     pub fn all_logs(&mut self) -> String {
         self.seen.extend(self.logs.try_iter());

@@ -1,0 +1,329 @@
+//! Structured logs through `tracing`, filtered by `RUST_LOG` (default
+//! `info`), as text or as one JSON object per line.
+//!
+//! The services write their lines through [`BufferedLines`]. Writing each
+//! line on its own costs a system call and, when stdout is a pipe (a
+//! container runtime, systemd, a log shipper), a wake-up of the process
+//! reading it: under a flood of webhooks, one `info` line per event was
+//! about a tenth of the gateway's CPU. `tracing-appender`'s non-blocking
+//! writer does not help here: it wakes its writer thread for each line.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long an `info` line may wait for others to be written with.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How many bytes of lines may wait before they are written at once.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Stdout, through [`BufferedLines`]: for the services.
+    Stdout,
+    /// Stderr, a line at a time: for operator commands, whose stdout is
+    /// their result.
+    Stderr,
+}
+
+/// Installs the global subscriber. Call once, from `main`, and keep the
+/// guard until `main` returns: dropping it writes out the waiting lines.
+pub fn init(format: LogFormat, output: Output) -> FlushOnDrop {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match output {
+        Output::Stdout => {
+            let lines = BufferedLines::start(io::stdout(), FLUSH_INTERVAL);
+            flush_on_panic(lines.clone());
+            match format {
+                LogFormat::Text => builder.with_writer(lines.clone()).init(),
+                LogFormat::Json => builder.json().flatten_event(true).with_writer(lines.clone()).init(),
+            }
+            FlushOnDrop(Some(lines))
+        }
+        Output::Stderr => {
+            match format {
+                LogFormat::Text => builder.with_writer(io::stderr).init(),
+                LogFormat::Json => builder.json().flatten_event(true).with_writer(io::stderr).init(),
+            }
+            FlushOnDrop(None)
+        }
+    }
+}
+
+/// Writes out the waiting lines when dropped, at the end of `main`.
+#[derive(Debug)]
+#[must_use = "the waiting lines are written out when this is dropped"]
+pub struct FlushOnDrop(Option<BufferedLines>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let Some(lines) = &self.0 {
+            lines.flush();
+        }
+    }
+}
+
+/// A panic's own message goes to stderr; the lines before it, which say
+/// what led there, must not stay in the buffer.
+fn flush_on_panic(lines: BufferedLines) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // `try_lock`: the panic may have happened while writing lines.
+        if let Ok(mut pending) = lines.shared.pending.try_lock() {
+            pending.write_out();
+        }
+        previous(info);
+    }));
+}
+
+/// Log output that writes lines in groups.
+///
+/// Lines at `info` and below wait, and are written together at the latest
+/// one interval after the first of them, or as soon as [`FLUSH_BYTES`] are
+/// waiting, as nginx's buffered access log does. A `warn` or `error` line
+/// writes out what is waiting, then itself, at once: what needs attention
+/// is never late, and lines stay in order. A process killed outright
+/// (SIGKILL, abort) loses what was waiting, at most one interval of `info`
+/// lines; a graceful stop writes everything out ([`FlushOnDrop`]).
+#[derive(Clone)]
+pub struct BufferedLines {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BufferedLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferedLines").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Signalled when a line arrives to an empty buffer.
+    arrived: Condvar,
+}
+
+struct Pending {
+    bytes: Vec<u8>,
+    sink: Box<dyn Write + Send>,
+}
+
+impl BufferedLines {
+    /// Lines for `sink`, with a thread that writes out waiting lines
+    /// `interval` after the first of them. The thread sleeps while nothing
+    /// waits, so an idle process is not woken.
+    pub fn start(sink: impl Write + Send + 'static, interval: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending { bytes: Vec::new(), sink: Box::new(sink) }),
+            arrived: Condvar::new(),
+        });
+        let flusher = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || flusher.write_out_every(interval))
+            .expect("a thread for writing log lines");
+        Self { shared }
+    }
+
+    /// Writes out whatever is waiting.
+    pub fn flush(&self) {
+        self.shared.lock().write_out();
+    }
+
+    fn writer(&self, urgent: bool) -> LineWriter<'_> {
+        LineWriter { shared: &self.shared, urgent }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_out_every(&self, interval: Duration) {
+        loop {
+            let mut pending = self.lock();
+            while pending.bytes.is_empty() {
+                pending = self.arrived.wait(pending).unwrap_or_else(PoisonError::into_inner);
+            }
+            drop(pending);
+            std::thread::sleep(interval);
+            self.lock().write_out();
+        }
+    }
+}
+
+impl Pending {
+    fn write_out(&mut self) {
+        if self.bytes.is_empty() {
+            return;
+        }
+        // A log line that cannot be written has nowhere to be reported.
+        let _ = self.sink.write_all(&self.bytes).and_then(|()| self.sink.flush());
+        self.bytes.clear();
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedLines {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.writer(true)
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        self.writer(*meta.level() <= Level::WARN)
+    }
+}
+
+/// Takes one formatted line (`tracing-subscriber` writes each line whole).
+#[derive(Debug)]
+pub struct LineWriter<'a> {
+    shared: &'a Shared,
+    urgent: bool,
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut pending = self.shared.lock();
+        let was_empty = pending.bytes.is_empty();
+        pending.bytes.extend_from_slice(line);
+        if self.urgent || pending.bytes.len() >= FLUSH_BYTES {
+            pending.write_out();
+        } else if was_empty {
+            self.shared.arrived.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A sink whose contents the test can read.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().expect("sink").clone()).expect("UTF-8")
+        }
+    }
+
+    const NEVER: Duration = Duration::from_secs(3600);
+
+    fn write(lines: &BufferedLines, urgent: bool, line: &str) {
+        lines.writer(urgent).write_all(line.as_bytes()).expect("written");
+    }
+
+    #[test]
+    fn quiet_lines_wait_and_an_urgent_line_writes_them_out_first() {
+        let sink = Sink::default();
+        let lines = BufferedLines::start(sink.clone(), NEVER);
+
+        write(&lines, false, "one\n");
+        write(&lines, false, "two\n");
+        assert_eq!(sink.text(), "");
+        write(&lines, true, "three\n");
+
+        assert_eq!(sink.text(), "one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn waiting_lines_are_written_out_after_the_interval_without_another_line() {
+        let sink = Sink::default();
+        let lines = BufferedLines::start(sink.clone(), Duration::from_millis(10));
+
+        write(&lines, false, "one\n");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.text().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(sink.text(), "one\n");
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_out_at_once() {
+        let sink = Sink::default();
+        let lines = BufferedLines::start(sink.clone(), NEVER);
+        let line = format!("{}\n", "x".repeat(1023));
+
+        for _ in 0..FLUSH_BYTES / line.len() - 1 {
+            write(&lines, false, &line);
+        }
+        assert_eq!(sink.text(), "");
+        write(&lines, false, &line);
+
+        assert_eq!(sink.text().len(), FLUSH_BYTES);
+    }
+
+    #[test]
+    fn the_guard_writes_out_what_waits() {
+        let sink = Sink::default();
+        let lines = BufferedLines::start(sink.clone(), NEVER);
+        write(&lines, false, "last words\n");
+
+        drop(FlushOnDrop(Some(lines)));
+
+        assert_eq!(sink.text(), "last words\n");
+    }
+
+    #[test]
+    fn warnings_and_errors_are_urgent_info_and_below_wait() {
+        let sink = Sink::default();
+        let lines = BufferedLines::start(sink.clone(), NEVER);
+        let subscriber = tracing_subscriber::fmt().with_writer(lines).with_max_level(Level::TRACE).finish();
+
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("started");
+            tracing::debug!("detail");
+            assert_eq!(sink.text(), "");
+            tracing::warn!("refused");
+            let written = sink.text();
+            assert!(written.contains("started") && written.contains("detail"), "{written}");
+            assert!(written.trim_end().ends_with("refused"), "{written}");
+            tracing::error!("failed");
+            assert!(sink.text().trim_end().ends_with("failed"));
+        });
+    }
+}
