@@ -28,8 +28,10 @@ pub enum ParseError {
     NotACheckoutSession(&'static str),
 }
 
+/// An event as Stripe sends it, with `data.object` read as `O`: a raw
+/// value, or straight away as a Checkout Session (see [`parse_event`]).
 #[derive(Deserialize)]
-struct Envelope<'a> {
+struct Envelope<'a, O> {
     id: Option<String>,
     object: Option<&'a str>,
     #[serde(rename = "type")]
@@ -37,14 +39,40 @@ struct Envelope<'a> {
     created: Option<i64>,
     livemode: Option<bool>,
     api_version: Option<String>,
-    #[serde(borrow)]
-    data: Option<EventData<'a>>,
+    data: Option<EventData<O>>,
 }
 
 #[derive(Deserialize)]
-struct EventData<'a> {
-    #[serde(borrow)]
-    object: Option<&'a RawValue>,
+struct EventData<O> {
+    object: Option<O>,
+}
+
+impl<O> Envelope<'_, O> {
+    /// Checks what every event needs: the event (without its typed object)
+    /// and its `data.object`.
+    fn into_parts(self, payload: Bytes) -> Result<(StripeEvent, O), ParseError> {
+        if self.object != Some("event") {
+            return Err(ParseError::NotAnEvent("`object` is not \"event\""));
+        }
+        let id = non_empty(self.id).ok_or(ParseError::NotAnEvent("`id` is missing"))?;
+        let kind = non_empty(self.kind).ok_or(ParseError::NotAnEvent("`type` is missing"))?;
+        let created = self.created.ok_or(ParseError::NotAnEvent("`created` is missing"))?;
+        let livemode = self.livemode.ok_or(ParseError::NotAnEvent("`livemode` is missing"))?;
+        let data_object = self
+            .data
+            .and_then(|data| data.object)
+            .ok_or(ParseError::NotAnEvent("`data.object` is missing"))?;
+        let event = StripeEvent {
+            id,
+            r#type: kind,
+            created,
+            livemode,
+            api_version: self.api_version,
+            object: None,
+            raw_payload: payload,
+        };
+        Ok((event, data_object))
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,42 +119,61 @@ pub fn is_checkout_session_id(id: &str) -> bool {
 
 /// Parses a webhook body. `payload` is kept, untouched, in
 /// [`StripeEvent::raw_payload`].
+///
+/// An event's `type` may come after its `data` (it does in Stripe's own
+/// payloads), so whether `data.object` is a Checkout Session is known only
+/// at the end. The reference reading ([`parse_in_two_passes`]) keeps
+/// `data.object` as raw JSON, then reads it again as a session when the
+/// type says so: the session, most of the payload, is scanned twice. The
+/// body is therefore first read in one pass that takes any `data.object`
+/// for a session; that answers for every event whose object reads as one
+/// (all checkout events, and most others), and only when it cannot answer
+/// exactly as the reference would does the reference reading run. The two
+/// are checked to agree by a property test.
 pub fn parse_event(payload: Bytes) -> Result<StripeEvent, ParseError> {
-    let envelope: Envelope<'_> = serde_json::from_slice(&payload)?;
-    if envelope.object != Some("event") {
-        return Err(ParseError::NotAnEvent("`object` is not \"event\""));
+    match parse_in_one_pass(&payload) {
+        Some(event) => Ok(StripeEvent { raw_payload: payload, ..event }),
+        None => parse_in_two_passes(payload),
     }
-    let id = non_empty(envelope.id).ok_or(ParseError::NotAnEvent("`id` is missing"))?;
-    let kind = non_empty(envelope.kind).ok_or(ParseError::NotAnEvent("`type` is missing"))?;
-    let created = envelope.created.ok_or(ParseError::NotAnEvent("`created` is missing"))?;
-    let livemode = envelope.livemode.ok_or(ParseError::NotAnEvent("`livemode` is missing"))?;
-    let data_object = envelope
-        .data
-        .and_then(|data| data.object)
-        .ok_or(ParseError::NotAnEvent("`data.object` is missing"))?;
+}
 
-    let object = if kind.starts_with(CHECKOUT_SESSION_EVENT_PREFIX) {
+/// The event, if reading `data.object` as a session gives exactly what
+/// [`parse_in_two_passes`] would; `None` otherwise (any error included, so
+/// that errors always come from the reference reading). The payload is not
+/// filled in.
+fn parse_in_one_pass(payload: &[u8]) -> Option<StripeEvent> {
+    let envelope: Envelope<'_, SessionJson> = serde_json::from_slice(payload).ok()?;
+    let (mut event, session) = envelope.into_parts(Bytes::new()).ok()?;
+    if is_checkout_session_event(&event.r#type) {
+        let session = checkout_session(session).ok()?;
+        event.object = Some(stripe_event::Object::CheckoutSession(session));
+    }
+    Some(event)
+}
+
+/// The reference reading: the envelope with `data.object` as raw JSON,
+/// then the object as a session when the type says it is one.
+fn parse_in_two_passes(payload: Bytes) -> Result<StripeEvent, ParseError> {
+    let envelope: Envelope<'_, &RawValue> = serde_json::from_slice(&payload)?;
+    let (mut event, data_object) = envelope.into_parts(payload.clone())?;
+    if is_checkout_session_event(&event.r#type) {
         let session = parse_checkout_session(data_object.get().as_bytes())?;
-        Some(stripe_event::Object::CheckoutSession(session))
-    } else {
-        None
-    };
+        event.object = Some(stripe_event::Object::CheckoutSession(session));
+    }
+    Ok(event)
+}
 
-    Ok(StripeEvent {
-        id,
-        r#type: kind,
-        created,
-        livemode,
-        api_version: envelope.api_version,
-        object,
-        raw_payload: payload,
-    })
+fn is_checkout_session_event(kind: &str) -> bool {
+    kind.starts_with(CHECKOUT_SESSION_EVENT_PREFIX)
 }
 
 /// Parses a Checkout Session object, as found in an event's `data.object` or
 /// returned by `GET /v1/checkout/sessions/{id}`.
 pub fn parse_checkout_session(json: &[u8]) -> Result<CheckoutSession, ParseError> {
-    let session: SessionJson = serde_json::from_slice(json)?;
+    checkout_session(serde_json::from_slice(json)?)
+}
+
+fn checkout_session(session: SessionJson) -> Result<CheckoutSession, ParseError> {
     if session.object.as_deref().is_some_and(|o| o != "checkout.session") {
         return Err(ParseError::NotACheckoutSession("`object` is not \"checkout.session\""));
     }
@@ -174,6 +221,8 @@ fn non_empty(value: Option<String>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{Just, Strategy, any, prop_oneof};
+
     use super::*;
 
     fn fixture(name: &str) -> Bytes {
@@ -281,6 +330,78 @@ mod tests {
         for (body, reason) in cases {
             let err = parse_event(Bytes::from_static(body)).expect_err("rejected");
             assert!(err.to_string().contains(reason), "{err} should mention {reason}");
+        }
+    }
+
+    #[test]
+    fn every_fixture_event_is_read_in_one_pass_exactly_as_in_two() {
+        let events = [
+            "checkout_session_completed_paid.json",
+            "checkout_session_completed_unpaid_async.json",
+            "checkout_session_async_payment_succeeded.json",
+            "checkout_session_async_payment_failed.json",
+            "checkout_session_expired.json",
+            "checkout_session_completed_no_metadata.json",
+            "payment_intent_succeeded.json",
+            "charge_succeeded.json",
+        ];
+        for name in events {
+            let body = fixture(name);
+            let one_pass = parse_in_one_pass(&body).unwrap_or_else(|| panic!("{name}: not read in one pass"));
+            let reference = parse_in_two_passes(body.clone()).expect("parses");
+            assert_eq!(StripeEvent { raw_payload: body, ..one_pass }, reference, "{name}");
+        }
+    }
+
+    /// JSON values shaped like what a `data.object` may hold: right and
+    /// wrong types for the session's fields, nulls, nesting.
+    fn object_like() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::{Value, json};
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            Just(json!(1.5)),
+            "(cs_|pi_|)[a-z0-9_]{0,6}|checkout\\.session|paid|unpaid|open|complete|expired|"
+                .prop_map(Value::String),
+        ];
+        let key = "id|object|payment_status|status|metadata|client_reference_id|payment_intent|amount_total|currency|customer_email|customer_details|email|livemode|other";
+        leaf.prop_recursive(3, 24, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..8)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+
+        #[test]
+        fn reading_in_one_pass_answers_as_the_reference_reading(
+            kind in "checkout\\.session\\.completed|checkout\\.session\\.[a-z_]{0,8}|charge\\.succeeded|[a-z.]{0,12}",
+            object in object_like(),
+            type_last in any::<bool>(),
+            drop_field in proptest::option::of("id|object|created|livemode|data"),
+        ) {
+            let mut event = serde_json::json!({"id": "evt_1", "object": "event", "created": 1, "livemode": false});
+            let fields = event.as_object_mut().expect("object");
+            if !type_last {
+                fields.insert("type".into(), kind.clone().into());
+            }
+            fields.insert("data".into(), serde_json::json!({ "object": object }));
+            if type_last {
+                fields.insert("type".into(), kind.into());
+            }
+            if let Some(field) = drop_field {
+                fields.remove(&field);
+            }
+            let body = Bytes::from(serde_json::to_vec(&event).expect("JSON"));
+
+            let answer = parse_event(body.clone()).map_err(|e| e.to_string());
+            let reference = parse_in_two_passes(body).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(answer, reference);
         }
     }
 
