@@ -1,7 +1,7 @@
 //! Applying verified Stripe events exactly once, and replaying stored ones.
 
 use chrono::Utc;
-use payments_proto::v1::{CheckoutSession, StripeEvent};
+use payments_proto::v1::{CheckoutSession, StripeEvent, stripe_event};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::db::entities::stripe_webhook_event::{self, EventStatus};
@@ -45,7 +45,10 @@ impl TryFrom<StripeEvent> for IncomingEvent {
         if payload.is_empty() {
             return Err(Error::invalid("raw_payload", "is empty"));
         }
-        let session = event.checkout_session().cloned();
+        let session = match event.object {
+            Some(stripe_event::Object::CheckoutSession(session)) => Some(session),
+            None => None,
+        };
         if event.r#type.starts_with(CHECKOUT_SESSION_EVENT_PREFIX) {
             match &session {
                 None => {
