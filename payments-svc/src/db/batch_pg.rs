@@ -45,7 +45,7 @@ pub struct Candidate<'a> {
 /// A connection left unused this long is pinged before its next batch, so
 /// that one dropped while traffic was quiet (a database restart, an idle
 /// timeout on the way) is replaced instead of failing that batch.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A group-commit worker's own connection, opened with the pool's options
 /// but outside it, so that workers never compete with verify and the

@@ -1,11 +1,13 @@
 //! Group commit, observed: one transaction for a burst of events, each
 //! caller with its own outcome, a batch that cannot be written whole
-//! falling back without failing the others, and several batches in
-//! progress at once sharing events between them.
+//! falling back without failing the others, several batches in progress
+//! at once sharing events between them, and a worker's own connection
+//! replaced when it died while idle.
 
 use bytes::Bytes;
 use e2e::{fixture, unique_paid_event, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
+use sea_orm::ConnectionTrait;
 use webhook_gateway::forwarder::ForwardSettings;
 
 use crate::helpers::{
@@ -112,5 +114,32 @@ async fn concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copi
     let events = stack.events().await;
     assert_eq!(events.len(), EVENTS);
     assert!(events.iter().all(|e| e.delivery_count == 2), "{events:?}");
+    stack.shutdown().await;
+}
+
+/// A group-commit worker keeps its PostgreSQL connection between batches;
+/// one that died while idle is noticed (pinged after
+/// `batch_pg::IDLE_CHECK`) and replaced before the next batch is sent, so
+/// that batch is not lost to a fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_idle_is_replaced_before_the_next_batch() {
+    let db = TestDb::postgres().await;
+    let name = url::Url::parse(&db.url).expect("URL").path().trim_start_matches('/').to_owned();
+    let stack = Stack::start(db).await;
+    let first = stack.deliver(&unique_paid_event(1).expect("event")).await;
+    assert_eq!(outcome(&first), "processed");
+
+    let cut = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    );
+    stack.db.execute_unprepared(&cut).await.expect("terminate connections");
+    tokio::time::sleep(payments_svc::db::batch_pg::IDLE_CHECK + std::time::Duration::from_millis(200)).await;
+    let second = stack.deliver(&unique_paid_event(2).expect("event")).await;
+
+    assert_eq!(outcome(&second), "processed");
+    let metrics = stack.payments_metrics().await;
+    assert_eq!(metric(&metrics, "payments_batch_size_count"), 2.0);
+    assert_eq!(metric(&metrics, "payments_batch_fallbacks_total"), 0.0, "the dead connection was not used");
+    assert_eq!(stack.purchases().await.len(), 2);
     stack.shutdown().await;
 }
