@@ -45,10 +45,7 @@ impl TryFrom<StripeEvent> for IncomingEvent {
         if payload.is_empty() {
             return Err(Error::invalid("raw_payload", "is empty"));
         }
-        let session = match event.object {
-            Some(stripe_event::Object::CheckoutSession(session)) => Some(session),
-            None => None,
-        };
+        let session = event.object.map(|stripe_event::Object::CheckoutSession(session)| session);
         if event.r#type.starts_with(CHECKOUT_SESSION_EVENT_PREFIX) {
             match &session {
                 None => {
