@@ -85,8 +85,10 @@ fn flush_on_panic(lines: BufferedLines) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         // `try_lock`: the panic may have happened while writing lines.
-        if let Ok(mut pending) = lines.shared.pending.try_lock() {
-            pending.write_out();
+        let shared = &lines.shared;
+        if let (Ok(mut pending), Ok(mut sink)) = (shared.pending.try_lock(), shared.sink.try_lock()) {
+            let _ = sink.write_all(&pending).and_then(|()| sink.flush());
+            pending.clear();
         }
         previous(info);
     }));
@@ -112,15 +114,15 @@ impl std::fmt::Debug for BufferedLines {
     }
 }
 
+/// Two locks, so that lines can be added while earlier ones are being
+/// written out (the sink may be a pipe that is full for a while): a writer
+/// takes the buffer's contents and locks the sink before it lets go of the
+/// buffer, so lines reach the sink in order.
 struct Shared {
-    pending: Mutex<Pending>,
+    pending: Mutex<Vec<u8>>,
+    sink: Mutex<Box<dyn Write + Send>>,
     /// Signalled when a line arrives to an empty buffer.
     arrived: Condvar,
-}
-
-struct Pending {
-    bytes: Vec<u8>,
-    sink: Box<dyn Write + Send>,
 }
 
 impl BufferedLines {
@@ -129,7 +131,8 @@ impl BufferedLines {
     /// waits, so an idle process is not woken.
     pub fn start(sink: impl Write + Send + 'static, interval: Duration) -> Self {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending { bytes: Vec::new(), sink: Box::new(sink) }),
+            pending: Mutex::new(Vec::new()),
+            sink: Mutex::new(Box::new(sink)),
             arrived: Condvar::new(),
         });
         let flusher = Arc::clone(&shared);
@@ -142,7 +145,7 @@ impl BufferedLines {
 
     /// Writes out whatever is waiting.
     pub fn flush(&self) {
-        self.shared.lock().write_out();
+        self.shared.write_out(self.shared.lock());
     }
 
     fn writer(&self, urgent: bool) -> LineWriter<'_> {
@@ -151,31 +154,32 @@ impl BufferedLines {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes out what `pending` (the locked buffer) holds.
+    fn write_out(&self, mut pending: MutexGuard<'_, Vec<u8>>) {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut *pending);
+        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(pending);
+        // A log line that cannot be written has nowhere to be reported.
+        let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
     }
 
     fn write_out_every(&self, interval: Duration) {
         loop {
             let mut pending = self.lock();
-            while pending.bytes.is_empty() {
+            while pending.is_empty() {
                 pending = self.arrived.wait(pending).unwrap_or_else(PoisonError::into_inner);
             }
             drop(pending);
             std::thread::sleep(interval);
-            self.lock().write_out();
+            self.write_out(self.lock());
         }
-    }
-}
-
-impl Pending {
-    fn write_out(&mut self) {
-        if self.bytes.is_empty() {
-            return;
-        }
-        // A log line that cannot be written has nowhere to be reported.
-        let _ = self.sink.write_all(&self.bytes).and_then(|()| self.sink.flush());
-        self.bytes.clear();
     }
 }
 
@@ -201,10 +205,10 @@ pub struct LineWriter<'a> {
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let mut pending = self.shared.lock();
-        let was_empty = pending.bytes.is_empty();
-        pending.bytes.extend_from_slice(line);
-        if self.urgent || pending.bytes.len() >= FLUSH_BYTES {
-            pending.write_out();
+        let was_empty = pending.is_empty();
+        pending.extend_from_slice(line);
+        if self.urgent || pending.len() >= FLUSH_BYTES {
+            self.shared.write_out(pending);
         } else if was_empty {
             self.shared.arrived.notify_one();
         }
@@ -224,6 +228,7 @@ impl std::fmt::Debug for Shared {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
     use std::time::Instant;
 
     use super::*;
@@ -266,6 +271,56 @@ mod tests {
         write(&lines, true, "three\n");
 
         assert_eq!(sink.text(), "one\ntwo\nthree\n");
+    }
+
+    /// A sink that tells when a write starts and finishes it only when let.
+    struct Stuck {
+        inner: Sink,
+        started: Mutex<mpsc::Sender<()>>,
+        go_on: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let _ = self.started.lock().expect("started").send(());
+            let _ = self.go_on.lock().expect("go_on").recv();
+            self.inner.write(bytes)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_taken_while_a_write_is_stuck_and_reach_the_sink_in_order() {
+        let sink = Sink::default();
+        let ((started, write_started), (let_go, go_on)) = (mpsc::channel(), mpsc::channel());
+        let stuck = Stuck { inner: sink.clone(), started: Mutex::new(started), go_on: Mutex::new(go_on) };
+        let lines = BufferedLines::start(stuck, NEVER);
+        let urgent = std::thread::spawn({
+            let lines = lines.clone();
+            move || write(&lines, true, "first\n")
+        });
+        write_started.recv().expect("the first write started");
+
+        let (added, was_added) = mpsc::channel();
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                write(&lines, false, "second\n");
+                let _ = added.send(());
+            }
+        });
+        assert!(was_added.recv_timeout(Duration::from_secs(10)).is_ok(), "adding a line waited for the sink");
+        assert_eq!(sink.text(), "");
+
+        let_go.send(()).expect("let go");
+        urgent.join().expect("first written");
+        assert_eq!(sink.text(), "first\n");
+        let_go.send(()).expect("let go");
+        lines.flush();
+        assert_eq!(sink.text(), "first\nsecond\n");
     }
 
     #[test]
