@@ -1,6 +1,7 @@
 //! Applying verified Stripe events exactly once, and replaying stored ones.
 
 use chrono::Utc;
+use payments_proto::stripe::is_checkout_session_event;
 use payments_proto::v1::{CheckoutSession, StripeEvent, stripe_event};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
@@ -8,9 +9,6 @@ use crate::db::entities::stripe_webhook_event::{self, EventStatus};
 use crate::db::events;
 use crate::error::Error;
 use crate::fulfilment::{self, Failure, Policy};
-
-/// Event types whose payload must carry a typed Checkout Session.
-const CHECKOUT_SESSION_EVENT_PREFIX: &str = "checkout.session.";
 
 /// A verified Stripe event, validated.
 #[derive(Debug, Clone)]
@@ -46,7 +44,7 @@ impl TryFrom<StripeEvent> for IncomingEvent {
             return Err(Error::invalid("raw_payload", "is empty"));
         }
         let session = event.object.map(|stripe_event::Object::CheckoutSession(session)| session);
-        if event.r#type.starts_with(CHECKOUT_SESSION_EVENT_PREFIX) {
+        if is_checkout_session_event(&event.r#type) {
             match &session {
                 None => {
                     return Err(Error::invalid(

@@ -103,15 +103,9 @@ fn flush_on_panic(lines: BufferedLines) {
 /// is never late, and lines stay in order. A process killed outright
 /// (SIGKILL, abort) loses what was waiting, at most one interval of `info`
 /// lines; a graceful stop writes everything out ([`FlushOnDrop`]).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct BufferedLines {
     shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for BufferedLines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BufferedLines").finish_non_exhaustive()
-    }
 }
 
 /// Two locks, so that lines can be added while earlier ones are being

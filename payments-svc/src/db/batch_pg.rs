@@ -13,7 +13,6 @@
 //! prepared once per connection, and the payloads are bound straight from
 //! the events without another copy.
 //!
-//!
 //! Each group-commit worker sends its statements over a connection of its
 //! own ([`Writer`]) rather than one borrowed from the pool per batch: sqlx
 //! checks a pooled connection with a round trip when it is taken and

@@ -13,7 +13,7 @@ use e2e::{metric_value, unique_paid_event};
 use hyper::StatusCode;
 use payments_svc::db::entities::stripe_webhook_event::EventStatus;
 use payments_svc::db::entities::{course_purchase, stripe_webhook_event};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases, secret};
 use crate::processes::ProcessStack;
@@ -127,9 +127,7 @@ async fn payments_svc_killed_mid_stream_loses_and_doubles_nothing(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_cut_mid_stream_recover_without_a_restart() {
-    let db = TestDb::postgres().await;
-    let name = url::Url::parse(&db.url).expect("URL").path().trim_start_matches('/').to_owned();
-    let stack = Stack::start(db).await;
+    let stack = Stack::start(TestDb::postgres().await).await;
     let url = stack.url("/api/payments/webhook");
     let sender = tokio::spawn(async move {
         deliver_all(&url, &secret(), stream(300, 30), 16, RetryPolicy::default()).await
@@ -137,10 +135,7 @@ async fn database_connections_cut_mid_stream_recover_without_a_restart() {
 
     for cut_at in [60, 120, 180] {
         wait_for_purchases(&stack.db, cut_at).await;
-        let cut = format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        );
-        stack.db.execute_unprepared(&cut).await.expect("terminate connections");
+        stack.cut_database_connections().await;
     }
     let deliveries = sender.await.expect("sender");
 

@@ -7,7 +7,6 @@
 use bytes::Bytes;
 use e2e::{fixture, unique_paid_event, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
-use sea_orm::ConnectionTrait;
 use webhook_gateway::forwarder::ForwardSettings;
 
 use crate::helpers::{
@@ -123,16 +122,11 @@ async fn concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copi
 /// that batch is not lost to a fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_while_idle_is_replaced_before_the_next_batch() {
-    let db = TestDb::postgres().await;
-    let name = url::Url::parse(&db.url).expect("URL").path().trim_start_matches('/').to_owned();
-    let stack = Stack::start(db).await;
+    let stack = Stack::start(TestDb::postgres().await).await;
     let first = stack.deliver(&unique_paid_event(1).expect("event")).await;
     assert_eq!(outcome(&first), "processed");
 
-    let cut = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    );
-    stack.db.execute_unprepared(&cut).await.expect("terminate connections");
+    stack.cut_database_connections().await;
     tokio::time::sleep(payments_svc::db::batch_pg::IDLE_CHECK + std::time::Duration::from_millis(200)).await;
     let second = stack.deliver(&unique_paid_event(2).expect("event")).await;
 

@@ -255,6 +255,14 @@ impl Stack {
         format!("http://{}{path}", self.gateway.addr)
     }
 
+    /// Terminates every PostgreSQL connection to the test's database but
+    /// the asking one, as a database restart or a network cut would.
+    pub async fn cut_database_connections(&self) {
+        let cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        self.db.execute_unprepared(cut).await.expect("terminate connections");
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.payments_addr)
     }
