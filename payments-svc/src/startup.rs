@@ -27,6 +27,10 @@ use crate::{admin, db};
 /// HTTP/2 flow-control windows for callers, in bytes.
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 const HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Largest HTTP/2 frame callers may send, in bytes. A gateway call carries
+/// one or more ~5 KB events; in HTTP/2's default 16 KiB frames it crosses
+/// the loopback in several writes, each waking this side to read it.
+const HTTP2_MAX_FRAME_SIZE: u32 = 1024 * 1024;
 
 /// How often the health service re-checks the database.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -133,7 +137,8 @@ impl Application {
         // would stall the gateway's concurrent calls on its one connection.
         let mut server = Server::builder()
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-            .initial_stream_window_size(HTTP2_STREAM_WINDOW);
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .max_frame_size(HTTP2_MAX_FRAME_SIZE);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("configuring TLS")?;
         }
