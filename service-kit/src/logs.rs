@@ -44,25 +44,30 @@ pub enum Output {
 /// Installs the global subscriber. Call once, from `main`, and keep the
 /// guard until `main` returns: dropping it writes out the waiting lines.
 pub fn init(format: LogFormat, output: Output) -> FlushOnDrop {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match output {
         Output::Stdout => {
             let lines = BufferedLines::start(io::stdout(), FLUSH_INTERVAL);
             flush_on_panic(lines.clone());
-            match format {
-                LogFormat::Text => builder.with_writer(lines.clone()).init(),
-                LogFormat::Json => builder.json().flatten_event(true).with_writer(lines.clone()).init(),
-            }
+            install(format, lines.clone());
             FlushOnDrop(Some(lines))
         }
         Output::Stderr => {
-            match format {
-                LogFormat::Text => builder.with_writer(io::stderr).init(),
-                LogFormat::Json => builder.json().flatten_event(true).with_writer(io::stderr).init(),
-            }
+            install(format, io::stderr);
             FlushOnDrop(None)
         }
+    }
+}
+
+/// Installs the global subscriber, writing `format` lines to `writer`.
+fn install<W>(format: LogFormat, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
