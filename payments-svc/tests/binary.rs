@@ -85,3 +85,30 @@ fn refuses_to_listen_beyond_loopback_without_a_token() {
         "{stderr}"
     );
 }
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
+        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display()))
+        .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
+        .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("payments-svc starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+
+    let listening = lines
+        .by_ref()
+        .map(|line| line.expect("log line"))
+        .find(|line| line.contains("payments-svc listening"))
+        .expect("a listening line");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+
+    assert!(!listening.contains('\u{1b}'), "escape codes in a piped log line: {listening:?}");
+    assert!(listening.contains(" INFO "), "still a text line with its level: {listening:?}");
+}

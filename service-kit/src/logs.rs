@@ -8,7 +8,7 @@
 //! about a tenth of the gateway's CPU. `tracing-appender`'s non-blocking
 //! writer does not help here: it wakes its writer thread for each line.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -44,29 +44,38 @@ pub enum Output {
 /// Installs the global subscriber. Call once, from `main`, and keep the
 /// guard until `main` returns: dropping it writes out the waiting lines.
 pub fn init(format: LogFormat, output: Output) -> FlushOnDrop {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     match output {
         Output::Stdout => {
+            let colour = wants_colour(io::stdout().is_terminal(), no_color);
             let lines = BufferedLines::start(io::stdout(), FLUSH_INTERVAL);
             flush_on_panic(lines.clone());
-            install(format, lines.clone());
+            install(format, colour, lines.clone());
             FlushOnDrop(Some(lines))
         }
         Output::Stderr => {
-            install(format, io::stderr);
+            install(format, wants_colour(io::stderr().is_terminal(), no_color), io::stderr);
             FlushOnDrop(None)
         }
     }
 }
 
+/// Text lines are coloured only for a person at a terminal: a file, a pipe
+/// or a log collector would store the escape codes as text. `NO_COLOR`
+/// (any non-empty value, see no-color.org) turns colour off everywhere.
+fn wants_colour(is_terminal: bool, no_color: bool) -> bool {
+    is_terminal && !no_color
+}
+
 /// Installs the global subscriber, writing `format` lines to `writer`.
-fn install<W>(format: LogFormat, writer: W)
+fn install<W>(format: LogFormat, colour: bool, writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(colour).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -257,6 +266,13 @@ mod tests {
 
     fn write(lines: &BufferedLines, urgent: bool, line: &str) {
         lines.writer(urgent).write_all(line.as_bytes()).expect("written");
+    }
+
+    #[test]
+    fn colour_only_at_a_terminal_and_never_with_no_color() {
+        assert!(wants_colour(true, false));
+        assert!(!wants_colour(false, false), "a file or pipe gets no escape codes");
+        assert!(!wants_colour(true, true), "NO_COLOR wins over a terminal");
     }
 
     #[test]
