@@ -7,7 +7,7 @@
 //! whatever calls are waiting when a worker is free, up to
 //! `PAYMENTS_BATCH_MAX`, optionally waiting `PAYMENTS_BATCH_WAIT_US` for more.
 //!
-//! The guarantees are those of [`webhook::handle_event`], which stays the
+//! The guarantees are those of [`apply::handle_event`], which stays the
 //! reference: the same rows, the same outcomes. Within a batch an event
 //! delivered several times is applied once (the later copies answer
 //! duplicate), and the events and sessions are written in sorted order so
@@ -29,15 +29,16 @@ use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::apply;
 use crate::db::batch_pg::{self, Candidate};
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::EventStatus;
 use crate::db::events::{Settled, SettledRow};
 use crate::db::purchases::PurchaseWrite;
 use crate::db::{events, purchases};
-use crate::fulfilment::{self, NewPurchase, Plan, Policy};
+use crate::event::IncomingEvent;
 use crate::metrics::Metrics;
-use crate::webhook::{self, IncomingEvent, Outcome};
+use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
 
 /// How calls are gathered into transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +165,7 @@ async fn run(
             metrics.batch_fallbacks.inc();
             tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");
             for job in jobs {
-                let result = webhook::handle_event(db, &job.event, policy).await;
+                let result = apply::handle_event(db, &job.event, policy).await;
                 let _ = job.reply.send(result);
             }
         }
@@ -191,7 +192,7 @@ async fn apply_batch(
     }
     let planned: Vec<(&IncomingEvent, i32, Planned)> = deliveries
         .values()
-        .map(|(event, count)| (*event, *count, Planned::from(fulfilment::plan(event, policy))))
+        .map(|(event, count)| (*event, *count, Planned::from(rules::plan(event, policy))))
         .collect();
     let settled: Vec<Settled<'_>> = planned
         .iter()
@@ -220,7 +221,7 @@ async fn apply_batch(
         let applied = applied_now.contains(event.id.as_str());
         let outcome = if applied { plan.outcome.clone() } else { Outcome::Duplicate };
         if applied {
-            webhook::log_outcome(event, &outcome);
+            apply::log_outcome(event, &outcome);
         }
         outcomes.insert(event.id.as_str(), outcome);
     }
@@ -326,7 +327,7 @@ fn answers(events: &[&IncomingEvent], outcomes: &HashMap<&str, Outcome>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fulfilment::Failure;
+    use crate::rules::Failure;
 
     fn event(id: &str) -> IncomingEvent {
         IncomingEvent {

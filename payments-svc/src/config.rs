@@ -11,7 +11,7 @@ use service_kit::logs::LogFormat;
 
 use crate::auth::MIN_TOKEN_LEN;
 use crate::batch::BatchSettings;
-use crate::fulfilment::Policy;
+use crate::rules::Policy;
 use crate::stripe_api::{SecretKey, StripeApi};
 
 /// The gRPC service that owns purchases and applies Stripe events. Without a

@@ -17,11 +17,11 @@ use tonic::{Request, Response, Status};
 use crate::batch::{BatchSettings, EventBatcher};
 use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
 use crate::error::Error;
-use crate::fulfilment::Policy;
+use crate::event::IncomingEvent;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
+use crate::rules::{Outcome, Policy};
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Verdict, Verification};
-use crate::webhook::{IncomingEvent, Outcome};
 
 /// Most events one `HandleStripeEvents` call may carry.
 pub const MAX_EVENTS_PER_CALL: usize = 1000;

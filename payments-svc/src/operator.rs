@@ -12,8 +12,8 @@ use crate::db::entities::course_purchase;
 use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
 use crate::db::{self, purchases};
-use crate::fulfilment::Policy;
-use crate::{reconcile, webhook};
+use crate::rules::{Outcome, Policy};
+use crate::{apply, reconcile};
 
 /// Runs one operator command and prints its result to stdout.
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
@@ -172,7 +172,7 @@ async fn replay_all(db: &DatabaseConnection, policy: Policy, stored: Vec<Event>)
     let mut still_failed = 0;
     for event in &stored {
         let purchase_before = purchase_of(db, event).await?;
-        let replay = webhook::replay(db, event, policy)
+        let replay = apply::replay(db, event, policy)
             .await
             .with_context(|| format!("replaying {}", event.event_id))?;
         let purchase_after = purchase_of(db, event).await?;
@@ -229,9 +229,9 @@ fn purchase_state(purchase: &Option<course_purchase::Model>) -> String {
     }
 }
 
-fn error_message_of(outcome: &webhook::Outcome) -> String {
+fn error_message_of(outcome: &Outcome) -> String {
     match outcome {
-        webhook::Outcome::Failed { error } => error.message.clone(),
+        Outcome::Failed { error } => error.message.clone(),
         _ => String::new(),
     }
 }

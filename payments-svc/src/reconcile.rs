@@ -6,11 +6,12 @@
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 
+use crate::apply;
 use crate::db::events;
 use crate::error::Error;
-use crate::fulfilment::Policy;
+use crate::event::IncomingEvent;
+use crate::rules::{Outcome, Policy};
 use crate::stripe_api::{StripeApi, StripeError};
-use crate::webhook::{self, IncomingEvent, Outcome};
 
 /// What a sweep found and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub async fn sweep(
                 summary.already_processed += 1;
                 continue;
             }
-            match webhook::handle_event(db, &event, policy).await.map_err(Error::from)? {
+            match apply::handle_event(db, &event, policy).await.map_err(Error::from)? {
                 Outcome::Processed | Outcome::Ignored { .. } => summary.newly_applied += 1,
                 Outcome::Duplicate => summary.already_processed += 1,
                 Outcome::Failed { .. } => summary.failed += 1,

@@ -18,9 +18,9 @@ use tonic_health::server::HealthReporter;
 use crate::auth::RequireToken;
 use crate::batch::BatchSettings;
 use crate::config::Settings;
-use crate::fulfilment::Policy;
 use crate::grpc::PaymentsService;
 use crate::metrics::Metrics;
+use crate::rules::Policy;
 use crate::stripe_api::StripeApi;
 use crate::{admin, db};
 

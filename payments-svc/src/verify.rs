@@ -15,9 +15,10 @@ use chrono::Utc;
 use payments_proto::v1::{CheckoutSession, SessionStatus};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
+use crate::apply;
 use crate::db::entities::course_purchase::{Model as Purchase, PurchaseSource, PurchaseStatus};
 use crate::db::purchases;
-use crate::fulfilment::{self, Plan, Policy};
+use crate::rules::{self, Plan, Policy};
 use crate::stripe_api::{StripeApi, StripeError};
 
 /// What a caller asks about.
@@ -106,7 +107,7 @@ async fn fulfil_from_stripe(
     policy: Policy,
     recorded: Option<Purchase>,
 ) -> Result<Verification, DbErr> {
-    if let Err(failure) = fulfilment::check_livemode(session.livemode, policy) {
+    if let Err(failure) = rules::check_livemode(session.livemode, policy) {
         tracing::warn!(session_id = %session.id, problem = %failure.message, "verify refused a session of the other livemode");
         return Ok(Verification::from_db(recorded, false));
     }
@@ -119,10 +120,10 @@ async fn fulfil_from_stripe(
             return Ok(Verification::confirmed(recorded.map_or(Verdict::Pending, Verdict::Recorded)));
         }
     }
-    match fulfilment::plan_session(session, None, PurchaseSource::Verify) {
+    match rules::plan_session(session, None, PurchaseSource::Verify) {
         plan @ Plan::Record(..) => {
             let txn = db.begin().await?;
-            fulfilment::apply(&txn, plan, Utc::now()).await?;
+            apply::apply(&txn, plan, Utc::now()).await?;
             txn.commit().await?;
             let purchase = purchases::find_by_session(db, &session.id).await?;
             Ok(Verification::from_db(purchase, false))

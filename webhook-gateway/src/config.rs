@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::Parser;
 use service_kit::logs::LogFormat;
 
-use crate::forwarder::ForwardSettings;
 use crate::signature::WebhookSecret;
 
 /// Receives Stripe webhooks, verifies their signatures and forwards them to
@@ -113,6 +112,15 @@ impl fmt::Debug for Cli {
             .field("log_format", &self.log_format)
             .finish()
     }
+}
+
+/// How [`crate::forwarder`] gathers events into calls to payments-svc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSettings {
+    /// Most events in one call.
+    pub max_events: usize,
+    /// Calls in flight at once.
+    pub max_calls: usize,
 }
 
 /// Validated settings the gateway runs with.

@@ -5,7 +5,7 @@ use hyper::StatusCode;
 use hyper::header::{ALLOW, CONNECTION, HeaderValue, RETRY_AFTER};
 use payments_proto::stripe::ParseError;
 
-use crate::http::{HttpResponse, json};
+use crate::http::{BodyError, HttpResponse, json};
 use crate::signature::SignatureError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,15 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::TooLarge { limit } => Self::BodyTooLarge { limit },
+            BodyError::Unreadable => Self::BodyUnreadable,
+        }
+    }
 }
 
 impl ApiError {

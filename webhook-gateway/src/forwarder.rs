@@ -21,17 +21,9 @@ use payments_proto::v1::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::{Code, Status};
 
+use crate::config::ForwardSettings;
 use crate::metrics::Metrics;
 use crate::payments::PaymentsClient;
-
-/// How events are gathered into calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardSettings {
-    /// Most events in one call.
-    pub max_events: usize,
-    /// Calls in flight at once.
-    pub max_calls: usize,
-}
 
 /// Most payload bytes in one call (one larger event still goes alone), well
 /// under the 4 MiB that payments-svc accepts in a message.

@@ -7,8 +7,6 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::error::ApiError;
-
 /// Every response the gateway sends is small and fully buffered.
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -22,16 +20,25 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     response
 }
 
+/// Why a body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// More than `limit` bytes were declared or sent.
+    TooLarge { limit: usize },
+    /// The client broke off or sent something that is not a body.
+    Unreadable,
+}
+
 /// Reads the whole body, refusing more than `limit` bytes. A declared
 /// `Content-Length` over the limit is refused before anything is read.
-pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
+        return Err(BodyError::TooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-        Err(_) => Err(ApiError::BodyUnreadable),
+        Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
+        Err(_) => Err(BodyError::Unreadable),
     }
 }

@@ -4,7 +4,7 @@
 //! the exact bytes ([`signature`]) before anything is parsed, then parsed
 //! leniently into the typed `StripeEvent` and handed to payments-svc over
 //! gRPC ([`payments`]), many events to a call under load ([`forwarder`]).
-//! [`routes`] holds the HTTP routes,
+//! [`routes`] holds the HTTP routes over the shared [`state::AppState`];
 //! [`startup::Application`] is what `main` and the tests run.
 
 pub mod config;
@@ -16,3 +16,4 @@ pub mod payments;
 pub mod routes;
 pub mod signature;
 pub mod startup;
+pub mod state;

@@ -17,31 +17,16 @@ use tokio::sync::Semaphore;
 use crate::config::Settings;
 use crate::forwarder::Forwarder;
 use crate::metrics::Metrics;
-use crate::payments::{self, Payments};
+use crate::payments;
 use crate::routes;
 use crate::signature::Verifier;
+use crate::state::AppState;
 
 /// A client that has not sent its request headers by then is cut off, so
 /// idle or slow-loris connections cannot pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every request handler needs, shared by all connections.
-#[derive(Debug)]
-pub struct AppState {
-    pub verifier: Verifier,
-    pub payments: Payments,
-    /// Forwards webhook events to payments-svc.
-    pub forwarder: Forwarder,
-    pub max_body_bytes: usize,
-    /// Whether `/checkout/success` is served.
-    pub success_page: bool,
-    /// One permit per request being handled (GATEWAY_MAX_IN_FLIGHT).
-    pub in_flight: Arc<Semaphore>,
-    pub request_timeout: Duration,
-    pub metrics: Arc<Metrics>,
-}
 
 /// A gateway with its port bound, ready to serve.
 #[derive(Debug)]

@@ -31,7 +31,7 @@ use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
 use super::entities::course_purchase::PurchaseStatus;
 use super::entities::stripe_webhook_event::EventStatus;
 use super::events::{Settled, SettledRow};
-use crate::fulfilment::NewPurchase;
+use crate::rules::NewPurchase;
 
 /// A purchase that `event_id` writes at `status` if this batch applies it.
 #[derive(Debug, Clone, Copy)]

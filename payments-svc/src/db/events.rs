@@ -8,7 +8,7 @@ use sea_orm::{
 };
 
 use super::entities::stripe_webhook_event::{ActiveModel, Column, Entity, EventStatus, Model};
-use crate::webhook::IncomingEvent;
+use crate::event::IncomingEvent;
 
 /// Records one delivery of `event` and returns its row as it now stands.
 /// See [`record_deliveries`].

@@ -8,7 +8,7 @@ use sea_orm::{
 };
 
 use super::entities::course_purchase::{ActiveModel, Column, Entity, Model, PurchaseStatus};
-use crate::fulfilment::NewPurchase;
+use crate::rules::NewPurchase;
 
 /// One purchase to write: at `status`, flagged `needs_refund` or not.
 #[derive(Debug, Clone, Copy)]

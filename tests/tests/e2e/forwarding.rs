@@ -6,7 +6,7 @@ use e2e::fixture;
 use payments_proto::stripe::parse_event;
 use payments_proto::v1::{HandleStripeEventsRequest, Outcome, StripeEvent, stripe_event_result};
 use tonic::Code;
-use webhook_gateway::forwarder::ForwardSettings;
+use webhook_gateway::config::ForwardSettings;
 
 use crate::helpers::{
     Stack, StackOptions, TestDb, metric, on_both_databases, outcomes_around_one_event_sent_twice,

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use e2e::{fixture, unique_paid_event, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
-use webhook_gateway::forwarder::ForwardSettings;
+use webhook_gateway::config::ForwardSettings;
 
 use crate::helpers::{
     Stack, StackOptions, TestDb, metric, on_both_databases, outcome, outcomes_around_one_event_sent_twice,

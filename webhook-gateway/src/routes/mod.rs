@@ -13,7 +13,7 @@ use hyper::{Method, Request, StatusCode};
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json};
 use crate::metrics::WebhookLabels;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Where Stripe posts events.
 pub const WEBHOOK_PATH: &str = "/api/payments/webhook";

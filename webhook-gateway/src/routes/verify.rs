@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
 use crate::metrics::VerifyLabels;
 use crate::payments;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A verify request body is one short id.
 const MAX_VERIFY_BODY_BYTES: usize = 4 * 1024;

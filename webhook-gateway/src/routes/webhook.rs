@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
 use crate::metrics::WebhookLabels;
 use crate::payments;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const SIGNATURE_HEADER: &str = "stripe-signature";
 

@@ -1,0 +1,146 @@
+//! Applying events: the per-event path that records a delivery and carries
+//! out its [`Plan`] in one transaction, exactly once, and replays of stored
+//! events. The group-commit paths in [`crate::batch`] must decide exactly as
+//! [`handle_event`] does; it stays the reference.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
+
+use crate::db::entities::course_purchase::PurchaseStatus;
+use crate::db::entities::stripe_webhook_event::{self, EventStatus};
+use crate::db::{events, purchases};
+use crate::error::Error;
+use crate::event::IncomingEvent;
+use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
+
+/// Records the delivery and applies the event, all in one transaction.
+///
+/// The first statement inserts (or, for a redelivery, updates) the event's
+/// row, which takes the row lock on PostgreSQL and the write lock on SQLite
+/// before anything is read. Concurrent deliveries of one event therefore run
+/// one after the other: the first applies it, the rest find it settled and
+/// answer [`Outcome::Duplicate`]. A redelivery of a failed event is applied
+/// again. Any database error rolls the whole transaction back, so nothing is
+/// left marked processed without its effects.
+pub async fn handle_event(
+    db: &DatabaseConnection,
+    event: &IncomingEvent,
+    policy: Policy,
+) -> Result<Outcome, DbErr> {
+    let now = Utc::now();
+    let plan = rules::plan(event, policy);
+
+    let txn = db.begin().await?;
+    let row = events::record_delivery(&txn, event, now).await?;
+    if row.status.is_settled() {
+        txn.commit().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    let outcome = apply(&txn, plan, now).await?;
+    let (status, error) = outcome.settled_as();
+    events::settle(&txn, row.id, status, error, now).await?;
+    txn.commit().await?;
+    log_outcome(event, &outcome);
+    Ok(outcome)
+}
+
+/// One line per event, and a distinct warning for each reason an event is
+/// not applied, so each can be grepped and alerted on.
+pub(crate) fn log_outcome(event: &IncomingEvent, outcome: &Outcome) {
+    let (event_id, event_type, session_id) = (&event.id, &event.event_type, event.session_id());
+    match outcome {
+        Outcome::Ignored { reason } if reason.code == "unhandled_event_type" => {
+            tracing::warn!(event_id, event_type, "unhandled event type; recorded as ignored")
+        }
+        Outcome::Failed { error } if error.code == "invalid_metadata" => tracing::warn!(
+            event_id,
+            event_type,
+            session_id,
+            problem = %error.message,
+            "checkout session metadata invalid; recorded as failed"
+        ),
+        Outcome::Failed { error } if error.code == "livemode_mismatch" => tracing::warn!(
+            event_id,
+            event_type,
+            livemode = event.livemode,
+            problem = %error.message,
+            "livemode mismatch; event refused and recorded as failed"
+        ),
+        Outcome::Failed { error } => {
+            tracing::warn!(event_id, event_type, session_id, code = error.code, problem = %error.message, "event failed")
+        }
+        _ => {}
+    }
+    tracing::debug!(event_id, event_type, session_id, outcome = outcome.as_str(), "stripe event handled");
+}
+
+/// What a replay did to one stored event.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub event_id: String,
+    pub before: EventStatus,
+    pub after: EventStatus,
+    pub outcome: Outcome,
+}
+
+/// Applies a stored event again through the same fulfilment as a delivery.
+/// Its payload was verified when it was received. Idempotent: replaying a
+/// processed event changes nothing, since purchases only move forward.
+pub async fn replay(
+    db: &DatabaseConnection,
+    stored: &stripe_webhook_event::Model,
+    policy: Policy,
+) -> Result<Replay, Error> {
+    let parsed = payments_proto::stripe::parse_event(stored.payload.clone().into())
+        .map_err(|_| Error::invalid("payload", "no longer parses as a Stripe event"))?;
+    let event = IncomingEvent::try_from(parsed)?;
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let outcome = apply(&txn, rules::plan(&event, policy), now).await?;
+    let (status, error) = outcome.settled_as();
+    events::settle(&txn, stored.id, status, error, now).await?;
+    txn.commit().await?;
+    log_outcome(&event, &outcome);
+    Ok(Replay { event_id: event.id, before: stored.status, after: status, outcome })
+}
+
+/// Carries out `plan` inside the caller's transaction. The webhook path,
+/// the verify path and replays all write purchases through here.
+pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> Result<Outcome, DbErr> {
+    match plan {
+        Plan::Record(purchase, status) => {
+            record(db, &purchase, status, now).await?;
+            Ok(Outcome::Processed)
+        }
+        Plan::Acknowledge => Ok(Outcome::Processed),
+        Plan::Ignore(reason) => Ok(Outcome::Ignored { reason }),
+        Plan::Fail(error) => Ok(Outcome::Failed { error }),
+    }
+}
+
+/// Writes the purchase. When it is a second paid purchase of a course the
+/// user already owns, the database refuses it (a partial unique index allows
+/// one paid, unflagged purchase per user and course); it is then recorded
+/// with `needs_refund`, inside a savepoint so the transaction stays usable.
+async fn record(
+    db: &DatabaseTransaction,
+    purchase: &NewPurchase,
+    status: PurchaseStatus,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let savepoint = db.begin().await?;
+    match purchases::advance(&savepoint, purchase, status, false, now).await {
+        Ok(_) => savepoint.commit().await,
+        Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            savepoint.rollback().await?;
+            tracing::warn!(
+                user_id = %purchase.user_id,
+                course_id = %purchase.course_id,
+                session_id = %purchase.checkout_session_id,
+                "course paid twice; second payment recorded with needs_refund"
+            );
+            purchases::advance(db, purchase, status, true, now).await.map(drop)
+        }
+        Err(error) => Err(error),
+    }
+}
