@@ -1,18 +1,19 @@
-//! payments-svc's command line: settings (flags with environment fallbacks)
-//! and the operator subcommands.
+//! payments-svc's command line: flags with environment fallbacks ([`Args`]),
+//! validated once into the [`Settings`] the service runs with, and the
+//! operator subcommands.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use service_kit::logs::LogFormat;
 
 use crate::auth::MIN_TOKEN_LEN;
 use crate::batch::BatchSettings;
 use crate::rules::Policy;
-use crate::stripe_api::{SecretKey, StripeApi};
+use crate::stripe_api::{SecretKey, StripeSettings};
 
 /// The gRPC service that owns purchases and applies Stripe events. Without a
 /// subcommand it serves; `events` inspects and replays stored events.
@@ -20,7 +21,7 @@ use crate::stripe_api::{SecretKey, StripeApi};
 #[command(name = "payments-svc", version, about)]
 pub struct Cli {
     #[command(flatten)]
-    pub settings: Settings,
+    pub args: Args,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -88,9 +89,10 @@ pub enum StatusFilter {
     Failed,
 }
 
-/// Settings shared by serving and the operator commands.
-#[derive(Clone, Args)]
-pub struct Settings {
+/// The flags shared by serving and the operator commands, as given; see
+/// [`Settings`] for what they become.
+#[derive(Clone, clap::Args)]
+pub struct Args {
     /// Database to use: a SQLite URL such as `sqlite://payments.db?mode=rwc`
     /// (the default, a file in the working directory, created if missing) or
     /// a PostgreSQL URL such as `postgres://user:password@host/db`.
@@ -182,100 +184,205 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-impl Settings {
+impl Args {
     /// The defaults, on `database_url`, with every port ephemeral: a
-    /// loopback-only service for tests and tools.
-    pub fn local(database_url: impl Into<String>) -> Self {
-        let loopback_ephemeral: SocketAddr = ([127, 0, 0, 1], 0).into();
-        Self {
-            database_url: database_url.into(),
-            grpc_addr: loopback_ephemeral,
-            grpc_token: None,
-            tls_cert: None,
-            tls_key: None,
-            admin_addr: loopback_ephemeral,
-            batch_max: 128,
-            batch_wait_us: 0,
-            batch_workers: 1,
-            skip_migrations: false,
-            stripe_livemode: false,
-            stripe_secret_key: None,
-            stripe_api_base: "https://api.stripe.com".into(),
-            stripe_api_timeout_ms: 3_000,
-            log_format: LogFormat::Text,
-        }
+    /// loopback-only service for tests and tools. The defaults are clap's
+    /// own, so they are written once, on the flags above.
+    ///
+    /// Panics when a `PAYMENTS_*` or `STRIPE_*` variable in the environment
+    /// does not parse, as the binary would refuse to start.
+    pub fn local(database_url: &str) -> Self {
+        let loopback = "127.0.0.1:0";
+        let flags = ["--database-url", database_url, "--grpc-addr", loopback, "--admin-addr", loopback];
+        let cli = Cli::try_parse_from(std::iter::once("payments-svc").chain(flags));
+        cli.unwrap_or_else(|error| panic!("the local flags do not parse: {error}")).args
     }
+}
 
-    /// The token callers must present, refusing to run open anywhere but on
-    /// loopback.
-    pub fn grpc_token(&self) -> anyhow::Result<Option<&str>> {
-        match self.grpc_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            Some(token) if token.len() < MIN_TOKEN_LEN => {
-                anyhow::bail!("PAYMENTS_GRPC_TOKEN must be at least {MIN_TOKEN_LEN} characters")
-            }
-            Some(token) => Ok(Some(token)),
-            None if self.grpc_addr.ip().is_loopback() => Ok(None),
-            None => anyhow::bail!(
-                "PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR ({}) is not a loopback address",
-                self.grpc_addr
-            ),
-        }
+impl fmt::Debug for Args {
+    /// The database URL may carry a password, so it is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Args")
+            .field("database_url", &"[redacted]")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("grpc_token", &self.grpc_token.as_ref().map(|_| "[redacted]"))
+            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "[redacted]"))
+            .field("stripe_livemode", &self.stripe_livemode)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Group-commit settings for a database at `DATABASE_URL`.
-    pub fn batching(&self) -> BatchSettings {
-        let single_writer = self.database_url.starts_with("sqlite:");
-        BatchSettings {
-            max_size: usize::from(self.batch_max),
-            max_wait: Duration::from_micros(self.batch_wait_us),
-            workers: if single_writer { 1 } else { usize::from(self.batch_workers) },
-        }
-    }
+/// PEM files for serving gRPC over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
-    pub fn policy(&self) -> Policy {
-        Policy { livemode: self.stripe_livemode }
-    }
+/// Validated settings payments-svc runs with, serving or as an operator
+/// command. Built once from [`Args`]; nothing downstream re-checks them.
+#[derive(Clone)]
+pub struct Settings {
+    /// SQLite or PostgreSQL URL (may carry a password: never printed).
+    pub database_url: String,
+    pub grpc_addr: SocketAddr,
+    /// The bearer token callers must present; `None` only on loopback.
+    pub grpc_token: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub admin_addr: SocketAddr,
+    pub batching: BatchSettings,
+    pub skip_migrations: bool,
+    pub policy: Policy,
+    /// Stripe's API, when a key is configured.
+    pub stripe: Option<StripeSettings>,
+    pub log_format: LogFormat,
+}
 
-    /// The Stripe client, when a key is configured. Refuses a key that is
-    /// not shaped like one, or whose mode contradicts STRIPE_LIVEMODE.
-    pub fn stripe_api(&self) -> anyhow::Result<Option<StripeApi>> {
-        let Some(key) = self.stripe_secret_key.as_deref().filter(|k| !k.trim().is_empty()) else {
-            return Ok(None);
-        };
-        let key =
-            SecretKey::new(key.trim()).map_err(|reason| anyhow::anyhow!("STRIPE_SECRET_KEY: {reason}"))?;
-        if key.is_live() != self.stripe_livemode {
-            anyhow::bail!(
-                "STRIPE_SECRET_KEY is a {} key but STRIPE_LIVEMODE is {}",
-                if key.is_live() { "live-mode" } else { "test-mode" },
-                self.stripe_livemode
-            );
-        }
-        anyhow::ensure!(self.stripe_api_timeout_ms > 0, "STRIPE_API_TIMEOUT_MS must be above 0");
-        let budget = Duration::from_millis(self.stripe_api_timeout_ms);
-        StripeApi::new(&self.stripe_api_base, &key, budget).map(Some)
+impl Settings {
+    /// [`Args::local`], validated.
+    pub fn local(database_url: &str) -> Self {
+        Self::try_from(Args::local(database_url))
+            .unwrap_or_else(|error| panic!("the local settings are invalid: {error}"))
     }
 }
 
 impl fmt::Debug for Settings {
-    /// The database URL may carry a password, so it is never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("database_url", &"[redacted]")
             .field("grpc_addr", &self.grpc_addr)
             .field("grpc_token", &self.grpc_token.as_ref().map(|_| "[redacted]"))
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
+            .field("tls", &self.tls)
             .field("admin_addr", &self.admin_addr)
-            .field("batch_max", &self.batch_max)
-            .field("batch_wait_us", &self.batch_wait_us)
-            .field("batch_workers", &self.batch_workers)
+            .field("batching", &self.batching)
             .field("skip_migrations", &self.skip_migrations)
-            .field("stripe_livemode", &self.stripe_livemode)
-            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "[redacted]"))
-            .field("stripe_api_base", &self.stripe_api_base)
-            .field("stripe_api_timeout_ms", &self.stripe_api_timeout_ms)
+            .field("policy", &self.policy)
+            .field("stripe", &self.stripe)
             .field("log_format", &self.log_format)
             .finish()
+    }
+}
+
+/// A setting payments-svc refuses to start with, naming its variable and
+/// never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("PAYMENTS_GRPC_TOKEN must be at least {MIN_TOKEN_LEN} characters")]
+    TokenTooShort,
+    #[error("PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR ({addr}) is not a loopback address")]
+    TokenRequired { addr: SocketAddr },
+    #[error("STRIPE_SECRET_KEY: {0}")]
+    InvalidStripeKey(&'static str),
+    #[error("STRIPE_SECRET_KEY is a {key_mode} key but STRIPE_LIVEMODE is {livemode}")]
+    StripeModeMismatch { key_mode: &'static str, livemode: bool },
+    #[error("STRIPE_API_TIMEOUT_MS must be above 0")]
+    ZeroStripeTimeout,
+}
+
+impl TryFrom<Args> for Settings {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        let grpc_token = grpc_token(&args)?;
+        let stripe = stripe(&args)?;
+        let single_writer = args.database_url.starts_with("sqlite:");
+        let batching = BatchSettings {
+            max_size: usize::from(args.batch_max),
+            max_wait: Duration::from_micros(args.batch_wait_us),
+            workers: if single_writer { 1 } else { usize::from(args.batch_workers) },
+        };
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        };
+        Ok(Self {
+            database_url: args.database_url,
+            grpc_addr: args.grpc_addr,
+            grpc_token,
+            tls,
+            admin_addr: args.admin_addr,
+            batching,
+            skip_migrations: args.skip_migrations,
+            policy: Policy { livemode: args.stripe_livemode },
+            stripe,
+            log_format: args.log_format,
+        })
+    }
+}
+
+/// The token callers must present, refusing to run open anywhere but on
+/// loopback.
+fn grpc_token(args: &Args) -> Result<Option<String>, ConfigError> {
+    match args.grpc_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) if token.len() < MIN_TOKEN_LEN => Err(ConfigError::TokenTooShort),
+        Some(token) => Ok(Some(token.to_owned())),
+        None if args.grpc_addr.ip().is_loopback() => Ok(None),
+        None => Err(ConfigError::TokenRequired { addr: args.grpc_addr }),
+    }
+}
+
+/// Stripe's API settings, when a key is configured. Refuses a key that is
+/// not shaped like one, or whose mode contradicts STRIPE_LIVEMODE.
+fn stripe(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
+    let Some(key) = args.stripe_secret_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    let key = SecretKey::new(key).map_err(ConfigError::InvalidStripeKey)?;
+    if key.is_live() != args.stripe_livemode {
+        let key_mode = if key.is_live() { "live-mode" } else { "test-mode" };
+        return Err(ConfigError::StripeModeMismatch { key_mode, livemode: args.stripe_livemode });
+    }
+    if args.stripe_api_timeout_ms == 0 {
+        return Err(ConfigError::ZeroStripeTimeout);
+    }
+    Ok(Some(StripeSettings {
+        key,
+        api_base: args.stripe_api_base.clone(),
+        budget: Duration::from_millis(args.stripe_api_timeout_ms),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        let all =
+            ["payments-svc", "--database-url", "sqlite::memory:"].into_iter().chain(flags.iter().copied());
+        Cli::try_parse_from(all).expect("parses").args
+    }
+
+    #[test]
+    fn the_local_settings_are_the_flag_defaults_on_ephemeral_loopback_ports() {
+        let settings = Settings::local("sqlite://x.db?mode=rwc");
+        assert_eq!(settings.batching.max_size, 128);
+        assert_eq!(settings.batching.workers, 1);
+        assert!(settings.grpc_addr.ip().is_loopback() && settings.grpc_addr.port() == 0);
+        assert_eq!(settings.admin_addr.port(), 0);
+        assert_eq!(settings.policy, Policy { livemode: false });
+        assert!(settings.stripe.is_none() && settings.grpc_token.is_none());
+    }
+
+    #[test]
+    fn a_public_address_needs_a_token_of_32_characters() {
+        let open = Settings::try_from(args(&["--grpc-addr", "0.0.0.0:50051"])).expect_err("refused");
+        assert!(open.to_string().contains("PAYMENTS_GRPC_TOKEN is required"), "{open}");
+        let short = args(&["--grpc-addr", "0.0.0.0:50051", "--grpc-token", "short"]);
+        assert_eq!(Settings::try_from(short).expect_err("refused"), ConfigError::TokenTooShort);
+        let token = "t".repeat(MIN_TOKEN_LEN);
+        let fine = Settings::try_from(args(&["--grpc-addr", "0.0.0.0:50051", "--grpc-token", &token]));
+        assert_eq!(fine.expect("accepted").grpc_token, Some(token));
+    }
+
+    #[test]
+    fn a_stripe_key_of_the_other_mode_is_refused_without_printing_it() {
+        let error =
+            Settings::try_from(args(&["--stripe-secret-key", "sk_live_secret_value"])).expect_err("refused");
+        assert_eq!(error.to_string(), "STRIPE_SECRET_KEY is a live-mode key but STRIPE_LIVEMODE is false");
+        let publishable =
+            Settings::try_from(args(&["--stripe-secret-key", "pk_test_x"])).expect_err("refused");
+        assert!(matches!(publishable, ConfigError::InvalidStripeKey(_)), "{publishable}");
+        let zero = args(&["--stripe-secret-key", "sk_test_x", "--stripe-api-timeout-ms", "0"]);
+        assert_eq!(Settings::try_from(zero).expect_err("refused"), ConfigError::ZeroStripeTimeout);
     }
 }

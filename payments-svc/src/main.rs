@@ -1,5 +1,5 @@
 use clap::Parser;
-use payments_svc::config::{Cli, Command};
+use payments_svc::config::{Cli, Command, Settings};
 use payments_svc::{operator, startup::Application};
 use service_kit::logs::{self, Output};
 use service_kit::shutdown;
@@ -9,13 +9,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None | Some(Command::Serve) => {
-            let _logs = logs::init(cli.settings.log_format, Output::Stdout);
-            let app = Application::build(&cli.settings).await?;
+            let _logs = logs::init(cli.args.log_format, Output::Stdout);
+            let settings = Settings::try_from(cli.args)?;
+            let app = Application::build(&settings).await?;
             app.run_until_stopped(shutdown::signal()).await
         }
         Some(command) => {
-            let _logs = logs::init(cli.settings.log_format, Output::Stderr);
-            operator::run(command, &cli.settings).await
+            let _logs = logs::init(cli.args.log_format, Output::Stderr);
+            operator::run(command, &Settings::try_from(cli.args)?).await
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
 use crate::db::{self, purchases};
 use crate::rules::{Outcome, Policy};
+use crate::stripe_api::StripeApi;
 use crate::{apply, reconcile};
 
 /// Runs one operator command and prints its result to stdout.
@@ -22,9 +23,10 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Serve => bail!("serve is not an operator command"),
         Command::Events(command) => events_command(&db, command, settings).await?,
         Command::Reconcile { since, page_size } => {
-            let stripe = settings.stripe_api()?.context("reconcile needs STRIPE_SECRET_KEY")?;
+            let stripe = settings.stripe.as_ref().context("reconcile needs STRIPE_SECRET_KEY")?;
+            let stripe = StripeApi::new(stripe)?;
             let since = parse_since(&since)?;
-            let summary = reconcile::sweep(&db, &stripe, settings.policy(), since, page_size).await?;
+            let summary = reconcile::sweep(&db, &stripe, settings.policy, since, page_size).await?;
             format!(
                 "seen {}, already processed {}, newly applied {}, failed {}\n",
                 summary.seen, summary.already_processed, summary.newly_applied, summary.failed
@@ -57,13 +59,13 @@ async fn events_command(
         }
         EventsCommand::Replay { event_id: Some(event_id), .. } => {
             let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
-            replay_all(db, settings.policy(), vec![event]).await?
+            replay_all(db, settings.policy, vec![event]).await?
         }
         EventsCommand::Replay { event_id: None, .. } => {
             let filter = ListFilter { status: Some(EventStatus::Failed), ..Default::default() };
             let mut failed = events::list(db, &filter).await?;
             failed.reverse();
-            replay_all(db, settings.policy(), failed).await?
+            replay_all(db, settings.policy, failed).await?
         }
     })
 }

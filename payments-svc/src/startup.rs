@@ -17,7 +17,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::auth::RequireToken;
 use crate::batch::BatchSettings;
-use crate::config::Settings;
+use crate::config::{Settings, TlsFiles};
 use crate::grpc::PaymentsService;
 use crate::metrics::Metrics;
 use crate::rules::Policy;
@@ -53,14 +53,14 @@ impl Application {
     /// migrations (unless told not to) and binds the gRPC and admin
     /// addresses. Port 0 binds an ephemeral port; see the `*_addr` methods.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let token = settings.grpc_token()?;
+        let token = settings.grpc_token.as_deref();
         if token.is_none() {
             tracing::warn!(
                 "PAYMENTS_GRPC_TOKEN is not set: accepting unauthenticated calls, on loopback only"
             );
         }
         let tls = server_tls(settings)?;
-        let stripe = settings.stripe_api()?;
+        let stripe = settings.stripe.as_ref().map(StripeApi::new).transpose()?;
         if stripe.is_none() {
             tracing::info!("STRIPE_SECRET_KEY is not set: verify answers from the database only");
         }
@@ -77,16 +77,16 @@ impl Application {
             .await
             .with_context(|| format!("binding PAYMENTS_ADMIN_ADDR {}", settings.admin_addr))?;
         tracing::info!(
-            livemode = settings.stripe_livemode,
+            livemode = settings.policy.livemode,
             "fulfilling {} events only",
-            if settings.stripe_livemode { "live-mode" } else { "test-mode" }
+            if settings.policy.livemode { "live-mode" } else { "test-mode" }
         );
         Ok(Self {
             listener,
             admin_listener,
             db,
-            policy: settings.policy(),
-            batching: settings.batching(),
+            policy: settings.policy,
+            batching: settings.batching,
             stripe,
             auth: RequireToken::new(token),
             tls,
@@ -165,7 +165,7 @@ impl Application {
 }
 
 fn server_tls(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+    let Some(TlsFiles { cert, key }) = &settings.tls else {
         return Ok(None);
     };
     let cert =

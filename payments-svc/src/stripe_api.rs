@@ -80,6 +80,17 @@ pub struct EventsPage {
     pub has_more: bool,
 }
 
+/// How to reach Stripe's API, validated from the configuration.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub key: SecretKey,
+    /// `https://api.stripe.com` in production; tests point it at a local
+    /// server.
+    pub api_base: String,
+    /// Bounds each call, retries included.
+    pub budget: Duration,
+}
+
 /// A client for Stripe's API.
 #[derive(Debug, Clone)]
 pub struct StripeApi {
@@ -90,9 +101,10 @@ pub struct StripeApi {
 }
 
 impl StripeApi {
-    /// `base` is `https://api.stripe.com` in production; `budget` bounds each
-    /// call, retries included.
-    pub fn new(base: &str, key: &SecretKey, budget: Duration) -> anyhow::Result<Self> {
+    /// A client with its own connection pool.
+    pub fn new(settings: &StripeSettings) -> anyhow::Result<Self> {
+        let StripeSettings { key, api_base: base, budget } = settings;
+        let budget = *budget;
         // reqwest is built without a bundled crypto provider; use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.0))?;

@@ -156,23 +156,18 @@ impl fmt::Debug for Settings {
 
 impl Settings {
     /// The defaults with `secret`, on an ephemeral loopback port, in front of
-    /// the payments-svc at `payments_svc_url`: for tests and tools.
+    /// the payments-svc at `payments_svc_url`: for tests and tools. The
+    /// defaults are clap's own, so they are written once, on [`Cli`].
+    ///
+    /// Panics when a `GATEWAY_*` or `PAYMENTS_SVC_*` variable in the
+    /// environment does not parse, as the binary would refuse to start.
     pub fn local(secret: WebhookSecret, payments_svc_url: impl Into<String>) -> Self {
-        Self {
-            webhook_secrets: vec![secret],
-            addr: ([127, 0, 0, 1], 0).into(),
-            payments_svc_url: payments_svc_url.into(),
-            tolerance_secs: 300,
-            max_body_bytes: 1024 * 1024,
-            payments_svc_timeout: Duration::from_secs(5),
-            forwarding: ForwardSettings { max_events: 64, max_calls: 2 },
-            payments_grpc_token: None,
-            payments_svc_ca_cert: None,
-            max_connections: 1024,
-            max_in_flight: 512,
-            request_timeout: Duration::from_secs(15),
-            success_page: true,
-        }
+        let url = payments_svc_url.into();
+        let flags = ["webhook-gateway", "--gateway-addr", "127.0.0.1:0", "--payments-svc-url", &url];
+        let cli = Cli::try_parse_from(flags)
+            .unwrap_or_else(|error| panic!("the local flags do not parse: {error}"));
+        Self::validated(cli, vec![secret])
+            .unwrap_or_else(|error| panic!("the local settings are invalid: {error}"))
     }
 }
 
@@ -199,18 +194,30 @@ impl TryFrom<Cli> for Settings {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, ConfigError> {
-        let secrets: Vec<_> = cli.stripe_webhook_secret.iter().filter(|s| !s.trim().is_empty()).collect();
-        if secrets.is_empty() {
-            return Err(ConfigError::MissingSecret);
-        }
-        let webhook_secrets = secrets
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                WebhookSecret::new(s.trim())
-                    .map_err(|reason| ConfigError::InvalidSecret { position: i + 1, reason })
-            })
-            .collect::<Result<_, _>>()?;
+        let webhook_secrets = webhook_secrets(&cli.stripe_webhook_secret)?;
+        Self::validated(cli, webhook_secrets)
+    }
+}
+
+/// The signing secrets, each checked, naming the position of a bad one.
+fn webhook_secrets(given: &[String]) -> Result<Vec<WebhookSecret>, ConfigError> {
+    let secrets: Vec<_> = given.iter().filter(|s| !s.trim().is_empty()).collect();
+    if secrets.is_empty() {
+        return Err(ConfigError::MissingSecret);
+    }
+    secrets
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            WebhookSecret::new(s.trim())
+                .map_err(|reason| ConfigError::InvalidSecret { position: i + 1, reason })
+        })
+        .collect()
+}
+
+impl Settings {
+    /// Checks every other setting of `cli`, running with `webhook_secrets`.
+    fn validated(cli: Cli, webhook_secrets: Vec<WebhookSecret>) -> Result<Self, ConfigError> {
         if cli.stripe_webhook_tolerance_secs == 0 {
             return Err(ConfigError::ZeroTolerance);
         }
@@ -253,6 +260,17 @@ mod tests {
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("webhook-gateway").chain(args.iter().copied())).expect("parses")
+    }
+
+    #[test]
+    fn the_local_settings_are_the_flag_defaults_on_an_ephemeral_loopback_port() {
+        let secret = WebhookSecret::new("whsec_local").expect("valid");
+        let settings = Settings::local(secret, "http://127.0.0.1:1");
+        assert_eq!(settings.addr, ([127, 0, 0, 1], 0).into());
+        assert_eq!(settings.forwarding, ForwardSettings { max_events: 64, max_calls: 2 });
+        assert_eq!((settings.max_connections, settings.max_in_flight), (1024, 512));
+        assert_eq!(settings.payments_svc_timeout, Duration::from_secs(5));
+        assert_eq!(settings.webhook_secrets.len(), 1);
     }
 
     #[test]

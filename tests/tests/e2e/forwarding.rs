@@ -1,6 +1,8 @@
 //! The gateway forwarding many events to a call: events that arrive while
 //! a call is in flight travel together, and each still gets its own answer.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use e2e::fixture;
 use payments_proto::stripe::parse_event;
@@ -19,7 +21,7 @@ async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its
     // One call at a time, held by payments-svc for a moment: whatever
     // arrives meanwhile queues in the gateway and goes in the next call.
     let options = StackOptions {
-        payments: Some(|settings| settings.batch_wait_us = 300_000),
+        payments: Some(|settings| settings.batching.max_wait = Duration::from_millis(300)),
         gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 64, max_calls: 1 }),
         ..Default::default()
     };

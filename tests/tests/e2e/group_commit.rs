@@ -4,6 +4,8 @@
 //! at once sharing events between them, and a worker's own connection
 //! replaced when it died while idle.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use e2e::{fixture, unique_paid_event, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
@@ -20,7 +22,7 @@ const GATHER_US: u64 = 1_000_000;
 /// on a call of its own, so that only payments-svc gathers them.
 fn gathered_by_payments_svc() -> StackOptions {
     StackOptions {
-        payments: Some(|settings| settings.batch_wait_us = GATHER_US),
+        payments: Some(|settings| settings.batching.max_wait = Duration::from_micros(GATHER_US)),
         gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
         ..Default::default()
     }
@@ -88,8 +90,8 @@ async fn concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copi
     let options = StackOptions {
         gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
         payments: Some(|settings| {
-            settings.batch_workers = 4;
-            settings.batch_max = 3;
+            settings.batching.workers = 4;
+            settings.batching.max_size = 3;
         }),
         ..Default::default()
     };

@@ -4,7 +4,7 @@ use crate::helpers::{TestDb, on_both_databases};
 
 on_both_databases!(replicas_starting_together_on_a_new_database_all_come_up);
 async fn replicas_starting_together_on_a_new_database_all_come_up(db: TestDb) {
-    let settings = payments_svc::config::Settings::local(db.url.clone());
+    let settings = payments_svc::config::Settings::local(&db.url);
     let mut replicas = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let settings = settings.clone();
