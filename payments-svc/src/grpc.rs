@@ -117,24 +117,13 @@ impl Payments for PaymentsService {
         let response = result.map(verify_response);
         let labels = match &response {
             Ok(answer) => VerifyLabels {
-                status: status_label(answer.status()),
+                status: answer.status().as_str(),
                 unconfirmed: if answer.unconfirmed { "true" } else { "false" },
             },
             Err(_) => VerifyLabels { status: "error", unconfirmed: "false" },
         };
         self.metrics.verifications.get_or_create(&labels).inc();
         Ok(Response::new(response.map_err(Error::from)?))
-    }
-}
-
-fn status_label(status: pb::PurchaseStatus) -> &'static str {
-    match status {
-        pb::PurchaseStatus::Paid => "paid",
-        pb::PurchaseStatus::Pending => "pending",
-        pb::PurchaseStatus::Failed => "failed",
-        pb::PurchaseStatus::Expired => "expired",
-        pb::PurchaseStatus::NotFound => "not_found",
-        pb::PurchaseStatus::Unspecified => "unspecified",
     }
 }
 

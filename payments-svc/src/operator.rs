@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use sea_orm::DatabaseConnection;
+use sea_orm::{ActiveEnum, DatabaseConnection};
 
 use crate::config::{Command, EventsCommand, Settings, StatusFilter};
 use crate::db::entities::course_purchase;
@@ -103,15 +103,6 @@ fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn status_name(status: EventStatus) -> &'static str {
-    match status {
-        EventStatus::Received => "received",
-        EventStatus::Processed => "processed",
-        EventStatus::Ignored => "ignored",
-        EventStatus::Failed => "failed",
-    }
-}
-
 /// The `message` of an event's stored error, if any.
 fn error_message(event: &Event) -> String {
     event.error.as_ref().and_then(|e| e["message"].as_str()).unwrap_or_default().to_owned()
@@ -125,7 +116,7 @@ fn list_table(events: &[Event]) -> String {
                 time(e.received_at),
                 e.event_id.clone(),
                 e.event_type.clone(),
-                status_name(e.status).to_owned(),
+                e.status.to_value(),
                 e.delivery_count.to_string(),
                 error_message(e),
             ]
@@ -155,7 +146,7 @@ fn show(event: &Event) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "event:          {}", event.event_id);
     let _ = writeln!(out, "type:           {}", event.event_type);
-    let _ = writeln!(out, "status:         {}", status_name(event.status));
+    let _ = writeln!(out, "status:         {}", event.status.to_value());
     let _ = writeln!(out, "error:          {error}");
     let _ = writeln!(out, "session:        {}", event.checkout_session_id.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "livemode:       {}", event.livemode);
@@ -180,13 +171,8 @@ async fn replay_all(db: &DatabaseConnection, policy: Policy, stored: Vec<Event>)
         let purchase_after = purchase_of(db, event).await?;
         still_failed += usize::from(replay.after == EventStatus::Failed);
 
-        let _ = write!(
-            out,
-            "{}: {} -> {}",
-            replay.event_id,
-            status_name(replay.before),
-            status_name(replay.after)
-        );
+        let _ =
+            write!(out, "{}: {} -> {}", replay.event_id, replay.before.to_value(), replay.after.to_value());
         if let Some(session) = &event.checkout_session_id {
             let (before, after) = (purchase_state(&purchase_before), purchase_state(&purchase_after));
             let change =
@@ -221,11 +207,7 @@ fn purchase_state(purchase: &Option<course_purchase::Model>) -> String {
     match purchase {
         None => "none".into(),
         Some(p) => {
-            let status = match p.status {
-                course_purchase::PurchaseStatus::Pending => "pending",
-                course_purchase::PurchaseStatus::Failed => "failed",
-                course_purchase::PurchaseStatus::Paid => "paid",
-            };
+            let status = p.status.to_value();
             if p.needs_refund { format!("{status} (needs refund)") } else { status.to_owned() }
         }
     }

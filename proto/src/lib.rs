@@ -1,6 +1,8 @@
 //! The `payments.v1` contract shared by webhook-gateway and payments-svc,
-//! and [`stripe`], the one place Stripe's JSON is turned into it.
+//! [`stripe`], the one place Stripe's JSON is turned into it, and [`names`],
+//! the one string form of each of its enums.
 
+pub mod names;
 pub mod stripe;
 
 /// Generated messages, client and server for `payments.v1`.

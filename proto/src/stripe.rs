@@ -200,21 +200,11 @@ fn checkout_session(session: SessionJson) -> Result<CheckoutSession, ParseError>
 }
 
 fn payment_status(value: Option<&str>) -> PaymentStatus {
-    match value {
-        Some("paid") => PaymentStatus::Paid,
-        Some("unpaid") => PaymentStatus::Unpaid,
-        Some("no_payment_required") => PaymentStatus::NoPaymentRequired,
-        _ => PaymentStatus::Unspecified,
-    }
+    value.map_or(PaymentStatus::Unspecified, PaymentStatus::from_name)
 }
 
 fn session_status(value: Option<&str>) -> SessionStatus {
-    match value {
-        Some("open") => SessionStatus::Open,
-        Some("complete") => SessionStatus::Complete,
-        Some("expired") => SessionStatus::Expired,
-        _ => SessionStatus::Unspecified,
-    }
+    value.map_or(SessionStatus::Unspecified, SessionStatus::from_name)
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

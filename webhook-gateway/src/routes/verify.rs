@@ -70,10 +70,11 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
     let answer = answer.map_err(payments::api_error)?.into_inner();
 
     let status = answer.status();
-    let Some(name) = status_name(status) else {
+    if status == PurchaseStatus::Unspecified {
         tracing::error!("payments-svc answered without a purchase status");
         return Err(ApiError::Unavailable);
-    };
+    }
+    let name = status.as_str();
     let purchase = answer.purchase;
     let verification = Verification {
         status: name,
@@ -87,17 +88,6 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         _ => StatusCode::OK,
     };
     Ok(json(code, &verification))
-}
-
-fn status_name(status: PurchaseStatus) -> Option<&'static str> {
-    match status {
-        PurchaseStatus::Paid => Some("paid"),
-        PurchaseStatus::Pending => Some("pending"),
-        PurchaseStatus::Failed => Some("failed"),
-        PurchaseStatus::Expired => Some("expired"),
-        PurchaseStatus::NotFound => Some("not_found"),
-        PurchaseStatus::Unspecified => None,
-    }
 }
 
 fn rfc3339(seconds: i64, nanos: i32) -> Option<String> {

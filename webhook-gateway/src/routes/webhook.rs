@@ -96,16 +96,11 @@ async fn verify_and_forward(
     *seen = Seen::event(&event);
 
     let answer = state.forwarder.forward(event).await.map_err(payments::api_error)?;
-    let outcome = match answer.outcome() {
-        Outcome::Processed => "processed",
-        Outcome::Duplicate => "duplicate",
-        Outcome::Ignored => "ignored",
-        Outcome::Failed => "failed",
-        Outcome::Unspecified => {
-            tracing::error!("payments-svc answered without an outcome");
-            return Err(ApiError::Unavailable);
-        }
-    };
+    if answer.outcome() == Outcome::Unspecified {
+        tracing::error!("payments-svc answered without an outcome");
+        return Err(ApiError::Unavailable);
+    }
+    let outcome = answer.outcome().as_str();
     let body = Acknowledgement { received: true, outcome, detail: &answer.detail };
     Ok((outcome, json(StatusCode::OK, &body)))
 }
