@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use service_kit::gather;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::apply;
@@ -125,13 +126,7 @@ async fn work(
 
 /// `first` and whatever else is waiting, within the settings' bounds.
 async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSettings) -> Vec<Job> {
-    let mut jobs = vec![first];
-    while jobs.len() < settings.max_size {
-        match queue.try_recv() {
-            Ok(job) => jobs.push(job),
-            Err(_) => break,
-        }
-    }
+    let (mut jobs, _) = gather::ready(queue, first, settings.max_size, |_| true);
     if settings.max_wait.is_zero() {
         return jobs;
     }

@@ -7,7 +7,6 @@
 //! [`apply`] as the per-event reference path; [`db`] holds the queries.
 //! [`startup::Application`] is what `main` and the tests run.
 
-pub mod admin;
 pub mod apply;
 pub mod auth;
 pub mod batch;

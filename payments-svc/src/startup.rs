@@ -9,6 +9,7 @@ use anyhow::Context;
 use payments_proto::v1::FILE_DESCRIPTOR_SET;
 use payments_proto::v1::payments_server::PaymentsServer;
 use sea_orm::DatabaseConnection;
+use service_kit::admin;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -18,11 +19,11 @@ use tonic_health::server::HealthReporter;
 use crate::auth::RequireToken;
 use crate::batch::BatchSettings;
 use crate::config::{Settings, TlsFiles};
+use crate::db;
 use crate::grpc::PaymentsService;
 use crate::metrics::Metrics;
 use crate::rules::Policy;
 use crate::stripe_api::StripeApi;
-use crate::{admin, db};
 
 /// HTTP/2 flow-control windows for callers, in bytes.
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
@@ -124,7 +125,11 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PaymentsServer<PaymentsService>>().await;
         tokio::spawn(watch_database(self.db.clone(), health.clone(), stop.clone()));
-        tokio::spawn(admin::serve(self.admin_listener, Arc::clone(&metrics), stop.clone()));
+        let render = {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move || metrics.render())
+        };
+        let admin = tokio::spawn(admin::serve(self.admin_listener, render, stop.clone()));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -158,6 +163,7 @@ impl Application {
         };
         router.serve_with_incoming_shutdown(incoming, drained).await.context("serving gRPC")?;
         stop.cancel();
+        let _ = admin.await;
         self.db.close().await.context("closing the database pool")?;
         tracing::info!("payments-svc stopped");
         Ok(())

@@ -1,5 +1,9 @@
-//! What webhook-gateway and payments-svc share as processes: how they log
-//! and when they start draining.
+//! What webhook-gateway and payments-svc share as processes: how they log,
+//! when they start draining, how they serve their metrics and how they
+//! gather queued work into batches.
 
+pub mod admin;
+pub mod gather;
 pub mod logs;
+pub mod metrics;
 pub mod shutdown;

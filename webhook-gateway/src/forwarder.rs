@@ -21,6 +21,8 @@ use payments_proto::v1::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::{Code, Status};
 
+use service_kit::gather;
+
 use crate::config::ForwardSettings;
 use crate::metrics::Metrics;
 use crate::payments::PaymentsClient;
@@ -102,16 +104,10 @@ async fn dispatch(
 /// [`MAX_CALL_BYTES`]; also the job that did not fit, if one was taken.
 fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, max_events: usize) -> (Vec<Job>, Option<Job>) {
     let mut bytes = first.event.raw_payload.len();
-    let mut jobs = vec![first];
-    while jobs.len() < max_events {
-        let Ok(job) = queue.try_recv() else { break };
+    gather::ready(queue, first, max_events, |job| {
         bytes += job.event.raw_payload.len();
-        if bytes > MAX_CALL_BYTES {
-            return (jobs, Some(job));
-        }
-        jobs.push(job);
-    }
-    (jobs, None)
+        bytes <= MAX_CALL_BYTES
+    })
 }
 
 /// One call for `jobs`; each gets its own answer.

@@ -93,7 +93,7 @@ fn metrics(state: &AppState) -> HttpResponse {
         hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(state.metrics.render())));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(service_kit::metrics::CONTENT_TYPE),
     );
     response
 }
