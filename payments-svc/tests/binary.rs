@@ -1,23 +1,32 @@
 //! The real `payments-svc` binary: configuration from the environment,
 //! migrations at start-up, and a clean exit on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// The service on a SQLite file at `db_file`, on ephemeral ports, logging
+/// `info` lines in `log_format` to a pipe; with the lines it writes.
+fn serve(db_file: &Path, log_format: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
+        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", db_file.display()))
+        .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
+        .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", log_format)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("payments-svc starts");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
 
 #[test]
 fn starts_on_a_new_sqlite_file_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db_file = dir.path().join("payments.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
-        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", db_file.display()))
-        .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
-        .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("payments-svc starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = serve(&db_file, "json");
 
     let listening = lines
         .by_ref()
@@ -89,17 +98,7 @@ fn refuses_to_listen_beyond_loopback_without_a_token() {
 #[test]
 fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
-        .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display()))
-        .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
-        .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("payments-svc starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = serve(&dir.path().join("p.db"), "text");
 
     let listening = lines
         .by_ref()
