@@ -8,7 +8,7 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, Transactio
 
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::{self, EventStatus};
-use crate::db::{events, purchases};
+use crate::db::{events, purchases, reversals};
 use crate::error::Error;
 use crate::event::IncomingEvent;
 use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
@@ -110,6 +110,10 @@ pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> 
     match plan {
         Plan::Record(purchase, status) => {
             record(db, &purchase, status, now).await?;
+            Ok(Outcome::Processed)
+        }
+        Plan::Reverse { reversal, event_id, created } => {
+            reversals::record(db, &reversal, &event_id, created, now).await?;
             Ok(Outcome::Processed)
         }
         Plan::Acknowledge => Ok(Outcome::Processed),

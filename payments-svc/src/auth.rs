@@ -7,9 +7,6 @@ use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-/// Shortest token accepted: guessing must be hopeless.
-pub const MIN_TOKEN_LEN: usize = 32;
-
 /// Checks `authorization: Bearer <PAYMENTS_GRPC_TOKEN>` on every call, in
 /// constant time. Without a configured token every call passes; the service
 /// then only listens on loopback (see `startup`).

@@ -141,7 +141,10 @@ async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSett
 }
 
 /// Applies `jobs` as one batch, through `writer` on PostgreSQL, and answers
-/// each of them.
+/// each of them. Refund and dispute events, rare next to checkouts, take
+/// the per-event path: they write a fact and no purchase, so the batch
+/// statement stays the one for checkouts, and they decide as
+/// [`apply::handle_event`] does by construction.
 async fn run(
     db: &DatabaseConnection,
     writer: Option<&mut batch_pg::Writer>,
@@ -149,6 +152,15 @@ async fn run(
     jobs: Vec<Job>,
     metrics: &Metrics,
 ) {
+    let (reversals, jobs): (Vec<Job>, Vec<Job>) =
+        jobs.into_iter().partition(|job| job.event.reversal.is_some());
+    for job in reversals {
+        let result = apply::handle_event(db, &job.event, policy).await;
+        let _ = job.reply.send(result);
+    }
+    if jobs.is_empty() {
+        return;
+    }
     let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
     match apply_batch(db, writer, policy, &events).await {
         Ok(outcomes) => {
@@ -187,8 +199,8 @@ async fn apply_batch(
     }
     let planned: Vec<(&IncomingEvent, i32, Planned)> = deliveries
         .values()
-        .map(|(event, count)| (*event, *count, Planned::from(rules::plan(event, policy))))
-        .collect();
+        .map(|(event, count)| Ok((*event, *count, Planned::try_from(rules::plan(event, policy))?)))
+        .collect::<Result<_, DbErr>>()?;
     let settled: Vec<Settled<'_>> = planned
         .iter()
         .map(|(event, deliveries, plan)| Settled {
@@ -274,16 +286,23 @@ struct Planned {
     purchase: Option<(NewPurchase, PurchaseStatus)>,
 }
 
-impl From<Plan> for Planned {
-    fn from(plan: Plan) -> Self {
+impl TryFrom<Plan> for Planned {
+    type Error = DbErr;
+
+    /// Refuses a reversal, which the batch statement cannot write; the
+    /// batch then falls back to the per-event path (see [`run`]).
+    fn try_from(plan: Plan) -> Result<Self, DbErr> {
         let (outcome, purchase) = match plan {
             Plan::Record(purchase, status) => (Outcome::Processed, Some((purchase, status))),
+            Plan::Reverse { .. } => {
+                return Err(DbErr::Custom("a reversal reached the batch statement".into()));
+            }
             Plan::Acknowledge => (Outcome::Processed, None),
             Plan::Ignore(reason) => (Outcome::Ignored { reason }, None),
             Plan::Fail(error) => (Outcome::Failed { error }, None),
         };
         let (status, error) = outcome.settled_as();
-        Self { status, error, outcome, purchase }
+        Ok(Self { status, error, outcome, purchase })
     }
 }
 
@@ -332,6 +351,7 @@ mod tests {
             livemode: false,
             api_version: None,
             session: None,
+            reversal: None,
             payload: "{}".into(),
         }
     }

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use service_kit::logs::LogFormat;
+use service_kit::token::{self, TokenError};
 
-use crate::auth::MIN_TOKEN_LEN;
 use crate::batch::BatchSettings;
+use crate::reversals::DisputeAccess;
 use crate::rules::Policy;
 use crate::stripe_api::{SecretKey, StripeSettings};
 
@@ -33,6 +34,9 @@ pub enum Command {
     /// Inspect and replay stored Stripe events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Inspect refunds and disputes.
+    #[command(subcommand)]
+    Reversals(ReversalsCommand),
     /// Apply every checkout.session.* event Stripe sent in a recent window
     /// that is not processed here yet: recovers webhooks lost in an outage.
     /// Needs STRIPE_SECRET_KEY.
@@ -44,6 +48,17 @@ pub enum Command {
         /// Events per page requested from Stripe (1 to 100).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
         page_size: u8,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReversalsCommand {
+    /// Refunds and disputes that reach no course purchase: payments made
+    /// outside course checkout, or purchases not recorded here (yet).
+    Unmatched {
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
     },
 }
 
@@ -161,6 +176,12 @@ pub struct Args {
     #[arg(long, env = "STRIPE_LIVEMODE", default_value_t = false, action = ArgAction::Set, global = true)]
     pub stripe_livemode: bool,
 
+    /// Whether a buyer keeps the course while a chargeback is open:
+    /// `suspend` (the default) takes access away until the dispute is won,
+    /// `keep` leaves it. A lost dispute revokes access either way.
+    #[arg(long, env = "DISPUTE_ACCESS", value_enum, default_value_t = DisputeAccess::Suspend, global = true)]
+    pub dispute_access: DisputeAccess,
+
     /// Stripe secret API key (`sk_...`, or a restricted `rk_...` key that can
     /// read Checkout Sessions and events). Optional: with it, verify asks
     /// Stripe about sessions not yet recorded as paid and fulfils them, and
@@ -267,8 +288,8 @@ impl fmt::Debug for Settings {
 /// never its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("PAYMENTS_GRPC_TOKEN must be at least {MIN_TOKEN_LEN} characters")]
-    TokenTooShort,
+    #[error(transparent)]
+    Token(#[from] TokenError),
     #[error("PAYMENTS_GRPC_TOKEN is required when PAYMENTS_GRPC_ADDR ({addr}) is not a loopback address")]
     TokenRequired { addr: SocketAddr },
     #[error("STRIPE_SECRET_KEY: {0}")]
@@ -303,7 +324,7 @@ impl TryFrom<Args> for Settings {
             admin_addr: args.admin_addr,
             batching,
             skip_migrations: args.skip_migrations,
-            policy: Policy { livemode: args.stripe_livemode },
+            policy: Policy { livemode: args.stripe_livemode, dispute_access: args.dispute_access },
             stripe,
             log_format: args.log_format,
         })
@@ -313,9 +334,8 @@ impl TryFrom<Args> for Settings {
 /// The token callers must present, refusing to run open anywhere but on
 /// loopback.
 fn grpc_token(args: &Args) -> Result<Option<String>, ConfigError> {
-    match args.grpc_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        Some(token) if token.len() < MIN_TOKEN_LEN => Err(ConfigError::TokenTooShort),
-        Some(token) => Ok(Some(token.to_owned())),
+    match token::parse(args.grpc_token.as_deref())? {
+        Some(token) => Ok(Some(token)),
         None if args.grpc_addr.ip().is_loopback() => Ok(None),
         None => Err(ConfigError::TokenRequired { addr: args.grpc_addr }),
     }
@@ -359,17 +379,20 @@ mod tests {
         assert_eq!(settings.batching.workers, 1);
         assert!(settings.grpc_addr.ip().is_loopback() && settings.grpc_addr.port() == 0);
         assert_eq!(settings.admin_addr.port(), 0);
-        assert_eq!(settings.policy, Policy { livemode: false });
+        assert_eq!(settings.policy, Policy { livemode: false, dispute_access: DisputeAccess::Suspend });
         assert!(settings.stripe.is_none() && settings.grpc_token.is_none());
     }
 
     #[test]
-    fn a_public_address_needs_a_token_of_32_characters() {
+    fn a_public_address_needs_a_token_of_32_characters_without_white_space_around_it() {
         let open = Settings::try_from(args(&["--grpc-addr", "0.0.0.0:50051"])).expect_err("refused");
         assert!(open.to_string().contains("PAYMENTS_GRPC_TOKEN is required"), "{open}");
         let short = args(&["--grpc-addr", "0.0.0.0:50051", "--grpc-token", "short"]);
-        assert_eq!(Settings::try_from(short).expect_err("refused"), ConfigError::TokenTooShort);
-        let token = "t".repeat(MIN_TOKEN_LEN);
+        assert_eq!(Settings::try_from(short).expect_err("refused"), ConfigError::Token(TokenError::TooShort));
+        let token = "t".repeat(token::MIN_TOKEN_LEN);
+        let spaced = args(&["--grpc-addr", "0.0.0.0:50051", "--grpc-token", &format!("{token} ")]);
+        let refused = Settings::try_from(spaced).expect_err("refused");
+        assert_eq!(refused, ConfigError::Token(TokenError::SurroundingWhitespace));
         let fine = Settings::try_from(args(&["--grpc-addr", "0.0.0.0:50051", "--grpc-token", &token]));
         assert_eq!(fine.expect("accepted").grpc_token, Some(token));
     }

@@ -1,10 +1,11 @@
 //! A verified Stripe event as payments-svc works with it: checked at the
 //! gRPC boundary, so everything below sees only valid events.
 
-use payments_proto::stripe::is_checkout_session_event;
+use payments_proto::stripe::{ReversalObject, is_checkout_session_event, reversal_object};
 use payments_proto::v1::{CheckoutSession, StripeEvent, stripe_event};
 
 use crate::error::Error;
+use crate::reversals::Reversal;
 
 /// A verified Stripe event, validated.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct IncomingEvent {
     pub api_version: Option<String>,
     /// Present for every `checkout.session.*` event.
     pub session: Option<CheckoutSession>,
+    /// Present for every refund and dispute event: the change it reports.
+    pub reversal: Option<Reversal>,
     /// The exact JSON body Stripe signed.
     pub payload: String,
 }
@@ -39,7 +42,19 @@ impl TryFrom<StripeEvent> for IncomingEvent {
         if payload.is_empty() {
             return Err(Error::invalid("raw_payload", "is empty"));
         }
-        let session = event.object.map(|stripe_event::Object::CheckoutSession(session)| session);
+        let (session, reversal) = match event.object {
+            Some(stripe_event::Object::CheckoutSession(session)) => (Some(session), None),
+            Some(stripe_event::Object::Charge(charge)) => {
+                (None, Some((ReversalObject::Charge, Reversal::from(&charge))))
+            }
+            Some(stripe_event::Object::Refund(refund)) => {
+                (None, Some((ReversalObject::Refund, Reversal::from(&refund))))
+            }
+            Some(stripe_event::Object::Dispute(dispute)) => {
+                (None, Some((ReversalObject::Dispute, Reversal::from(&dispute))))
+            }
+            None => (None, None),
+        };
         if is_checkout_session_event(&event.r#type) {
             match &session {
                 None => {
@@ -52,6 +67,19 @@ impl TryFrom<StripeEvent> for IncomingEvent {
                 Some(_) => {}
             }
         }
+        let reversal = match (reversal_object(&event.r#type), reversal) {
+            (None, _) => None,
+            (Some(expected), Some((carried, reversal))) if expected == carried => Some(reversal),
+            (Some(_), _) => {
+                return Err(Error::invalid(
+                    "object",
+                    "must be the charge, refund or dispute the event type names",
+                ));
+            }
+        };
+        if reversal.as_ref().is_some_and(|r| r.object_id.is_empty()) {
+            return Err(Error::invalid("object.id", "is empty"));
+        }
         Ok(Self {
             id: event.id,
             event_type: event.r#type,
@@ -59,6 +87,7 @@ impl TryFrom<StripeEvent> for IncomingEvent {
             livemode: event.livemode,
             api_version: event.api_version,
             session,
+            reversal,
             payload,
         })
     }

@@ -19,6 +19,7 @@ use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus}
 use crate::error::Error;
 use crate::event::IncomingEvent;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
+use crate::reversals::{Access, AccessStatus};
 use crate::rules::{Outcome, Policy};
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Verdict, Verification};
@@ -173,23 +174,40 @@ fn lookup(request: VerifyPurchaseRequest) -> Result<Lookup, Error> {
 }
 
 fn verify_response(verification: Verification) -> VerifyPurchaseResponse {
-    let (status, purchase) = match verification.verdict {
-        Verdict::Recorded(purchase) => {
-            let purchase = purchase_message(purchase);
+    let (status, purchase) = match (verification.verdict, verification.access) {
+        (Verdict::Recorded(purchase), Some(access)) => {
+            let purchase = purchase_message(purchase, access);
             (purchase.status(), Some(purchase))
         }
-        Verdict::Pending => (pb::PurchaseStatus::Pending, None),
-        Verdict::Expired => (pb::PurchaseStatus::Expired, None),
-        Verdict::NotFound => (pb::PurchaseStatus::NotFound, None),
+        (Verdict::Recorded(purchase), None) => {
+            let access =
+                Access { status: checkout_status(purchase.status), has_access: false, amount_refunded: 0 };
+            let purchase = purchase_message(purchase, access);
+            (purchase.status(), Some(purchase))
+        }
+        (Verdict::Pending, _) => (pb::PurchaseStatus::Pending, None),
+        (Verdict::Expired, _) => (pb::PurchaseStatus::Expired, None),
+        (Verdict::NotFound, _) => (pb::PurchaseStatus::NotFound, None),
     };
     VerifyPurchaseResponse { status: status.into(), purchase, unconfirmed: verification.unconfirmed }
 }
 
-fn purchase_message(purchase: course_purchase::Model) -> pb::Purchase {
-    let status = match purchase.status {
-        PurchaseStatus::Pending => pb::PurchaseStatus::Pending,
-        PurchaseStatus::Failed => pb::PurchaseStatus::Failed,
-        PurchaseStatus::Paid => pb::PurchaseStatus::Paid,
+fn checkout_status(status: PurchaseStatus) -> AccessStatus {
+    match status {
+        PurchaseStatus::Pending => AccessStatus::Pending,
+        PurchaseStatus::Failed => AccessStatus::Failed,
+        PurchaseStatus::Paid => AccessStatus::Paid,
+    }
+}
+
+fn purchase_message(purchase: course_purchase::Model, access: Access) -> pb::Purchase {
+    let status = match access.status {
+        AccessStatus::Pending => pb::PurchaseStatus::Pending,
+        AccessStatus::Failed => pb::PurchaseStatus::Failed,
+        AccessStatus::Paid => pb::PurchaseStatus::Paid,
+        AccessStatus::Refunded => pb::PurchaseStatus::Refunded,
+        AccessStatus::Disputed => pb::PurchaseStatus::Disputed,
+        AccessStatus::Revoked => pb::PurchaseStatus::Revoked,
     };
     let source = match purchase.source {
         PurchaseSource::Webhook => pb::PurchaseSource::Webhook,
@@ -206,6 +224,8 @@ fn purchase_message(purchase: course_purchase::Model) -> pb::Purchase {
         source: source.into(),
         created_at: Some(timestamp(purchase.created_at)),
         updated_at: Some(timestamp(purchase.updated_at)),
+        has_access: access.has_access,
+        amount_refunded: access.amount_refunded,
     }
 }
 

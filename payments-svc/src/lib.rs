@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod operator;
 pub mod reconcile;
+pub mod reversals;
 pub mod rules;
 pub mod startup;
 pub mod stripe_api;

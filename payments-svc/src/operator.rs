@@ -7,11 +7,12 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use sea_orm::{ActiveEnum, DatabaseConnection};
 
-use crate::config::{Command, EventsCommand, Settings, StatusFilter};
+use crate::config::{Command, EventsCommand, ReversalsCommand, Settings, StatusFilter};
 use crate::db::entities::course_purchase;
+use crate::db::entities::payment_reversal::Model as ReversalRow;
 use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
-use crate::db::{self, purchases};
+use crate::db::{self, purchases, reversals};
 use crate::rules::{Outcome, Policy};
 use crate::stripe_api::StripeApi;
 use crate::{apply, reconcile};
@@ -22,6 +23,9 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let output = match command {
         Command::Serve => bail!("serve is not an operator command"),
         Command::Events(command) => events_command(&db, command, settings).await?,
+        Command::Reversals(ReversalsCommand::Unmatched { limit }) => {
+            unmatched_table(&reversals::unmatched(&db, limit).await?)
+        }
         Command::Reconcile { since, page_size } => {
             let stripe = settings.stripe.as_ref().context("reconcile needs STRIPE_SECRET_KEY")?;
             let stripe = StripeApi::new(stripe)?;
@@ -109,10 +113,10 @@ fn error_message(event: &Event) -> String {
 }
 
 fn list_table(events: &[Event]) -> String {
-    let rows: Vec<[String; 6]> = events
+    let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
-            [
+            vec![
                 time(e.received_at),
                 e.event_id.clone(),
                 e.event_type.clone(),
@@ -122,20 +126,46 @@ fn list_table(events: &[Event]) -> String {
             ]
         })
         .collect();
-    let header = ["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "ERROR"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
+    table(&["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "ERROR"], &rows, "events")
+}
+
+fn unmatched_table(facts: &[ReversalRow]) -> String {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = facts
+        .iter()
+        .map(|f| {
+            vec![
+                time(f.recorded_at),
+                f.kind.to_value(),
+                f.object_id.clone(),
+                f.status.clone(),
+                format!("{} {}", f.amount, f.currency.as_deref().unwrap_or_default()).trim_end().to_owned(),
+                optional(&f.payment_intent_id),
+                optional(&f.charge_id),
+                f.event_id.clone(),
+            ]
+        })
+        .collect();
+    let header = ["RECORDED", "KIND", "OBJECT", "STATUS", "AMOUNT", "PAYMENT INTENT", "CHARGE", "EVENT"];
+    table(&header, &rows, "unmatched reversals")
+}
+
+/// Left-aligned columns as wide as their widest cell, then a count line.
+fn table(header: &[&str], rows: &[Vec<String>], what: &str) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> =
-            row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
-    let _ = writeln!(out, "({} events)", rows.len());
+    let _ = writeln!(out, "({} {what})", rows.len());
     out
 }
 

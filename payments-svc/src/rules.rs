@@ -11,6 +11,7 @@
 //! | `checkout.session.async_payment_succeeded`  | any                          | paid                |
 //! | `checkout.session.async_payment_failed`     | any                          | failed              |
 //! | `checkout.session.expired`                  | any                          | nothing granted     |
+//! | `charge.refunded`, `refund.*`, `charge.dispute.*` |                        | a fact recorded: see [`crate::reversals`] |
 //! | any other type                              |                              | event ignored       |
 //!
 //! A purchase only moves up, pending → failed → paid: whatever order the
@@ -23,11 +24,13 @@
 //! operator to inspect and replay.
 
 use payments_proto::v1::{CheckoutSession, PaymentStatus};
+use sea_orm::ActiveEnum;
 use serde::Serialize;
 
 use crate::db::entities::course_purchase::{PurchaseSource, PurchaseStatus};
 use crate::db::entities::stripe_webhook_event::EventStatus;
 use crate::event::IncomingEvent;
+use crate::reversals::{DisputeAccess, Reversal};
 
 /// The metadata keys our checkout code sets on every Checkout Session.
 const COURSE_ID_KEY: &str = "courseId";
@@ -41,6 +44,8 @@ pub struct Policy {
     /// Stripe's `livemode` of the events to fulfil: `true` in production,
     /// `false` for test mode. Events of the other mode are refused.
     pub livemode: bool,
+    /// Whether access stays while a chargeback is open.
+    pub dispute_access: DisputeAccess,
 }
 
 /// Why an event was not applied: stored as the event's `error` JSON and
@@ -117,6 +122,14 @@ impl Outcome {
 pub enum Plan {
     /// Record the purchase at this status, or move it up to it.
     Record(NewPurchase, PurchaseStatus),
+    /// Record this fact of money going back, reported by `event_id`; it
+    /// counts for its purchase whenever that exists (see
+    /// [`crate::reversals`]).
+    Reverse {
+        reversal: Reversal,
+        event_id: String,
+        created: i64,
+    },
     /// Applied, with nothing to write (an expired session).
     Acknowledge,
     Ignore(Failure),
@@ -128,6 +141,9 @@ pub enum Plan {
 pub fn plan(event: &IncomingEvent, policy: Policy) -> Plan {
     if let Err(failure) = check_livemode(event.livemode, policy) {
         return Plan::Fail(failure);
+    }
+    if let Some(reversal) = &event.reversal {
+        return plan_reversal(reversal, event);
     }
     let target = match event.event_type.as_str() {
         "checkout.session.completed" => None,
@@ -163,6 +179,20 @@ pub fn plan_session(
         Ok(purchase) => Plan::Record(purchase, status),
         Err(failure) => Plan::Fail(failure),
     }
+}
+
+/// A reversal is recorded whether or not its purchase is known yet; one
+/// that names no payment at all can never count, so it fails.
+fn plan_reversal(reversal: &Reversal, event: &IncomingEvent) -> Plan {
+    if !reversal.is_linkable() {
+        let message = format!(
+            "{} {} names neither a payment intent nor a charge",
+            reversal.kind.to_value(),
+            reversal.object_id
+        );
+        return Plan::Fail(Failure::new("unlinkable_reversal", message));
+    }
+    Plan::Reverse { reversal: reversal.clone(), event_id: event.id.clone(), created: event.created }
 }
 
 /// Refuses objects of the other Stripe mode than the deployment's.
@@ -233,7 +263,7 @@ fn metadata_id(session: &CheckoutSession, key: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    const TEST_MODE: Policy = Policy { livemode: false };
+    const TEST_MODE: Policy = Policy { livemode: false, dispute_access: DisputeAccess::Suspend };
     const IDS: &[(&str, &str)] = &[("courseId", "42"), ("userId", "6f1c2a9e-1b7d-4c55-9d0e-3a2b1c4d5e6f")];
 
     fn event(event_type: &str, payment_status: PaymentStatus, metadata: &[(&str, &str)]) -> IncomingEvent {
@@ -253,6 +283,7 @@ mod tests {
             livemode: false,
             api_version: None,
             session: Some(session),
+            reversal: None,
             payload: "{}".into(),
         }
     }
@@ -342,7 +373,7 @@ mod tests {
 
     #[test]
     fn events_of_the_other_mode_are_refused() {
-        let live = Policy { livemode: true };
+        let live = Policy { livemode: true, ..TEST_MODE };
         let plan = plan(&event("checkout.session.completed", PaymentStatus::Paid, IDS), live);
         let Plan::Fail(failure) = plan else { panic!("{plan:?}") };
         assert_eq!(failure.code, "livemode_mismatch");

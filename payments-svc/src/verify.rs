@@ -17,7 +17,8 @@ use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::apply;
 use crate::db::entities::course_purchase::{Model as Purchase, PurchaseSource, PurchaseStatus};
-use crate::db::purchases;
+use crate::db::{purchases, reversals};
+use crate::reversals::Access;
 use crate::rules::{self, Plan, Policy};
 use crate::stripe_api::{StripeApi, StripeError};
 
@@ -45,22 +46,26 @@ pub struct Verification {
     pub verdict: Verdict,
     /// Stripe could not be asked: the verdict is the database's and may change.
     pub unconfirmed: bool,
+    /// For a recorded purchase: its access, refunds and disputes counted.
+    pub access: Option<Access>,
 }
 
 impl Verification {
     fn from_db(recorded: Option<Purchase>, unconfirmed: bool) -> Self {
         let verdict = recorded.map_or(Verdict::NotFound, Verdict::Recorded);
-        Self { verdict, unconfirmed }
+        Self { verdict, unconfirmed, access: None }
     }
 
     fn confirmed(verdict: Verdict) -> Self {
-        Self { verdict, unconfirmed: false }
+        Self { verdict, unconfirmed: false, access: None }
     }
 }
 
-/// Answers `lookup`. By user and course, from the database only: several
-/// purchases resolve to the one granting access (paid, not a duplicate
-/// payment), then the most advanced, then the latest.
+/// Answers `lookup`, with the access of the purchase it finds: refunds and
+/// disputes count whichever path recorded the purchase, and a session that
+/// Stripe still reports as paid never gives back what they took. By user
+/// and course, from the database only: several purchases resolve to the one
+/// granting access, then the most advanced, then the latest.
 pub async fn verify(
     db: &DatabaseConnection,
     stripe: Option<&StripeApi>,
@@ -68,11 +73,24 @@ pub async fn verify(
     lookup: &Lookup,
 ) -> Result<Verification, DbErr> {
     match lookup {
-        Lookup::CheckoutSession(session_id) => verify_session(db, stripe, policy, session_id).await,
+        Lookup::CheckoutSession(session_id) => {
+            let mut verification = verify_session(db, stripe, policy, session_id).await?;
+            if let Verdict::Recorded(purchase) = &verification.verdict {
+                verification.access = Some(reversals::access_of(db, purchase, policy.dispute_access).await?);
+            }
+            Ok(verification)
+        }
         Lookup::UserCourse { user_id, course_id } => {
-            let all = purchases::find_by_user_course(db, user_id, course_id).await?;
-            let best = all.into_iter().max_by_key(|p| (grants_access(p), p.status.rank(), p.id));
-            Ok(Verification::from_db(best, false))
+            let mut best: Option<(Purchase, Access)> = None;
+            for purchase in purchases::find_by_user_course(db, user_id, course_id).await? {
+                let access = reversals::access_of(db, &purchase, policy.dispute_access).await?;
+                let key = |(p, a): &(Purchase, Access)| (a.has_access, p.status.rank(), p.id);
+                if best.as_ref().is_none_or(|current| key(current) < key(&(purchase.clone(), access))) {
+                    best = Some((purchase, access));
+                }
+            }
+            let (purchase, access) = best.unzip();
+            Ok(Verification { access, ..Verification::from_db(purchase, false) })
         }
     }
 }
@@ -132,10 +150,8 @@ async fn fulfil_from_stripe(
             tracing::warn!(session_id = %session.id, code = failure.code, problem = %failure.message, "verify cannot fulfil this session");
             Ok(Verification::from_db(recorded, false))
         }
-        Plan::Acknowledge | Plan::Ignore(_) => Ok(Verification::from_db(recorded, false)),
+        Plan::Acknowledge | Plan::Ignore(_) | Plan::Reverse { .. } => {
+            Ok(Verification::from_db(recorded, false))
+        }
     }
-}
-
-fn grants_access(purchase: &Purchase) -> bool {
-    purchase.status == PurchaseStatus::Paid && !purchase.needs_refund
 }

@@ -19,7 +19,7 @@ impl v1::StripeEvent {
     pub fn checkout_session(&self) -> Option<&v1::CheckoutSession> {
         match &self.object {
             Some(v1::stripe_event::Object::CheckoutSession(session)) => Some(session),
-            None => None,
+            _ => None,
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The one string form of each `payments.v1` enum: the lowercase names
 //! Stripe's JSON uses (`PaymentStatus`, `SessionStatus`), and the names the
 //! gateway's JSON, the logs and the metrics labels use (`PurchaseStatus`,
-//! `Outcome`, `PurchaseSource`). Prost's own `as_str_name` gives the
+//! `Outcome`, `PurchaseSource`); `RefundStatus` and `DisputeStatus` use
+//! Stripe's names, which are also what payments-svc stores. Prost's own `as_str_name` gives the
 //! protobuf names (`PURCHASE_STATUS_PAID`), which no person or client reads.
 
-use crate::v1::{Outcome, PaymentStatus, PurchaseSource, PurchaseStatus, SessionStatus};
+use crate::v1::{
+    DisputeStatus, Outcome, PaymentStatus, PurchaseSource, PurchaseStatus, RefundStatus, SessionStatus,
+};
 
 /// `as_str` and `from_name` for an enum whose zero value is `Unspecified`,
 /// from one table, so the two directions cannot disagree.
@@ -39,6 +42,26 @@ string_forms!(PurchaseStatus {
     Failed => "failed",
     Expired => "expired",
     NotFound => "not_found",
+    Refunded => "refunded",
+    Disputed => "disputed",
+    Revoked => "revoked",
+});
+string_forms!(RefundStatus {
+    Pending => "pending",
+    RequiresAction => "requires_action",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Canceled => "canceled",
+});
+string_forms!(DisputeStatus {
+    WarningNeedsResponse => "warning_needs_response",
+    WarningUnderReview => "warning_under_review",
+    WarningClosed => "warning_closed",
+    NeedsResponse => "needs_response",
+    UnderReview => "under_review",
+    Won => "won",
+    Prevented => "prevented",
+    Lost => "lost",
 });
 string_forms!(Outcome { Processed => "processed", Duplicate => "duplicate", Ignored => "ignored", Failed => "failed" });
 string_forms!(PurchaseSource { Webhook => "webhook", Verify => "verify" });
@@ -70,6 +93,8 @@ mod tests {
         round_trips!(PurchaseStatus);
         round_trips!(Outcome);
         round_trips!(PurchaseSource);
+        round_trips!(RefundStatus);
+        round_trips!(DisputeStatus);
     }
 
     #[test]

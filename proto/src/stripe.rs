@@ -12,7 +12,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::v1::{CheckoutSession, PaymentStatus, SessionStatus, StripeEvent, stripe_event};
+use crate::v1::{
+    Charge, CheckoutSession, Dispute, DisputeStatus, PaymentStatus, Refund, RefundStatus, SessionStatus,
+    StripeEvent, stripe_event,
+};
 
 /// Event types whose `data.object` is a Checkout Session.
 const CHECKOUT_SESSION_EVENT_PREFIX: &str = "checkout.session.";
@@ -26,6 +29,8 @@ pub enum ParseError {
     NotAnEvent(&'static str),
     #[error("data.object is not a checkout session: {0}")]
     NotACheckoutSession(&'static str),
+    #[error("data.object is not the {expected} the event type says: {problem}")]
+    NotTheObject { expected: &'static str, problem: &'static str },
 }
 
 /// An event as Stripe sends it, with `data.object` read as `O`: a raw
@@ -100,6 +105,14 @@ enum IdOrObject {
     Object { id: String },
 }
 
+impl IdOrObject {
+    fn into_id(self) -> String {
+        match self {
+            Self::Id(id) | Self::Object { id } => id,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct CustomerDetails {
     email: Option<String>,
@@ -144,6 +157,10 @@ pub fn parse_event(payload: Bytes) -> Result<StripeEvent, ParseError> {
 fn parse_in_one_pass(payload: &[u8]) -> Option<StripeEvent> {
     let envelope: Envelope<'_, SessionJson> = serde_json::from_slice(payload).ok()?;
     let (mut event, session) = envelope.into_parts().ok()?;
+    if reversal_object(&event.r#type).is_some() {
+        // Rare, and their object is no session: read them the reference way.
+        return None;
+    }
     if is_checkout_session_event(&event.r#type) {
         let session = checkout_session(session).ok()?;
         event.object = Some(stripe_event::Object::CheckoutSession(session));
@@ -152,16 +169,130 @@ fn parse_in_one_pass(payload: &[u8]) -> Option<StripeEvent> {
 }
 
 /// The reference reading (the event without its payload): the envelope
-/// with `data.object` as raw JSON, then the object as a session when the
-/// type says it is one.
+/// with `data.object` as raw JSON, then the object as the kind the type
+/// says it is, when it is one payments-svc acts on.
 fn parse_in_two_passes(payload: &[u8]) -> Result<StripeEvent, ParseError> {
     let envelope: Envelope<'_, &RawValue> = serde_json::from_slice(payload)?;
     let (mut event, data_object) = envelope.into_parts()?;
-    if is_checkout_session_event(&event.r#type) {
-        let session = parse_checkout_session(data_object.get().as_bytes())?;
-        event.object = Some(stripe_event::Object::CheckoutSession(session));
-    }
+    let json = data_object.get().as_bytes();
+    event.object = match reversal_object(&event.r#type) {
+        Some(ReversalObject::Charge) => {
+            Some(stripe_event::Object::Charge(charge(serde_json::from_slice(json)?)?))
+        }
+        Some(ReversalObject::Refund) => {
+            Some(stripe_event::Object::Refund(refund(serde_json::from_slice(json)?)?))
+        }
+        Some(ReversalObject::Dispute) => {
+            Some(stripe_event::Object::Dispute(dispute(serde_json::from_slice(json)?)?))
+        }
+        None if is_checkout_session_event(&event.r#type) => {
+            Some(stripe_event::Object::CheckoutSession(parse_checkout_session(json)?))
+        }
+        None => None,
+    };
     Ok(event)
+}
+
+/// The object of an event that may take money back from a purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalObject {
+    Charge,
+    Refund,
+    Dispute,
+}
+
+/// What `data.object` is for the event types that reverse money: refunds
+/// (`charge.refunded`, `refund.*`, and `charge.refund.updated` of older API
+/// versions) and disputes (`charge.dispute.*`). `None` for every other type.
+pub fn reversal_object(kind: &str) -> Option<ReversalObject> {
+    match kind {
+        "charge.refunded" => Some(ReversalObject::Charge),
+        "refund.created" | "refund.updated" | "refund.failed" | "charge.refund.updated" => {
+            Some(ReversalObject::Refund)
+        }
+        _ if kind.starts_with("charge.dispute.") => Some(ReversalObject::Dispute),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct ChargeJson {
+    id: Option<String>,
+    object: Option<String>,
+    payment_intent: Option<IdOrObject>,
+    amount: Option<i64>,
+    amount_refunded: Option<i64>,
+    refunded: Option<bool>,
+    currency: Option<String>,
+    livemode: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RefundJson {
+    id: Option<String>,
+    object: Option<String>,
+    charge: Option<IdOrObject>,
+    payment_intent: Option<IdOrObject>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DisputeJson {
+    id: Option<String>,
+    object: Option<String>,
+    charge: Option<IdOrObject>,
+    payment_intent: Option<IdOrObject>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    status: Option<String>,
+    livemode: Option<bool>,
+}
+
+/// The object's id, checking its `object` field when it has one.
+fn object_id(id: Option<String>, object: Option<&str>, expected: &'static str) -> Result<String, ParseError> {
+    if object.is_some_and(|o| o != expected) {
+        return Err(ParseError::NotTheObject { expected, problem: "its `object` names another kind" });
+    }
+    non_empty(id).ok_or(ParseError::NotTheObject { expected, problem: "`id` is missing" })
+}
+
+fn charge(json: ChargeJson) -> Result<Charge, ParseError> {
+    Ok(Charge {
+        id: object_id(json.id, json.object.as_deref(), "charge")?,
+        payment_intent: json.payment_intent.map(IdOrObject::into_id),
+        amount: json.amount.unwrap_or_default(),
+        amount_refunded: json.amount_refunded.unwrap_or_default(),
+        refunded: json.refunded.unwrap_or_default(),
+        currency: non_empty(json.currency),
+        livemode: json.livemode.unwrap_or_default(),
+    })
+}
+
+fn refund(json: RefundJson) -> Result<Refund, ParseError> {
+    let status = json.status.as_deref().map_or(RefundStatus::Unspecified, RefundStatus::from_name);
+    Ok(Refund {
+        id: object_id(json.id, json.object.as_deref(), "refund")?,
+        charge: json.charge.map(IdOrObject::into_id),
+        payment_intent: json.payment_intent.map(IdOrObject::into_id),
+        amount: json.amount.unwrap_or_default(),
+        currency: non_empty(json.currency),
+        status: status.into(),
+    })
+}
+
+fn dispute(json: DisputeJson) -> Result<Dispute, ParseError> {
+    let status = json.status.as_deref().map_or(DisputeStatus::Unspecified, DisputeStatus::from_name);
+    Ok(Dispute {
+        id: object_id(json.id, json.object.as_deref(), "dispute")?,
+        charge: json.charge.map(IdOrObject::into_id),
+        payment_intent: json.payment_intent.map(IdOrObject::into_id),
+        amount: json.amount.unwrap_or_default(),
+        currency: non_empty(json.currency),
+        status: status.into(),
+        livemode: json.livemode.unwrap_or_default(),
+    })
 }
 
 /// Whether events of type `kind` carry a Checkout Session in `data.object`.
@@ -189,9 +320,7 @@ fn checkout_session(session: SessionJson) -> Result<CheckoutSession, ParseError>
         status: session_status(session.status.as_deref()).into(),
         metadata: session.metadata.unwrap_or_default(),
         client_reference_id: non_empty(session.client_reference_id),
-        payment_intent: session.payment_intent.map(|pi| match pi {
-            IdOrObject::Id(id) | IdOrObject::Object { id } => id,
-        }),
+        payment_intent: session.payment_intent.map(IdOrObject::into_id),
         amount_total: session.amount_total,
         currency: non_empty(session.currency),
         customer_email,
@@ -225,8 +354,59 @@ mod tests {
     fn session_of(event: &StripeEvent) -> &CheckoutSession {
         match &event.object {
             Some(stripe_event::Object::CheckoutSession(session)) => session,
-            None => panic!("{} carries no checkout session", event.id),
+            _ => panic!("{} carries no checkout session", event.id),
         }
+    }
+
+    #[test]
+    fn refund_events_carry_their_refund_or_charge() {
+        let refunded = parse_event(fixture("charge_refunded_full.json")).expect("parses");
+        let Some(stripe_event::Object::Charge(charge)) = &refunded.object else { panic!("{refunded:?}") };
+        assert_eq!(charge.id, "ch_3mTPAJRlM3fKnuH7GJoyVXb3");
+        assert_eq!(charge.payment_intent.as_deref(), Some("pi_3chHPNw84sPSl7cwMX3oOFxK"));
+        assert_eq!((charge.amount, charge.amount_refunded, charge.refunded), (4900, 4900, true));
+        let partial = parse_event(fixture("charge_refunded_partial.json")).expect("parses");
+        let Some(stripe_event::Object::Charge(charge)) = &partial.object else { panic!("{partial:?}") };
+        assert_eq!((charge.amount_refunded, charge.refunded), (1000, false));
+
+        for (name, status) in [
+            ("refund_created_full.json", RefundStatus::Succeeded),
+            ("refund_failed.json", RefundStatus::Failed),
+        ] {
+            let event = parse_event(fixture(name)).expect("parses");
+            let Some(stripe_event::Object::Refund(refund)) = &event.object else { panic!("{event:?}") };
+            assert_eq!(refund.id, "re_3RfD8kLq2VxN0pAa1s0Fe7Gh", "{name}");
+            assert_eq!(refund.charge.as_deref(), Some("ch_3mTPAJRlM3fKnuH7GJoyVXb3"), "{name}");
+            assert_eq!(refund.payment_intent.as_deref(), Some("pi_3chHPNw84sPSl7cwMX3oOFxK"), "{name}");
+            assert_eq!((refund.amount, refund.status()), (4900, status), "{name}");
+        }
+    }
+
+    #[test]
+    fn dispute_events_carry_their_dispute_with_its_status() {
+        for (name, status) in [
+            ("charge_dispute_created.json", DisputeStatus::NeedsResponse),
+            ("charge_dispute_funds_withdrawn.json", DisputeStatus::NeedsResponse),
+            ("charge_dispute_closed_won.json", DisputeStatus::Won),
+            ("charge_dispute_closed_lost.json", DisputeStatus::Lost),
+        ] {
+            let event = parse_event(fixture(name)).expect("parses");
+            let Some(stripe_event::Object::Dispute(dispute)) = &event.object else { panic!("{event:?}") };
+            assert_eq!(dispute.id, "dp_3RfD8kLq2VxN0pAa1dP0aB1", "{name}");
+            assert_eq!(dispute.payment_intent.as_deref(), Some("pi_3chHPNw84sPSl7cwMX3oOFxK"), "{name}");
+            assert_eq!((dispute.amount, dispute.status()), (4900, status), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_reversal_event_whose_object_is_another_kind_is_refused() {
+        let body = fixture("checkout_session_completed_paid.json");
+        let text = String::from_utf8(body.to_vec()).expect("UTF-8");
+        let retyped =
+            text.replace("\"type\": \"checkout.session.completed\"", "\"type\": \"charge.dispute.created\"");
+        assert_ne!(retyped, text, "the fixture names its type");
+        let error = parse_event(Bytes::from(retyped)).expect_err("refused");
+        assert!(matches!(error, ParseError::NotTheObject { expected: "dispute", .. }), "{error}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! What webhook-gateway and payments-svc share as processes: how they log,
-//! when they start draining, how they serve their metrics and how they
-//! gather queued work into batches.
+//! when they start draining, how they serve their metrics, how they gather
+//! queued work into batches, and how they read the token between them.
 
 pub mod admin;
 pub mod gather;
 pub mod logs;
 pub mod metrics;
 pub mod shutdown;
+pub mod token;

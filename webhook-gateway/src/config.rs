@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use service_kit::logs::LogFormat;
+use service_kit::token::{self, TokenError};
 
 use crate::signature::WebhookSecret;
 
@@ -188,6 +189,8 @@ pub enum ConfigError {
     ZeroLimit,
     #[error("PAYMENTS_SVC_BATCH_MAX and PAYMENTS_SVC_MAX_CALLS must be above 0")]
     ZeroForwarding,
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 impl TryFrom<Cli> for Settings {
@@ -244,7 +247,7 @@ impl Settings {
                 max_events: cli.payments_svc_batch_max,
                 max_calls: cli.payments_svc_max_calls,
             },
-            payments_grpc_token: cli.payments_grpc_token.filter(|t| !t.trim().is_empty()),
+            payments_grpc_token: token::parse(cli.payments_grpc_token.as_deref())?,
             payments_svc_ca_cert: cli.payments_svc_ca_cert,
             max_connections: cli.max_connections,
             max_in_flight: cli.max_in_flight,
@@ -292,6 +295,15 @@ mod tests {
             Settings::try_from(cli(&["--stripe-webhook-secret", "whsec_a,sk_live_x"])).expect_err("refused");
         assert!(error.to_string().contains("entry 2"), "{error}");
         assert!(!error.to_string().contains("sk_live_x"), "{error}");
+    }
+
+    #[test]
+    fn a_token_with_white_space_around_it_is_refused_as_payments_svc_refuses_it() {
+        let token = format!("{} ", "t".repeat(token::MIN_TOKEN_LEN));
+        let args = ["--stripe-webhook-secret", "whsec_a", "--payments-grpc-token", &token];
+        let error = Settings::try_from(cli(&args)).expect_err("refused");
+        assert!(matches!(error, ConfigError::Token(TokenError::SurroundingWhitespace)), "{error}");
+        assert!(!error.to_string().contains("tttt"), "{error}");
     }
 
     #[test]

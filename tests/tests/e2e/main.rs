@@ -10,6 +10,7 @@ mod helpers;
 mod lifecycle;
 mod operations;
 mod processes;
+mod reversals;
 mod startup;
 mod success_page;
 mod verify;

@@ -32,6 +32,12 @@ struct Verification {
     course_id: Option<String>,
     /// RFC 3339, when the purchase was recorded.
     purchased_at: Option<String>,
+    /// Whether the purchase grants the course now (paid, not refunded,
+    /// not revoked, and not disputed unless access is kept during disputes).
+    has_access: bool,
+    /// Refunded so far, in the currency's smallest unit; absent without a
+    /// purchase.
+    amount_refunded: Option<i64>,
     /// Present (true) when Stripe could not be asked: the answer is what was
     /// recorded so far and may change, so ask again shortly.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -60,8 +66,14 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         // Answered exactly like an unknown session, and at once: a malformed
         // id tells a prober nothing an unknown one would not.
         state.metrics.verifications.get_or_create(&VerifyLabels { status: "not_found" }).inc();
-        let unknown =
-            Verification { status: "not_found", course_id: None, purchased_at: None, unconfirmed: false };
+        let unknown = Verification {
+            status: "not_found",
+            course_id: None,
+            purchased_at: None,
+            has_access: false,
+            amount_refunded: None,
+            unconfirmed: false,
+        };
         return Ok(json(StatusCode::NOT_FOUND, &unknown));
     }
     let request = VerifyPurchaseRequest { lookup: Some(Lookup::CheckoutSessionId(session_id)) };
@@ -79,6 +91,8 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
     let verification = Verification {
         status: name,
         course_id: purchase.as_ref().map(|p| p.course_id.clone()),
+        has_access: purchase.as_ref().is_some_and(|p| p.has_access),
+        amount_refunded: purchase.as_ref().map(|p| p.amount_refunded),
         purchased_at: purchase.and_then(|p| p.created_at).and_then(|at| rfc3339(at.seconds, at.nanos)),
         unconfirmed: answer.unconfirmed,
     };

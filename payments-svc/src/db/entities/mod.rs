@@ -1,4 +1,5 @@
 //! sea-orm entities, kept as plain as generated code.
 
 pub mod course_purchase;
+pub mod payment_reversal;
 pub mod stripe_webhook_event;

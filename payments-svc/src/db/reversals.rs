@@ -1,0 +1,140 @@
+//! Queries on `payment_reversals`.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Set,
+};
+
+use super::entities::course_purchase;
+use super::entities::payment_reversal::{ActiveModel, Column, Entity, Model};
+use crate::reversals::{self, Access, Checkout, DisputeAccess, Reversal};
+
+/// Records one fact, reported by event `event_id`. A fact already recorded
+/// (the same object, status and amount, from this or another event) is left
+/// as it is: two Event objects for one change count once.
+pub async fn record(
+    db: &impl ConnectionTrait,
+    reversal: &Reversal,
+    event_id: &str,
+    stripe_created_at: i64,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let row = ActiveModel {
+        id: NotSet,
+        kind: Set(reversal.kind),
+        object_id: Set(reversal.object_id.clone()),
+        status: Set(reversal.status.clone()),
+        amount: Set(reversal.amount),
+        complete: Set(reversal.complete),
+        currency: Set(reversal.currency.clone()),
+        payment_intent_id: Set(reversal.payment_intent_id.clone()),
+        charge_id: Set(reversal.charge_id.clone()),
+        event_id: Set(event_id.to_owned()),
+        stripe_created_at: Set(stripe_created_at),
+        recorded_at: Set(now),
+    };
+    let same_change =
+        OnConflict::columns([Column::ObjectId, Column::Status, Column::Amount]).do_nothing().to_owned();
+    Entity::insert(row).on_conflict(same_change).try_insert().exec_without_returning(db).await.map(drop)
+}
+
+/// Every fact that reaches the payment `payment_intent_id`: those that name
+/// it, and those that name only a charge another fact ties to it.
+pub async fn for_payment(db: &impl ConnectionTrait, payment_intent_id: &str) -> Result<Vec<Model>, DbErr> {
+    let mut facts = Entity::find().filter(Column::PaymentIntentId.eq(payment_intent_id)).all(db).await?;
+    let charges: BTreeSet<String> = facts.iter().filter_map(|fact| fact.charge_id.clone()).collect();
+    if !charges.is_empty() {
+        let by_charge_only = Entity::find()
+            .filter(Column::PaymentIntentId.is_null())
+            .filter(Column::ChargeId.is_in(charges))
+            .all(db)
+            .await?;
+        facts.extend(by_charge_only);
+    }
+    Ok(facts)
+}
+
+/// Facts that reach no purchase (yet), newest first: reversals of payments
+/// that are no course purchase, or of purchases not recorded here.
+pub async fn unmatched(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Model>, DbErr> {
+    let recorded = course_purchase::Entity::find()
+        .select_only()
+        .column(course_purchase::Column::StripePaymentIntentId)
+        .filter(course_purchase::Column::StripePaymentIntentId.is_not_null())
+        .into_query();
+    let mut unmatched = Vec::new();
+    let candidates = Entity::find()
+        .filter(Column::PaymentIntentId.not_in_subquery(recorded))
+        .order_by_desc(Column::RecordedAt)
+        .order_by_desc(Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?;
+    unmatched.extend(candidates);
+    let charge_only =
+        Entity::find().filter(Column::PaymentIntentId.is_null()).order_by_desc(Column::Id).all(db).await?;
+    for fact in charge_only {
+        let tied = match &fact.charge_id {
+            Some(charge) => {
+                Entity::find()
+                    .filter(Column::ChargeId.eq(charge.as_str()))
+                    .filter(Column::PaymentIntentId.is_not_null())
+                    .one(db)
+                    .await?
+            }
+            None => None,
+        };
+        let reaches_purchase = match tied.and_then(|t| t.payment_intent_id) {
+            Some(pi) => course_purchase::Entity::find()
+                .filter(course_purchase::Column::StripePaymentIntentId.eq(pi))
+                .one(db)
+                .await?
+                .is_some(),
+            None => false,
+        };
+        if !reaches_purchase {
+            unmatched.push(fact);
+        }
+    }
+    Ok(unmatched)
+}
+
+/// The facts as the rules see them.
+pub fn as_reversals(facts: &[Model]) -> Vec<Reversal> {
+    facts
+        .iter()
+        .map(|fact| Reversal {
+            kind: fact.kind,
+            object_id: fact.object_id.clone(),
+            status: fact.status.clone(),
+            amount: fact.amount,
+            complete: fact.complete,
+            currency: fact.currency.clone(),
+            payment_intent_id: fact.payment_intent_id.clone(),
+            charge_id: fact.charge_id.clone(),
+        })
+        .collect()
+}
+
+/// `purchase`'s access, its checkout outcome and every reversal of its
+/// payment counted.
+pub async fn access_of(
+    db: &impl ConnectionTrait,
+    purchase: &course_purchase::Model,
+    dispute_access: DisputeAccess,
+) -> Result<Access, DbErr> {
+    let facts = match &purchase.stripe_payment_intent_id {
+        Some(payment_intent_id) => for_payment(db, payment_intent_id).await?,
+        None => Vec::new(),
+    };
+    let checkout = Checkout {
+        status: purchase.status,
+        amount_total: purchase.amount_total,
+        needs_refund: purchase.needs_refund,
+    };
+    Ok(reversals::access(checkout, &as_reversals(&facts), dispute_access))
+}
