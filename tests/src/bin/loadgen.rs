@@ -2,8 +2,9 @@
 //! to this one), floods the gateway with pre-signed unique events over C
 //! keep-alive connections for a while, reports throughput, latency
 //! percentiles and the services' CPU and memory, then checks the database
-//! holds exactly one event row per distinct event and one purchase per
-//! distinct session.
+//! holds exactly one event row per distinct event, one purchase per
+//! distinct checkout and one fact per distinct refund or dispute
+//! (`--reversals` mixes those in).
 //!
 //! ```text
 //! cargo build --release -p payments-svc -p webhook-gateway -p e2e
@@ -55,6 +56,12 @@ struct Args {
     /// Share of sends that re-send an earlier event (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     duplicates: f64,
+    /// Share of unique events that are refunds and disputes (0.0 to 0.5):
+    /// each reverses the checkout issued just before it, in turn a full
+    /// refund, a dispute opened, a partial refund (`charge.refunded`) and a
+    /// dispute won.
+    #[arg(long, default_value_t = 0.0)]
+    reversals: f64,
     /// Directory of the payments-svc and webhook-gateway binaries; default:
     /// the one this binary is in.
     #[arg(long)]
@@ -67,6 +74,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!((0.0..=1.0).contains(&args.duplicates), "--duplicates is a share from 0.0 to 1.0");
+    ensure!((0.0..=0.5).contains(&args.reversals), "--reversals is a share from 0.0 to 0.5");
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?.parent().context("binary directory")?.to_path_buf(),
@@ -74,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     reset_database(&args.database_url).await?;
 
     let started = Instant::now();
-    let events = Arc::new(presign(args.events)?);
+    let events = Arc::new(presign(args.events, args.reversals)?);
     eprintln!("pre-signed {} events in {:.1} s", events.len(), started.elapsed().as_secs_f64());
 
     let stack = Stack::start(&bin_dir, &args.database_url)?;
@@ -112,17 +120,32 @@ async fn main() -> anyhow::Result<()> {
         peak_rss[1] as f64 / 1024.0,
         (peak_rss[0] + peak_rss[1]) as f64 / 1024.0
     );
-    check_database(&args.database_url, report.delivered, report.distinct).await
+    check_database(&args.database_url, &report).await
 }
 
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-/// Bodies of `count` distinct paid checkouts (fresh event, session and
-/// payment intent ids, a buyer each) with their signature headers, signed
-/// now: the run must finish within the gateway's 300 s tolerance.
-fn presign(count: usize) -> anyhow::Result<Vec<(Bytes, String)>> {
+/// A pre-signed delivery: the body, its signature header, and whether it is
+/// a refund or dispute rather than a checkout.
+type Signed = (Bytes, String, bool);
+
+/// The reversal fixtures `--reversals` cycles through, and the ids in each
+/// that are made unique per checkout.
+const REVERSALS: &[&str] = &[
+    "refund_created_full.json",
+    "charge_dispute_created.json",
+    "charge_refunded_partial.json",
+    "charge_dispute_closed_won.json",
+];
+
+/// Bodies of `count` distinct events with their signature headers, signed
+/// now (the run must finish within the gateway's 300 s tolerance): paid
+/// checkouts (fresh event, session and payment intent ids, a buyer each),
+/// and with `reversals` above 0 every so often a refund or dispute of the
+/// checkout just before it.
+fn presign(count: usize, reversals: f64) -> anyhow::Result<Vec<Signed>> {
     let paid = fixture("checkout_session_completed_paid.json")?;
     let marked = with_fresh_ids(&paid, MARK)?;
     let marked = replace_once(
@@ -130,16 +153,51 @@ fn presign(count: usize) -> anyhow::Result<Vec<(Bytes, String)>> {
         &format!("\"userId\": \"{FIXTURE_USER}\""),
         &format!("\"userId\": \"u{MARK}\""),
     )?;
-    let parts: Vec<&str> = std::str::from_utf8(&marked)?.split(MARK).collect();
+    let checkout = template(&marked)?;
+    let reversal_templates = REVERSALS
+        .iter()
+        .map(|name| template(&reversal_marked(&fixture(name)?)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let period = if reversals > 0.0 { (1.0 / reversals).round() as usize } else { usize::MAX };
     let secret = WebhookSecret::new(SECRET).map_err(anyhow::Error::msg)?;
     let now = unix_now();
     Ok((0..count)
         .map(|n| {
-            let body = Bytes::from(parts.join(&n.to_string()));
+            let is_reversal = n % period == period - 1;
+            let body = if is_reversal {
+                let kind = (n / period) % reversal_templates.len();
+                Bytes::from(reversal_templates[kind].join(&(n - 1).to_string()))
+            } else {
+                Bytes::from(checkout.join(&n.to_string()))
+            };
             let header = sign(&secret, now, &body);
-            (body, header)
+            (body, header, is_reversal)
         })
         .collect())
+}
+
+/// A body split at every [`MARK`].
+fn template(marked: &[u8]) -> anyhow::Result<Vec<String>> {
+    Ok(std::str::from_utf8(marked)?.split(MARK).map(str::to_owned).collect())
+}
+
+/// A reversal fixture with its event id and the ids of its object, payment
+/// intent and charge marked, so that it reverses the checkout whose number
+/// replaces the mark.
+fn reversal_marked(body: &[u8]) -> anyhow::Result<Bytes> {
+    let parsed: serde_json::Value = serde_json::from_slice(body).context("fixture is not JSON")?;
+    let object = &parsed["data"]["object"];
+    let ids = [
+        parsed["id"].as_str(),
+        object["id"].as_str(),
+        object["payment_intent"].as_str(),
+        object["charge"].as_str(),
+    ];
+    let mut text = String::from_utf8(body.to_vec()).context("fixture is not UTF-8")?;
+    for id in ids.into_iter().flatten() {
+        text = text.replace(&format!("\"{id}\""), &format!("\"{id}{MARK}\""));
+    }
+    Ok(Bytes::from(text))
 }
 
 #[derive(Debug)]
@@ -149,6 +207,9 @@ struct Report {
     distinct: usize,
     /// Distinct events that got a 2xx.
     delivered: usize,
+    /// Of `distinct` and `delivered`, the refunds and disputes.
+    distinct_reversals: usize,
+    delivered_reversals: usize,
     elapsed: Duration,
     latency: Histogram<u64>,
     statuses: BTreeMap<u16, usize>,
@@ -161,6 +222,8 @@ impl Report {
             sent: 0,
             distinct: 0,
             delivered: 0,
+            distinct_reversals: 0,
+            delivered_reversals: 0,
             elapsed: Duration::ZERO,
             // Microseconds, from 1 µs to a minute, three significant digits.
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
@@ -171,7 +234,7 @@ impl Report {
 }
 
 /// Sends from `connections` tasks until the duration or the events run out.
-async fn drive(addr: &str, events: Arc<Vec<(Bytes, String)>>, args: &Args) -> Report {
+async fn drive(addr: &str, events: Arc<Vec<Signed>>, args: &Args) -> Report {
     let next = Arc::new(AtomicUsize::new(0));
     let delivered: Arc<Vec<AtomicBool>> =
         Arc::new((0..events.len()).map(|_| AtomicBool::new(false)).collect());
@@ -203,13 +266,16 @@ async fn drive(addr: &str, events: Arc<Vec<(Bytes, String)>>, args: &Args) -> Re
     report.elapsed = started.elapsed();
     report.distinct = next.load(Ordering::Relaxed).min(events.len());
     report.delivered = delivered.iter().filter(|d| d.load(Ordering::Relaxed)).count();
+    report.distinct_reversals = events[..report.distinct].iter().filter(|(_, _, reversal)| *reversal).count();
+    report.delivered_reversals =
+        delivered.iter().zip(events.iter()).filter(|(d, e)| e.2 && d.load(Ordering::Relaxed)).count();
     report
 }
 
 /// What every connection task shares.
 #[derive(Clone, Copy)]
 struct Shared<'a> {
-    events: &'a [(Bytes, String)],
+    events: &'a [Signed],
     next: &'a AtomicUsize,
     delivered: &'a [AtomicBool],
 }
@@ -247,7 +313,7 @@ async fn connection_loop(
             part.connection_errors += 1;
             continue;
         };
-        let (body, header) = &events[index];
+        let (body, header, _) = &events[index];
         let request = Request::post(format!("http://{addr}/api/payments/webhook"))
             .header("content-type", "application/json; charset=utf-8")
             .header("stripe-signature", header.as_str())
@@ -409,11 +475,12 @@ async fn reset_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One event row per distinct event, one purchase per distinct session,
-/// every event processed, nothing else. Every event that got a 2xx is
-/// there; one whose answer was lost may be too, so with failures the count
-/// lies between the two.
-async fn check_database(url: &str, delivered: usize, issued: usize) -> anyhow::Result<()> {
+/// One event row per distinct event, one purchase per distinct checkout
+/// and one reversal fact per distinct refund or dispute, every event
+/// processed, nothing else. Every event that got a 2xx is there; one whose
+/// answer was lost may be too, so with failures each count lies between the
+/// delivered and the issued.
+async fn check_database(url: &str, report: &Report) -> anyhow::Result<()> {
     let db = Database::connect(url).await?;
     let count = |sql: &str| {
         let statement = Statement::from_string(db.get_database_backend(), sql.to_owned());
@@ -427,14 +494,33 @@ async fn check_database(url: &str, delivered: usize, issued: usize) -> anyhow::R
     let processed = count("SELECT COUNT(*) FROM stripe_webhook_events WHERE status = 'processed'").await?;
     let purchases = count("SELECT COUNT(*) FROM course_purchases").await?;
     let sessions = count("SELECT COUNT(DISTINCT stripe_checkout_session_id) FROM course_purchases").await?;
+    let reversals = count("SELECT COUNT(*) FROM payment_reversals").await?;
     println!(
-        "database          {events} events ({processed} processed), {purchases} purchases, {sessions} sessions"
+        "database          {events} events ({processed} processed), {purchases} purchases, {sessions} sessions, {reversals} reversals"
     );
-    let (low, high) = (delivered as i64, issued as i64);
+    let within = |value: i64, low: usize, high: usize| (low as i64..=high as i64).contains(&value);
+    let checkouts =
+        (report.delivered - report.delivered_reversals, report.distinct - report.distinct_reversals);
     ensure!(
-        (low..=high).contains(&events) && processed == events && purchases == events && sessions == events,
-        "expected one processed event and one purchase per delivered event ({low} to {high})"
+        within(events, report.delivered, report.distinct) && processed == events,
+        "expected one processed event row per delivered event ({} to {})",
+        report.delivered,
+        report.distinct
     );
-    println!("check             ok: one event row and one purchase per distinct event");
+    ensure!(
+        within(purchases, checkouts.0, checkouts.1) && sessions == purchases,
+        "expected one purchase per delivered checkout ({} to {})",
+        checkouts.0,
+        checkouts.1
+    );
+    ensure!(
+        within(reversals, report.delivered_reversals, report.distinct_reversals),
+        "expected one reversal fact per delivered refund or dispute ({} to {})",
+        report.delivered_reversals,
+        report.distinct_reversals
+    );
+    println!(
+        "check             ok: one event row per distinct event, one purchase per checkout, one fact per reversal"
+    );
     Ok(())
 }
