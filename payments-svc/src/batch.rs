@@ -31,14 +31,15 @@ use service_kit::gather;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::apply;
-use crate::db::batch_pg::{self, Candidate};
+use crate::db::batch_pg::{self, Candidate, Fact};
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::EventStatus;
 use crate::db::events::{Settled, SettledRow};
 use crate::db::purchases::PurchaseWrite;
-use crate::db::{events, purchases};
+use crate::db::{events, purchases, reversals};
 use crate::event::IncomingEvent;
 use crate::metrics::Metrics;
+use crate::reversals::Reversal;
 use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
 
 /// How calls are gathered into transactions.
@@ -141,10 +142,7 @@ async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSett
 }
 
 /// Applies `jobs` as one batch, through `writer` on PostgreSQL, and answers
-/// each of them. Refund and dispute events, rare next to checkouts, take
-/// the per-event path: they write a fact and no purchase, so the batch
-/// statement stays the one for checkouts, and they decide as
-/// [`apply::handle_event`] does by construction.
+/// each of them.
 async fn run(
     db: &DatabaseConnection,
     writer: Option<&mut batch_pg::Writer>,
@@ -152,15 +150,6 @@ async fn run(
     jobs: Vec<Job>,
     metrics: &Metrics,
 ) {
-    let (reversals, jobs): (Vec<Job>, Vec<Job>) =
-        jobs.into_iter().partition(|job| job.event.reversal.is_some());
-    for job in reversals {
-        let result = apply::handle_event(db, &job.event, policy).await;
-        let _ = job.reply.send(result);
-    }
-    if jobs.is_empty() {
-        return;
-    }
     let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
     match apply_batch(db, writer, policy, &events).await {
         Ok(outcomes) => {
@@ -199,8 +188,8 @@ async fn apply_batch(
     }
     let planned: Vec<(&IncomingEvent, i32, Planned)> = deliveries
         .values()
-        .map(|(event, count)| Ok((*event, *count, Planned::try_from(rules::plan(event, policy))?)))
-        .collect::<Result<_, DbErr>>()?;
+        .map(|(event, count)| (*event, *count, Planned::from(rules::plan(event, policy))))
+        .collect();
     let settled: Vec<Settled<'_>> = planned
         .iter()
         .map(|(event, deliveries, plan)| Settled {
@@ -217,10 +206,16 @@ async fn apply_batch(
             Some(Candidate { event_id: &event.id, purchase, status: *status })
         })
         .collect();
+    let facts: Vec<Fact<'_>> = planned
+        .iter()
+        .filter_map(|(event, _, plan)| {
+            Some(Fact { event_id: &event.id, reversal: plan.reversal.as_ref()?, created: event.created })
+        })
+        .collect();
 
     let rows = match writer {
-        Some(writer) => writer.settle_and_fulfil(&settled, &candidates, token, now).await?,
-        None => settle_and_fulfil(db, &settled, &candidates, token, now).await?,
+        Some(writer) => writer.settle_and_fulfil(&settled, &candidates, &facts, token, now).await?,
+        None => settle_and_fulfil(db, &settled, &candidates, &facts, token, now).await?,
     };
     let applied_now = applied_by(&rows, token);
     let mut outcomes = HashMap::new();
@@ -235,12 +230,13 @@ async fn apply_batch(
     Ok(answers(events, &outcomes))
 }
 
-/// [`batch_pg::Writer::settle_and_fulfil`] as two upserts in one transaction, for
-/// databases without data-modifying CTEs (SQLite).
+/// [`batch_pg::Writer::settle_and_fulfil`] as statements in one
+/// transaction, for databases without data-modifying CTEs (SQLite).
 async fn settle_and_fulfil(
     db: &DatabaseConnection,
     settled: &[Settled<'_>],
     candidates: &[Candidate<'_>],
+    facts: &[Fact<'_>],
     token: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<SettledRow>, DbErr> {
@@ -256,6 +252,12 @@ async fn settle_and_fulfil(
         .map(|(purchase, status)| PurchaseWrite { purchase, status: *status, needs_refund: false })
         .collect();
     purchases::advance_all(&txn, &writes, now).await?;
+    let facts: Vec<(&Reversal, &str, i64)> = facts
+        .iter()
+        .filter(|fact| applied_now.contains(fact.event_id))
+        .map(|fact| (fact.reversal, fact.event_id, fact.created))
+        .collect();
+    reversals::record_all(&txn, &facts, now).await?;
     txn.commit().await?;
     Ok(rows)
 }
@@ -278,31 +280,30 @@ fn batch_token() -> i64 {
 }
 
 /// What a plan means for a batch: the event's status and reason, its
-/// outcome if applied, and the purchase it writes.
+/// outcome if applied, and the purchase or reversal fact it writes.
 struct Planned {
     status: EventStatus,
     error: Option<serde_json::Value>,
     outcome: Outcome,
     purchase: Option<(NewPurchase, PurchaseStatus)>,
+    reversal: Option<Reversal>,
 }
 
-impl TryFrom<Plan> for Planned {
-    type Error = DbErr;
-
-    /// Refuses a reversal, which the batch statement cannot write; the
-    /// batch then falls back to the per-event path (see [`run`]).
-    fn try_from(plan: Plan) -> Result<Self, DbErr> {
+impl From<Plan> for Planned {
+    fn from(plan: Plan) -> Self {
+        let mut reversal = None;
         let (outcome, purchase) = match plan {
             Plan::Record(purchase, status) => (Outcome::Processed, Some((purchase, status))),
-            Plan::Reverse { .. } => {
-                return Err(DbErr::Custom("a reversal reached the batch statement".into()));
+            Plan::Reverse { reversal: fact, .. } => {
+                reversal = Some(fact);
+                (Outcome::Processed, None)
             }
             Plan::Acknowledge => (Outcome::Processed, None),
             Plan::Ignore(reason) => (Outcome::Ignored { reason }, None),
             Plan::Fail(error) => (Outcome::Failed { error }, None),
         };
         let (status, error) = outcome.settled_as();
-        Ok(Self { status, error, outcome, purchase })
+        Self { status, error, outcome, purchase, reversal }
     }
 }
 

@@ -37,6 +37,9 @@ pub enum Command {
     /// Inspect refunds and disputes.
     #[command(subcommand)]
     Reversals(ReversalsCommand),
+    /// Inspect purchases: why has this user access, or none?
+    #[command(subcommand)]
+    Purchases(PurchasesCommand),
     /// Apply every checkout.session.* event Stripe sent in a recent window
     /// that is not processed here yet: recovers webhooks lost in an outage.
     /// Needs STRIPE_SECRET_KEY.
@@ -48,6 +51,26 @@ pub enum Command {
         /// Events per page requested from Stripe (1 to 100).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
         page_size: u8,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PurchasesCommand {
+    /// One purchase and its timeline: every event that touched it, in the
+    /// order they arrived, with what each did.
+    Show {
+        /// The Checkout Session id (`cs_...`) or payment intent id (`pi_...`).
+        id: String,
+    },
+    /// Purchases, newest first.
+    List {
+        /// Only second payments for a course the buyer already owned, which
+        /// are owed a refund.
+        #[arg(long)]
+        needs_refund: bool,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
     },
 }
 

@@ -7,13 +7,14 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use sea_orm::{ActiveEnum, DatabaseConnection};
 
-use crate::config::{Command, EventsCommand, ReversalsCommand, Settings, StatusFilter};
+use crate::config::{Command, EventsCommand, PurchasesCommand, ReversalsCommand, Settings, StatusFilter};
 use crate::db::entities::course_purchase;
 use crate::db::entities::payment_reversal::Model as ReversalRow;
 use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
 use crate::db::{self, purchases, reversals};
-use crate::rules::{Outcome, Policy};
+use crate::event::IncomingEvent;
+use crate::rules::{self, Outcome, Plan, Policy};
 use crate::stripe_api::StripeApi;
 use crate::{apply, reconcile};
 
@@ -23,6 +24,12 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let output = match command {
         Command::Serve => bail!("serve is not an operator command"),
         Command::Events(command) => events_command(&db, command, settings).await?,
+        Command::Purchases(PurchasesCommand::Show { id }) => {
+            purchase_timeline(&db, &id, settings.policy).await?
+        }
+        Command::Purchases(PurchasesCommand::List { needs_refund, limit }) => {
+            purchases_table(&db, &purchases::list(&db, needs_refund, limit).await?, settings.policy).await?
+        }
         Command::Reversals(ReversalsCommand::Unmatched { limit }) => {
             unmatched_table(&reversals::unmatched(&db, limit).await?)
         }
@@ -148,6 +155,119 @@ fn unmatched_table(facts: &[ReversalRow]) -> String {
         .collect();
     let header = ["RECORDED", "KIND", "OBJECT", "STATUS", "AMOUNT", "PAYMENT INTENT", "CHARGE", "EVENT"];
     table(&header, &rows, "unmatched reversals")
+}
+
+/// One purchase, its access now, and every event that touched it in the
+/// order they arrived, with what each did: what support needs to answer
+/// "why has this user no access?".
+async fn purchase_timeline(db: &DatabaseConnection, id: &str, policy: Policy) -> anyhow::Result<String> {
+    let found = if id.starts_with("pi_") {
+        purchases::find_by_payment_intent(db, id).await?
+    } else {
+        purchases::find_by_session(db, id).await?
+    };
+    let purchase = found.with_context(|| format!("no purchase for {id}"))?;
+    let access = reversals::access_of(db, &purchase, policy.dispute_access).await?;
+    let facts = match &purchase.stripe_payment_intent_id {
+        Some(pi) => reversals::for_payment(db, pi).await?,
+        None => Vec::new(),
+    };
+    let event_ids: Vec<String> = facts.iter().map(|fact| fact.event_id.clone()).collect();
+    let mut mentions: Vec<String> = purchase.stripe_payment_intent_id.iter().cloned().collect();
+    mentions.extend(facts.iter().filter_map(|fact| fact.charge_id.clone()));
+    mentions.sort();
+    mentions.dedup();
+    let touching = events::touching(db, &purchase.stripe_checkout_session_id, &event_ids, &mentions).await?;
+
+    let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+    let currency = purchase.currency.as_deref().unwrap_or_default();
+    let paid = purchase.amount_total.map_or_else(|| "-".to_owned(), |amount| format!("{amount} {currency}"));
+    let mut out = String::new();
+    let _ = writeln!(out, "session:      {}", purchase.stripe_checkout_session_id);
+    let _ = writeln!(out, "payment:      {}", purchase.stripe_payment_intent_id.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "user:         {}", purchase.user_id);
+    let _ = writeln!(out, "course:       {}", purchase.course_id);
+    let _ = writeln!(out, "status:       {} (access: {})", access.status.as_str(), yes_no(access.has_access));
+    let _ = writeln!(out, "paid:         {paid}, refunded {}", access.amount_refunded);
+    let _ = writeln!(
+        out,
+        "checkout:     {}{}, first recorded by {} at {}",
+        purchase.status.to_value(),
+        if purchase.needs_refund { " (a second payment for an owned course: needs refund)" } else { "" },
+        purchase.source.to_value(),
+        time(purchase.created_at)
+    );
+    let rows: Vec<Vec<String>> = touching
+        .iter()
+        .map(|e| {
+            vec![
+                time(e.received_at),
+                e.event_id.clone(),
+                e.event_type.clone(),
+                e.status.to_value(),
+                e.delivery_count.to_string(),
+                what_it_did(e, policy),
+            ]
+        })
+        .collect();
+    let _ = writeln!(out, "\nevents, in the order they arrived:");
+    out.push_str(&table(
+        &["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "WHAT IT DID"],
+        &rows,
+        "events",
+    ));
+    Ok(out)
+}
+
+/// What a stored event meant, decided again from its payload by the rules.
+fn what_it_did(stored: &Event, policy: Policy) -> String {
+    let parsed = payments_proto::stripe::parse_event(stored.payload.clone().into())
+        .ok()
+        .and_then(|event| IncomingEvent::try_from(event).ok());
+    let Some(event) = parsed else { return "payload no longer parses".into() };
+    match rules::plan(&event, policy) {
+        Plan::Record(_, status) => format!("checkout: {}", status.to_value()),
+        Plan::Reverse { reversal, .. } => {
+            let currency = reversal.currency.as_deref().unwrap_or_default();
+            let amount = format!("{} {currency}", reversal.amount);
+            format!(
+                "{} {} {} {}",
+                reversal.kind.to_value(),
+                reversal.object_id,
+                reversal.status,
+                amount.trim_end()
+            )
+        }
+        Plan::Acknowledge => "checkout expired; nothing granted".into(),
+        Plan::Ignore(reason) => reason.message,
+        Plan::Fail(error) => error.message,
+    }
+}
+
+async fn purchases_table(
+    db: &DatabaseConnection,
+    purchases: &[course_purchase::Model],
+    policy: Policy,
+) -> anyhow::Result<String> {
+    let mut rows = Vec::with_capacity(purchases.len());
+    for p in purchases {
+        let access = reversals::access_of(db, p, policy.dispute_access).await?;
+        let amount = p
+            .amount_total
+            .map_or_else(|| "-".to_owned(), |a| format!("{a} {}", p.currency.as_deref().unwrap_or_default()));
+        rows.push(vec![
+            time(p.created_at),
+            p.stripe_checkout_session_id.clone(),
+            p.user_id.clone(),
+            p.course_id.clone(),
+            access.status.as_str().to_owned(),
+            if access.has_access { "yes" } else { "no" }.to_owned(),
+            if p.needs_refund { "yes" } else { "no" }.to_owned(),
+            amount.trim_end().to_owned(),
+        ]);
+    }
+    let header = ["CREATED", "SESSION", "USER", "COURSE", "STATUS", "ACCESS", "NEEDS REFUND", "AMOUNT"];
+    Ok(table(&header, &rows, "purchases"))
 }
 
 /// Left-aligned columns as wide as their widest cell, then a count line.

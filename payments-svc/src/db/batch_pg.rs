@@ -3,7 +3,8 @@
 //! [`events::record_settled`] and [`purchases::advance_all`] inside a
 //! transaction cost four round trips per batch (BEGIN, two upserts, COMMIT),
 //! and under load those round trips, not the rows, were most of a batch's
-//! time. Here both upserts are data-modifying CTEs of one statement, which
+//! time. Here both upserts, and the insert of the batch's refund and dispute
+//! facts, are data-modifying CTEs of one statement, which
 //! PostgreSQL runs as its own transaction: all of it or nothing, one round
 //! trip. The rows it writes are exactly those of the two upserts: see their
 //! docs for the conflict rules, repeated here in SQL.
@@ -31,7 +32,17 @@ use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
 use super::entities::course_purchase::PurchaseStatus;
 use super::entities::stripe_webhook_event::EventStatus;
 use super::events::{Settled, SettledRow};
+use crate::reversals::Reversal;
 use crate::rules::NewPurchase;
+
+/// A reversal fact that `event_id` (created at `created`) records if this
+/// batch applies it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fact<'a> {
+    pub event_id: &'a str,
+    pub reversal: &'a Reversal,
+    pub created: i64,
+}
 
 /// A purchase that `event_id` writes at `status` if this batch applies it.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +78,8 @@ impl Writer {
         Self { pool, connection: None, last_used: Instant::now() }
     }
 
-    /// Records and settles `batch` and writes the purchases of the events
-    /// it applies, in one statement; returns who settled each event, as
+    /// Records and settles `batch` and writes the purchases and reversal
+    /// facts of the events it applies, in one statement; returns who settled each event, as
     /// [`events::record_settled`](super::events::record_settled) does.
     ///
     /// `batch` names each event once, in the order its rows are to be
@@ -81,11 +92,12 @@ impl Writer {
         &mut self,
         batch: &[Settled<'_>],
         candidates: &[Candidate<'_>],
+        facts: &[Fact<'_>],
         token: i64,
         now: DateTime<Utc>,
     ) -> Result<Vec<SettledRow>, DbErr> {
         let connection = self.connection().await.map_err(query_error)?;
-        let result = settle_and_fulfil(connection, batch, candidates, token, now).await;
+        let result = settle_and_fulfil(connection, batch, candidates, facts, token, now).await;
         match &result {
             Ok(_) => self.last_used = Instant::now(),
             Err(_) => self.connection = None,
@@ -116,6 +128,7 @@ async fn settle_and_fulfil(
     connection: &mut PgConnection,
     batch: &[Settled<'_>],
     candidates: &[Candidate<'_>],
+    facts: &[Fact<'_>],
     token: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<SettledRow>, sqlx::Error> {
@@ -147,7 +160,17 @@ async fn settle_and_fulfil(
         .bind(candidates.iter().map(|c| c.purchase.amount_total).collect::<Vec<_>>())
         .bind(candidates.iter().map(|c| c.purchase.currency.as_deref()).collect::<Vec<_>>())
         .bind(candidates.iter().map(|c| c.status.to_value()).collect::<Vec<_>>())
-        .bind(candidates.iter().map(|c| c.purchase.source.to_value()).collect::<Vec<_>>());
+        .bind(candidates.iter().map(|c| c.purchase.source.to_value()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.event_id).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.kind.to_value()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.object_id.as_str()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.status.as_str()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.amount).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.complete).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.currency.as_deref()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.payment_intent_id.as_deref()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.reversal.charge_id.as_deref()).collect::<Vec<_>>())
+        .bind(facts.iter().map(|f| f.created).collect::<Vec<_>>());
     let rows = query.fetch_all(connection).await?;
     Ok(rows.into_iter().map(|(event_id, settled_by)| SettledRow { event_id, settled_by }).collect())
 }
@@ -213,6 +236,19 @@ static STATEMENT: LazyLock<String> = LazyLock::new(|| {
                 amount_total = COALESCE(excluded.amount_total, p.amount_total),
                 currency = COALESCE(excluded.currency, p.currency)
             WHERE {rank_stored} < {rank_excluded}
+        ), recorded AS (
+            INSERT INTO payment_reversals (kind, object_id, status, amount, complete, currency,
+                payment_intent_id, charge_id, event_id, stripe_created_at, recorded_at)
+            SELECT DISTINCT ON (f.object_id, f.status, f.amount) f.kind, f.object_id, f.status,
+                f.amount, f.complete, f.currency, f.payment_intent_id, f.charge_id, f.event_id,
+                f.created, $11::timestamptz
+            FROM unnest($22::text[], $23::text[], $24::text[], $25::text[], $26::int8[],
+                $27::bool[], $28::text[], $29::text[], $30::text[], $31::int8[])
+                AS f(event_id, kind, object_id, status, amount, complete, currency,
+                    payment_intent_id, charge_id, created)
+            JOIN settled s ON s.event_id = f.event_id AND s.settled_by = $12::int8
+            ORDER BY f.object_id, f.status, f.amount, f.event_id
+            ON CONFLICT (object_id, status, amount) DO NOTHING
         )
         SELECT event_id, settled_by FROM settled"
     )

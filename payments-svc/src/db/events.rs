@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Set,
+    ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
 };
 
 use super::entities::stripe_webhook_event::{ActiveModel, Column, Entity, EventStatus, Model};
@@ -179,4 +179,31 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter) -> Result<Vec<
         query = query.filter(Column::ReceivedAt.gte(since));
     }
     query.limit(filter.limit).all(db).await
+}
+
+/// Every event that touched a payment, oldest first: the checkout events of
+/// `session_id`, the events in `event_ids` (those that recorded its
+/// reversals), and any other refund or dispute event whose payload names
+/// one of `mentions` (its payment intent or charge: a second Event object
+/// for a change already recorded). That last part reads payloads, so it
+/// is for operators, not for the request path.
+pub async fn touching(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    event_ids: &[String],
+    mentions: &[String],
+) -> Result<Vec<Model>, DbErr> {
+    let mut touched = Condition::any()
+        .add(Column::CheckoutSessionId.eq(session_id))
+        .add(Column::EventId.is_in(event_ids.iter().map(String::as_str)));
+    for id in mentions {
+        let reversal_types = Condition::any()
+            .add(Column::EventType.eq("charge.refunded"))
+            .add(Column::EventType.starts_with("refund."))
+            .add(Column::EventType.starts_with("charge.refund."))
+            .add(Column::EventType.starts_with("charge.dispute."));
+        touched = touched
+            .add(Condition::all().add(reversal_types).add(Column::Payload.contains(format!("\"{id}\""))));
+    }
+    Entity::find().filter(touched).order_by_asc(Column::ReceivedAt).order_by_asc(Column::Id).all(db).await
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Iterable, QueryFilter, QueryOrder,
-    Set,
+    QuerySelect, Set,
 };
 
 use super::entities::course_purchase::{ActiveModel, Column, Entity, Model, PurchaseStatus};
@@ -109,4 +109,20 @@ pub async fn find_by_user_course(
         .order_by_asc(Column::Id)
         .all(db)
         .await
+}
+
+pub async fn find_by_payment_intent(
+    db: &impl ConnectionTrait,
+    payment_intent_id: &str,
+) -> Result<Option<Model>, DbErr> {
+    Entity::find().filter(Column::StripePaymentIntentId.eq(payment_intent_id)).one(db).await
+}
+
+/// Purchases, newest first; only those owed a refund when `needs_refund`.
+pub async fn list(db: &impl ConnectionTrait, needs_refund: bool, limit: u64) -> Result<Vec<Model>, DbErr> {
+    let mut query = Entity::find().order_by_desc(Column::Id);
+    if needs_refund {
+        query = query.filter(Column::NeedsRefund.eq(true));
+    }
+    query.limit(limit).all(db).await
 }

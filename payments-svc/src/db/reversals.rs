@@ -23,7 +23,20 @@ pub async fn record(
     stripe_created_at: i64,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let row = ActiveModel {
+    record_all(db, &[(reversal, event_id, stripe_created_at)], now).await
+}
+
+/// Records several facts, each with the event that reported it and that
+/// event's `created`, as [`record`] does for one.
+pub async fn record_all(
+    db: &impl ConnectionTrait,
+    facts: &[(&Reversal, &str, i64)],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if facts.is_empty() {
+        return Ok(());
+    }
+    let rows = facts.iter().map(|(reversal, event_id, created)| ActiveModel {
         id: NotSet,
         kind: Set(reversal.kind),
         object_id: Set(reversal.object_id.clone()),
@@ -33,13 +46,13 @@ pub async fn record(
         currency: Set(reversal.currency.clone()),
         payment_intent_id: Set(reversal.payment_intent_id.clone()),
         charge_id: Set(reversal.charge_id.clone()),
-        event_id: Set(event_id.to_owned()),
-        stripe_created_at: Set(stripe_created_at),
+        event_id: Set((*event_id).to_owned()),
+        stripe_created_at: Set(*created),
         recorded_at: Set(now),
-    };
+    });
     let same_change =
         OnConflict::columns([Column::ObjectId, Column::Status, Column::Amount]).do_nothing().to_owned();
-    Entity::insert(row).on_conflict(same_change).try_insert().exec_without_returning(db).await.map(drop)
+    Entity::insert_many(rows).on_conflict(same_change).try_insert().exec_without_returning(db).await.map(drop)
 }
 
 /// Every fact that reaches the payment `payment_intent_id`: those that name

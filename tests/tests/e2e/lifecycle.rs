@@ -133,6 +133,7 @@ async fn expired_session_grants_nothing_and_is_processed(db: TestDb) {
 
 on_both_databases!(paying_twice_for_one_course_records_both_and_flags_the_second);
 async fn paying_twice_for_one_course_records_both_and_flags_the_second(db: TestDb) {
+    let url = db.url.clone();
     let stack = Stack::start(db).await;
     let first = fixture("checkout_session_completed_paid.json").expect("fixture");
     let second = with_fresh_ids(&first, "_second").expect("variant");
@@ -148,6 +149,10 @@ async fn paying_twice_for_one_course_records_both_and_flags_the_second(db: TestD
         .collect();
     assert_eq!(flagged, [(false, false), (true, true)]);
     assert!(purchases.iter().all(|p| p.status == PurchaseStatus::Paid));
+    let owed = crate::processes::payments_cli(&url, &[], &["purchases", "list", "--needs-refund"]);
+    let owed = String::from_utf8_lossy(&owed.stdout);
+    assert!(owed.contains(&format!("{}  ", purchases[1].stripe_checkout_session_id)), "{owed}");
+    assert!(owed.contains("(1 purchases)"), "only the second payment is owed a refund:\n{owed}");
 
     let mut grpc = stack.grpc().await;
     let owner = VerifyPurchaseRequest {

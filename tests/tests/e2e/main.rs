@@ -9,6 +9,7 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod operations;
+mod paths;
 mod processes;
 mod reversals;
 mod startup;

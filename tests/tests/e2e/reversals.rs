@@ -41,7 +41,7 @@ fn json_of(body: &[u8]) -> serde_json::Value {
 
 /// Fixture `name` for a payment of its own: every shared id, the event id
 /// and the session id get `suffix`, so scenarios can share one database.
-fn variant(name: &str, suffix: &str) -> Bytes {
+pub(crate) fn variant(name: &str, suffix: &str) -> Bytes {
     let body = fixture(name).expect("fixture");
     let parsed = json_of(&body);
     let mut ids: Vec<String> = SHARED_IDS.iter().map(|id| (*id).to_owned()).collect();
@@ -204,5 +204,47 @@ async fn a_reversal_of_no_known_purchase_is_kept_listed_and_counted_once_the_pur
     assert!(after.contains("(0 unmatched reversals)"), "{after}");
     let refunded = Expected { status: "refunded", has_access: false, amount_refunded: 4900 };
     assert_answers(&stack, "_early", refunded, "refund before its checkout").await;
+    stack.shutdown().await;
+}
+
+on_both_databases!(a_purchase_timeline_shows_every_event_that_touched_it_in_arrival_order);
+async fn a_purchase_timeline_shows_every_event_that_touched_it_in_arrival_order(db: TestDb) {
+    let url = db.url.clone();
+    let stack = Stack::start(db).await;
+    let suffix = "_timeline";
+    let refund = variant(REFUND_CREATED, suffix);
+    let order = [
+        refund.clone(),
+        variant(CHECKOUT, suffix),
+        second_event_object(&refund),
+        variant(REFUND_FAILED, suffix),
+    ];
+    for body in &order {
+        assert_eq!(stack.deliver(body).await.status, StatusCode::OK);
+    }
+    let unrelated = variant(CHECKOUT, "_other");
+    stack.deliver(&unrelated).await;
+    let session = json_of(&order[1])["data"]["object"]["id"].as_str().expect("session").to_owned();
+
+    let by_session = payments_cli(&url, &[], &["purchases", "show", &session]);
+    let by_payment =
+        payments_cli(&url, &[], &["purchases", "show", &format!("pi_3chHPNw84sPSl7cwMX3oOFxK{suffix}")]);
+    let shown = String::from_utf8_lossy(&by_session.stdout).into_owned();
+
+    assert!(by_session.status.success(), "{}", String::from_utf8_lossy(&by_session.stderr));
+    assert_eq!(shown, String::from_utf8_lossy(&by_payment.stdout), "the same purchase by either id");
+    assert!(shown.contains("status:       paid (access: yes)"), "{shown}");
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|body| {
+            let id = json_of(body)["id"].as_str().expect("id").to_owned();
+            shown.find(&format!("{id} ")).unwrap_or_else(|| panic!("{id} missing from\n{shown}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "not in arrival order:\n{shown}");
+    assert!(shown.contains("refund re_3RfD8kLq2VxN0pAa1s0Fe7Gh_timeline succeeded 4900 usd"), "{shown}");
+    assert!(shown.contains("refund re_3RfD8kLq2VxN0pAa1s0Fe7Gh_timeline failed 4900 usd"), "{shown}");
+    assert!(shown.contains("checkout: paid"), "{shown}");
+    assert!(shown.contains("(4 events)"), "the other purchase's event is not listed:\n{shown}");
     stack.shutdown().await;
 }
