@@ -10,6 +10,7 @@ mod m20261127_000001_create_stripe_webhook_events;
 mod m20261127_000002_create_course_purchases;
 mod m20261127_000003_keep_payloads_inline;
 mod m20261201_000004_create_payment_reversals;
+mod m20261201_000005_create_refund_requests;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_create_course_purchases::Migration),
             Box::new(m20261127_000003_keep_payloads_inline::Migration),
             Box::new(m20261201_000004_create_payment_reversals::Migration),
+            Box::new(m20261201_000005_create_refund_requests::Migration),
         ]
     }
 }

@@ -8,7 +8,7 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, Transactio
 
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::{self, EventStatus};
-use crate::db::{events, purchases, reversals};
+use crate::db::{events, purchases, refund_requests, reversals};
 use crate::error::Error;
 use crate::event::IncomingEvent;
 use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
@@ -125,7 +125,9 @@ pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> 
 /// Writes the purchase. When it is a second paid purchase of a course the
 /// user already owns, the database refuses it (a partial unique index allows
 /// one paid, unflagged purchase per user and course); it is then recorded
-/// with `needs_refund`, inside a savepoint so the transaction stays usable.
+/// with `needs_refund`, inside a savepoint so the transaction stays usable,
+/// and the refund it is owed is recorded in the same transaction (see
+/// [`crate::refunds`]).
 async fn record(
     db: &DatabaseTransaction,
     purchase: &NewPurchase,
@@ -143,7 +145,13 @@ async fn record(
                 session_id = %purchase.checkout_session_id,
                 "course paid twice; second payment recorded with needs_refund"
             );
-            purchases::advance(db, purchase, status, true, now).await.map(drop)
+            purchases::advance(db, purchase, status, true, now).await?;
+            match &purchase.payment_intent_id {
+                Some(payment_intent_id) => {
+                    refund_requests::owe(db, &purchase.checkout_session_id, payment_intent_id, now).await
+                }
+                None => Ok(()),
+            }
         }
         Err(error) => Err(error),
     }

@@ -62,6 +62,13 @@ pub enum PurchasesCommand {
         /// The Checkout Session id (`cs_...`) or payment intent id (`pi_...`).
         id: String,
     },
+    /// Refund a second payment for a course the buyer already owned
+    /// through Stripe's Refunds API; repeating it never refunds twice.
+    /// Needs STRIPE_SECRET_KEY.
+    Refund {
+        /// The duplicate purchase's Checkout Session id (`cs_...`).
+        checkout_session_id: String,
+    },
     /// Purchases, newest first.
     List {
         /// Only second payments for a course the buyer already owned, which
@@ -213,6 +220,14 @@ pub struct Args {
     #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
     pub stripe_secret_key: Option<String>,
 
+    /// Refund duplicate payments (a second payment for a course the buyer
+    /// already owns) through Stripe's Refunds API by itself, from durable
+    /// work that survives restarts, one refund per duplicate even with
+    /// several replicas. Needs STRIPE_SECRET_KEY with write access to
+    /// refunds. Off: `payments-svc purchases refund` does it on demand.
+    #[arg(long, env = "STRIPE_AUTO_REFUND_DUPLICATES", default_value_t = false, action = ArgAction::Set)]
+    pub stripe_auto_refund_duplicates: bool,
+
     /// Stripe's API base URL; tests point it at a local server.
     #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com", global = true)]
     pub stripe_api_base: String,
@@ -279,6 +294,8 @@ pub struct Settings {
     pub policy: Policy,
     /// Stripe's API, when a key is configured.
     pub stripe: Option<StripeSettings>,
+    /// Refund duplicate payments by itself (needs `stripe`).
+    pub auto_refund_duplicates: bool,
     pub log_format: LogFormat,
 }
 
@@ -302,6 +319,7 @@ impl fmt::Debug for Settings {
             .field("skip_migrations", &self.skip_migrations)
             .field("policy", &self.policy)
             .field("stripe", &self.stripe)
+            .field("auto_refund_duplicates", &self.auto_refund_duplicates)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -321,6 +339,8 @@ pub enum ConfigError {
     StripeModeMismatch { key_mode: &'static str, livemode: bool },
     #[error("STRIPE_API_TIMEOUT_MS must be above 0")]
     ZeroStripeTimeout,
+    #[error("STRIPE_AUTO_REFUND_DUPLICATES needs STRIPE_SECRET_KEY")]
+    AutoRefundWithoutKey,
 }
 
 impl TryFrom<Args> for Settings {
@@ -329,6 +349,9 @@ impl TryFrom<Args> for Settings {
     fn try_from(args: Args) -> Result<Self, ConfigError> {
         let grpc_token = grpc_token(&args)?;
         let stripe = stripe(&args)?;
+        if args.stripe_auto_refund_duplicates && stripe.is_none() {
+            return Err(ConfigError::AutoRefundWithoutKey);
+        }
         let single_writer = args.database_url.starts_with("sqlite:");
         let batching = BatchSettings {
             max_size: usize::from(args.batch_max),
@@ -349,6 +372,7 @@ impl TryFrom<Args> for Settings {
             skip_migrations: args.skip_migrations,
             policy: Policy { livemode: args.stripe_livemode, dispute_access: args.dispute_access },
             stripe,
+            auto_refund_duplicates: args.stripe_auto_refund_duplicates,
             log_format: args.log_format,
         })
     }

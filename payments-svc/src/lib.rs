@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod operator;
 pub mod reconcile;
+pub mod refunds;
 pub mod reversals;
 pub mod rules;
 pub mod startup;

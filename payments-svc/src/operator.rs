@@ -10,10 +10,12 @@ use sea_orm::{ActiveEnum, DatabaseConnection};
 use crate::config::{Command, EventsCommand, PurchasesCommand, ReversalsCommand, Settings, StatusFilter};
 use crate::db::entities::course_purchase;
 use crate::db::entities::payment_reversal::Model as ReversalRow;
+use crate::db::entities::refund_request::RefundRequestStatus;
 use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
-use crate::db::{self, purchases, reversals};
+use crate::db::{self, purchases, refund_requests, reversals};
 use crate::event::IncomingEvent;
+use crate::refunds;
 use crate::rules::{self, Outcome, Plan, Policy};
 use crate::stripe_api::StripeApi;
 use crate::{apply, reconcile};
@@ -26,6 +28,10 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Events(command) => events_command(&db, command, settings).await?,
         Command::Purchases(PurchasesCommand::Show { id }) => {
             purchase_timeline(&db, &id, settings.policy).await?
+        }
+        Command::Purchases(PurchasesCommand::Refund { checkout_session_id }) => {
+            let stripe = settings.stripe.as_ref().context("purchases refund needs STRIPE_SECRET_KEY")?;
+            refund_duplicate(&db, &StripeApi::new(stripe)?, &checkout_session_id).await?
         }
         Command::Purchases(PurchasesCommand::List { needs_refund, limit }) => {
             purchases_table(&db, &purchases::list(&db, needs_refund, limit).await?, settings.policy).await?
@@ -217,6 +223,43 @@ async fn purchase_timeline(db: &DatabaseConnection, id: &str, policy: Policy) ->
         "events",
     ));
     Ok(out)
+}
+
+/// Asks Stripe now for the refund a duplicate purchase is owed, once: a
+/// refund already made is reported, not made again.
+async fn refund_duplicate(
+    db: &DatabaseConnection,
+    stripe: &StripeApi,
+    session_id: &str,
+) -> anyhow::Result<String> {
+    let purchase = purchases::find_by_session(db, session_id)
+        .await?
+        .with_context(|| format!("no purchase {session_id}"))?;
+    if !purchase.needs_refund {
+        bail!(
+            "{session_id} is the purchase that grants the course, not a second payment; refund it in Stripe's dashboard if you mean to"
+        );
+    }
+    let payment_intent_id = purchase
+        .stripe_payment_intent_id
+        .as_deref()
+        .with_context(|| format!("{session_id} has no payment intent to refund"))?;
+    refund_requests::owe(db, session_id, payment_intent_id, Utc::now()).await?;
+    let request = refund_requests::find_by_session(db, session_id).await?.context("the refund request")?;
+    let result = match request.status {
+        RefundRequestStatus::Pending => match refunds::attempt(db, stripe, &request).await? {
+            refunds::Attempt::Refunded { refund_id } => format!("refunded: {refund_id}"),
+            refunds::Attempt::RetryLater { error } => {
+                bail!("Stripe could not be reached ({error}); run it again")
+            }
+            refunds::Attempt::Refused { error } => bail!("Stripe refused the refund: {error}"),
+            refunds::Attempt::NotClaimed => {
+                bail!("a running payments-svc is refunding it now; look again shortly")
+            }
+        },
+        _ => format!("already {}", refunds::describe(&request, Utc::now())),
+    };
+    Ok(format!("{session_id}: {result}\n"))
 }
 
 /// What a stored event meant, decided again from its payload by the rules.

@@ -19,11 +19,11 @@ use tonic_health::server::HealthReporter;
 use crate::auth::RequireToken;
 use crate::batch::BatchSettings;
 use crate::config::{Settings, TlsFiles};
-use crate::db;
 use crate::grpc::PaymentsService;
 use crate::metrics::Metrics;
 use crate::rules::Policy;
 use crate::stripe_api::StripeApi;
+use crate::{db, refunds};
 
 /// HTTP/2 flow-control windows for callers, in bytes.
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
@@ -45,6 +45,8 @@ pub struct Application {
     policy: Policy,
     batching: BatchSettings,
     stripe: Option<StripeApi>,
+    /// Refunds duplicate payments by itself.
+    auto_refund_duplicates: bool,
     auth: RequireToken,
     tls: Option<ServerTlsConfig>,
 }
@@ -89,6 +91,7 @@ impl Application {
             policy: settings.policy,
             batching: settings.batching,
             stripe,
+            auto_refund_duplicates: settings.auto_refund_duplicates,
             auth: RequireToken::new(token),
             tls,
         })
@@ -129,6 +132,9 @@ impl Application {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.render())
         };
+        if let (true, Some(stripe)) = (self.auto_refund_duplicates, &self.stripe) {
+            tokio::spawn(refunds::run(self.db.clone(), stripe.clone(), stop.clone()));
+        }
         let admin = tokio::spawn(admin::serve(self.admin_listener, render, stop.clone()));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

@@ -1,6 +1,6 @@
 //! The few calls payments-svc makes to Stripe's API: retrieving a Checkout
-//! Session (for the verify path) and listing recent events (for the
-//! missed-webhook sweep).
+//! Session (for the verify path), listing recent events (for the
+//! missed-webhook sweep) and refunding a duplicate payment.
 //!
 //! Every call has a total time budget. Within it, connection failures,
 //! timeouts, 429, 409 and 5xx are retried with exponential backoff and
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use payments_proto::stripe::{self, ParseError};
-use payments_proto::v1::{CheckoutSession, StripeEvent};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use payments_proto::v1::{CheckoutSession, Refund, StripeEvent};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -114,6 +114,11 @@ impl StripeApi {
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), auth, budget })
     }
 
+    /// The time one call may take, retries included.
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
     /// `GET /v1/checkout/sessions/{id}`.
     pub async fn checkout_session(&self, id: &str) -> Result<CheckoutSession, StripeError> {
         let body = self.get(&format!("/v1/checkout/sessions/{id}"), &[]).await?;
@@ -152,16 +157,65 @@ impl StripeApi {
         Ok(EventsPage { events, has_more: list.has_more })
     }
 
+    /// `POST /v1/refunds`: refunds `payment_intent_id` in full. Every
+    /// attempt, retries included, carries `idempotency_key`, so Stripe makes
+    /// one refund however often it is asked (within its 24 hours of keys).
+    pub async fn refund_payment(
+        &self,
+        payment_intent_id: &str,
+        idempotency_key: &str,
+        checkout_session_id: &str,
+    ) -> Result<Refund, StripeError> {
+        let form = [
+            ("payment_intent", payment_intent_id),
+            ("reason", "duplicate"),
+            ("metadata[checkout_session_id]", checkout_session_id),
+            ("metadata[cause]", "course_already_owned"),
+        ];
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let key = HeaderValue::from_str(idempotency_key)
+            .map_err(|_| StripeError::Unavailable("idempotency key is not a header value".into()))?;
+        let url = self.url("/v1/refunds", &[])?;
+        let answer = self
+            .send("/v1/refunds", |remaining| {
+                self.http
+                    .post(url.clone())
+                    .header(AUTHORIZATION, self.auth.clone())
+                    .header("idempotency-key", key.clone())
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body.clone())
+                    .timeout(remaining)
+            })
+            .await?;
+        Ok(stripe::parse_refund(&answer)?)
+    }
+
+    fn url(&self, path: &str, query: &[(&str, String)]) -> Result<Url, StripeError> {
+        Url::parse_with_params(&format!("{}{path}", self.base), query)
+            .map_err(|e| StripeError::Unavailable(format!("bad STRIPE_API_BASE: {e}")))
+    }
+
     async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, StripeError> {
+        let url = self.url(path, query)?;
+        self.send(path, |remaining| {
+            self.http.get(url.clone()).header(AUTHORIZATION, self.auth.clone()).timeout(remaining)
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes (given the time left) until it
+    /// answers, retrying what Stripe says may be retried, within the budget.
+    async fn send(
+        &self,
+        path: &str,
+        build: impl Fn(Duration) -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, StripeError> {
         let deadline = Instant::now() + self.budget;
-        let url = Url::parse_with_params(&format!("{}{path}", self.base), query)
-            .map_err(|e| StripeError::Unavailable(format!("bad STRIPE_API_BASE: {e}")))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let request =
-                self.http.get(url.clone()).header(AUTHORIZATION, self.auth.clone()).timeout(remaining);
+            let request = build(remaining);
             let failure = match request.send().await {
                 Ok(response) => {
                     let status = response.status();

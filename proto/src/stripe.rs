@@ -193,6 +193,11 @@ fn parse_in_two_passes(payload: &[u8]) -> Result<StripeEvent, ParseError> {
     Ok(event)
 }
 
+/// Parses a Refund object, as `POST /v1/refunds` returns it.
+pub fn parse_refund(json: &[u8]) -> Result<Refund, ParseError> {
+    refund(serde_json::from_slice(json)?)
+}
+
 /// The object of an event that may take money back from a purchase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReversalObject {

@@ -1,7 +1,8 @@
 //! A stand-in for Stripe's API (which no machine here can reach): a real
 //! HTTP server on an ephemeral port that serves Checkout Sessions and the
-//! events list from the repository's fixtures, checks the bearer key, and
-//! can be told to fail or stall.
+//! events list from the repository's fixtures, makes refunds (honouring
+//! `Idempotency-Key` as Stripe does), checks the bearer key, and can be told
+//! to fail or stall.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -31,6 +32,17 @@ pub enum Fault {
     RateLimited { retry_after_secs: u64 },
     /// Wait this long before answering normally.
     Delay(Duration),
+    /// Do what was asked, then wait this long before answering: a caller
+    /// that gives up meanwhile does not know it happened.
+    DelayAfterDoing(Duration),
+}
+
+/// A refund the fake made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeRefund {
+    pub id: String,
+    pub payment_intent: String,
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +50,9 @@ struct State {
     sessions: HashMap<String, Bytes>,
     /// `(created, id, body)` of every event, in the order added.
     events: Vec<(i64, String, Bytes)>,
+    refunds: Vec<MadeRefund>,
+    /// Answers already given, by `Idempotency-Key`.
+    idempotent: HashMap<String, Bytes>,
     next_faults: VecDeque<Fault>,
     every_request: Option<Fault>,
     requests: usize,
@@ -100,6 +115,12 @@ impl FakeStripe {
     pub fn request_count(&self) -> usize {
         self.state().requests
     }
+
+    /// Every refund made, in order (a retried request with the same
+    /// `Idempotency-Key` makes none).
+    pub fn refunds(&self) -> Vec<MadeRefund> {
+        self.state().refunds.clone()
+    }
 }
 
 impl Drop for FakeStripe {
@@ -129,7 +150,7 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
             return Ok(response);
         }
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
-        None => {}
+        Some(Fault::DelayAfterDoing(_)) | None => {}
     }
     let authorized = request
         .headers()
@@ -140,6 +161,13 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
     }
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
+    if path == "/v1/refunds" && request.method() == hyper::Method::POST {
+        let answer = create_refund(&state, request).await;
+        if let Some(Fault::DelayAfterDoing(delay)) = fault {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(answer);
+    }
     let state = state.lock().expect("fake Stripe state");
     if let Some(id) = path.strip_prefix("/v1/checkout/sessions/") {
         return Ok(match state.sessions.get(id) {
@@ -156,6 +184,35 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
         return Ok(events_page(&state, &query));
     }
     Ok(error(404, "invalid_request_error", "", "Unrecognized request URL"))
+}
+
+/// `POST /v1/refunds` for a `payment_intent`: a Refund object, built from
+/// the refund fixture. A repeated `Idempotency-Key` gets the first answer
+/// back and makes no refund.
+async fn create_refund(state: &Mutex<State>, request: Request<Incoming>) -> Answer {
+    use http_body_util::BodyExt;
+    let key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let form = request.into_body().collect().await.map(|body| body.to_bytes()).unwrap_or_default();
+    let params: HashMap<String, String> = url::form_urlencoded::parse(&form).into_owned().collect();
+    let Some(payment_intent) = params.get("payment_intent").cloned() else {
+        return error(400, "invalid_request_error", "parameter_missing", "payment_intent is required");
+    };
+    let mut state = state.lock().expect("fake Stripe state");
+    if let Some(answer) = key.as_ref().and_then(|key| state.idempotent.get(key)) {
+        return json(StatusCode::OK, answer.clone());
+    }
+    let id = format!("re_fake_{}", state.refunds.len() + 1);
+    let event = e2e::fixture("refund_created_full.json").expect("fixture");
+    let event: serde_json::Value = serde_json::from_slice(&event).expect("JSON");
+    let mut refund = event["data"]["object"].clone();
+    refund["id"] = id.clone().into();
+    refund["payment_intent"] = payment_intent.clone().into();
+    let body = Bytes::from(refund.to_string());
+    state.refunds.push(MadeRefund { id, payment_intent, idempotency_key: key.clone() });
+    if let Some(key) = key {
+        state.idempotent.insert(key, body.clone());
+    }
+    json(StatusCode::OK, body)
 }
 
 /// `GET /v1/events`: newest first, filtered by `type` (only the

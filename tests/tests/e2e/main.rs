@@ -11,6 +11,7 @@ mod lifecycle;
 mod operations;
 mod paths;
 mod processes;
+mod refunds;
 mod reversals;
 mod startup;
 mod success_page;

@@ -2,4 +2,5 @@
 
 pub mod course_purchase;
 pub mod payment_reversal;
+pub mod refund_request;
 pub mod stripe_webhook_event;
