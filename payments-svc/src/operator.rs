@@ -16,6 +16,7 @@ use crate::db::events::{self, ListFilter};
 use crate::db::{self, purchases, refund_requests, reversals};
 use crate::event::IncomingEvent;
 use crate::refunds;
+use crate::reversals::DisputeAccess;
 use crate::rules::{self, Outcome, Plan, Policy};
 use crate::stripe_api::StripeApi;
 use crate::{apply, reconcile};
@@ -31,7 +32,13 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         }
         Command::Purchases(PurchasesCommand::Refund { checkout_session_id }) => {
             let stripe = settings.stripe.as_ref().context("purchases refund needs STRIPE_SECRET_KEY")?;
-            refund_duplicate(&db, &StripeApi::new(stripe)?, &checkout_session_id).await?
+            refund_duplicate(
+                &db,
+                &StripeApi::new(stripe)?,
+                settings.policy.dispute_access,
+                &checkout_session_id,
+            )
+            .await?
         }
         Command::Purchases(PurchasesCommand::List { needs_refund, limit }) => {
             purchases_table(&db, &purchases::list(&db, needs_refund, limit).await?, settings.policy).await?
@@ -230,6 +237,7 @@ async fn purchase_timeline(db: &DatabaseConnection, id: &str, policy: Policy) ->
 async fn refund_duplicate(
     db: &DatabaseConnection,
     stripe: &StripeApi,
+    policy: DisputeAccess,
     session_id: &str,
 ) -> anyhow::Result<String> {
     let purchase = purchases::find_by_session(db, session_id)
@@ -247,7 +255,7 @@ async fn refund_duplicate(
     refund_requests::owe(db, session_id, payment_intent_id, Utc::now()).await?;
     let request = refund_requests::find_by_session(db, session_id).await?.context("the refund request")?;
     let result = match request.status {
-        RefundRequestStatus::Pending => match refunds::attempt(db, stripe, &request).await? {
+        RefundRequestStatus::Pending => match refunds::attempt(db, stripe, policy, &request).await? {
             refunds::Attempt::Refunded { refund_id } => format!("refunded: {refund_id}"),
             refunds::Attempt::RetryLater { error } => {
                 bail!("Stripe could not be reached ({error}); run it again")

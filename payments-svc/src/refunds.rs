@@ -17,7 +17,8 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::entities::refund_request::{Model as Request, RefundRequestStatus};
-use crate::db::refund_requests;
+use crate::db::{purchases, refund_requests, reversals};
+use crate::reversals::DisputeAccess;
 use crate::stripe_api::{StripeApi, StripeError};
 
 /// How often the worker looks for refunds due.
@@ -41,9 +42,9 @@ pub enum Attempt {
 }
 
 /// Asks Stripe for the refunds due, until `stop`.
-pub async fn run(db: DatabaseConnection, stripe: StripeApi, stop: CancellationToken) {
+pub async fn run(db: DatabaseConnection, stripe: StripeApi, policy: DisputeAccess, stop: CancellationToken) {
     loop {
-        if let Err(error) = refund_due(&db, &stripe).await {
+        if let Err(error) = refund_due(&db, &stripe, policy).await {
             tracing::warn!(%error, "refunding duplicate payments failed; trying again");
         }
         tokio::select! {
@@ -53,17 +54,20 @@ pub async fn run(db: DatabaseConnection, stripe: StripeApi, stop: CancellationTo
     }
 }
 
-async fn refund_due(db: &DatabaseConnection, stripe: &StripeApi) -> Result<(), DbErr> {
+async fn refund_due(db: &DatabaseConnection, stripe: &StripeApi, policy: DisputeAccess) -> Result<(), DbErr> {
     for request in refund_requests::due(db, Utc::now(), 16).await? {
-        attempt(db, stripe, &request).await?;
+        attempt(db, stripe, policy, &request).await?;
     }
     Ok(())
 }
 
-/// One attempt at `request`, if this process can claim it.
+/// One attempt at `request`, if this process can claim it. A purchase that
+/// grants the course by now (its first purchase was refunded or lost a
+/// dispute since) is no duplicate any more and is not refunded.
 pub async fn attempt(
     db: &DatabaseConnection,
     stripe: &StripeApi,
+    policy: DisputeAccess,
     request: &Request,
 ) -> Result<Attempt, DbErr> {
     let now = Utc::now();
@@ -71,6 +75,17 @@ pub async fn attempt(
         return Ok(Attempt::NotClaimed);
     }
     let session = &request.checkout_session_id;
+    let purchase = purchases::find_by_session(db, session).await?;
+    let grants_now = match &purchase {
+        Some(purchase) => reversals::access_of(db, purchase, policy).await?.has_access,
+        None => false,
+    };
+    if grants_now {
+        let error = "no longer a duplicate: the buyer's first purchase of the course was taken back";
+        refund_requests::failed(db, request.id, error, now).await?;
+        tracing::warn!(session_id = %session, "refund not made: {error}");
+        return Ok(Attempt::Refused { error: error.into() });
+    }
     let answer = stripe.refund_payment(&request.payment_intent_id, &request.idempotency_key, session).await;
     let now = Utc::now();
     Ok(match answer {

@@ -133,7 +133,12 @@ impl Application {
             Arc::new(move || metrics.render())
         };
         if let (true, Some(stripe)) = (self.auto_refund_duplicates, &self.stripe) {
-            tokio::spawn(refunds::run(self.db.clone(), stripe.clone(), stop.clone()));
+            tokio::spawn(refunds::run(
+                self.db.clone(),
+                stripe.clone(),
+                self.policy.dispute_access,
+                stop.clone(),
+            ));
         }
         let admin = tokio::spawn(admin::serve(self.admin_listener, render, stop.clone()));
         let reflection = tonic_reflection::server::Builder::configure()

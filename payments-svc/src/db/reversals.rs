@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::entities::course_purchase;
 use super::entities::payment_reversal::{ActiveModel, Column, Entity, Model};
-use crate::reversals::{self, Access, Checkout, DisputeAccess, Reversal};
+use crate::reversals::{self, Access, AccessStatus, Checkout, DisputeAccess, Reversal};
 
 /// Records one fact, reported by event `event_id`. A fact already recorded
 /// (the same object, status and amount, from this or another event) is left
@@ -134,8 +134,52 @@ pub fn as_reversals(facts: &[Model]) -> Vec<Reversal> {
 }
 
 /// `purchase`'s access, its checkout outcome and every reversal of its
-/// payment counted.
+/// payment counted. A second payment for a course (`needs_refund`) grants
+/// the course once no other purchase of it does any more (the first was
+/// refunded or lost a dispute): a buyer who pays again after that is a
+/// buyer again, not a duplicate.
 pub async fn access_of(
+    db: &impl ConnectionTrait,
+    purchase: &course_purchase::Model,
+    dispute_access: DisputeAccess,
+) -> Result<Access, DbErr> {
+    let mut access = own_access(db, purchase, dispute_access).await?;
+    if purchase.needs_refund
+        && access.status == AccessStatus::Paid
+        && !another_grants(db, purchase, dispute_access).await?
+    {
+        access = own_access(
+            db,
+            &course_purchase::Model { needs_refund: false, ..purchase.clone() },
+            dispute_access,
+        )
+        .await?;
+    }
+    Ok(access)
+}
+
+/// Whether a first purchase of the same course by the same buyer grants it.
+async fn another_grants(
+    db: &impl ConnectionTrait,
+    purchase: &course_purchase::Model,
+    dispute_access: DisputeAccess,
+) -> Result<bool, DbErr> {
+    let siblings = course_purchase::Entity::find()
+        .filter(course_purchase::Column::UserId.eq(purchase.user_id.as_str()))
+        .filter(course_purchase::Column::CourseId.eq(purchase.course_id.as_str()))
+        .filter(course_purchase::Column::NeedsRefund.eq(false))
+        .all(db)
+        .await?;
+    for sibling in siblings.iter().filter(|sibling| sibling.id != purchase.id) {
+        if own_access(db, sibling, dispute_access).await?.has_access {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The fold for `purchase` alone.
+async fn own_access(
     db: &impl ConnectionTrait,
     purchase: &course_purchase::Model,
     dispute_access: DisputeAccess,

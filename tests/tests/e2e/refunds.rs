@@ -180,3 +180,32 @@ async fn the_refund_command_refunds_a_duplicate_once_and_refuses_the_purchase_th
     assert_eq!(stripe.refunds().len(), 1);
     stack.shutdown().await;
 }
+
+on_both_databases!(buying_again_after_a_full_refund_grants_the_course_and_is_not_refunded);
+async fn buying_again_after_a_full_refund_grants_the_course_and_is_not_refunded(db: TestDb) {
+    let stripe = FakeStripe::start().await;
+    let stack = Stack::start_with(db, auto_refunding(&stripe, 3_000)).await;
+    let (first, second, session, _) = two_payments();
+
+    stack.deliver(&first).await;
+    stack.deliver(&fixture("refund_created_full.json").expect("fixture")).await;
+    stack.deliver(&second).await;
+    eventually(Duration::from_secs(15), "the refund request settled", || async {
+        request_of(&stack).await.is_some_and(|r| r.status != RefundRequestStatus::Pending)
+    })
+    .await;
+
+    let request = request_of(&stack).await.expect("request");
+    assert_eq!(request.status, RefundRequestStatus::Failed);
+    assert!(
+        request.last_error.as_deref().is_some_and(|e| e.contains("no longer a duplicate")),
+        "{request:?}"
+    );
+    assert!(stripe.refunds().is_empty(), "{:?}", stripe.refunds());
+    let bought_again = stack.get(&format!("/api/payments/verify?session_id={session}")).await.json();
+    assert_eq!(
+        (bought_again["status"].as_str(), bought_again["hasAccess"].as_bool()),
+        (Some("paid"), Some(true))
+    );
+    stack.shutdown().await;
+}

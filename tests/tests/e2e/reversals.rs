@@ -248,3 +248,33 @@ async fn a_purchase_timeline_shows_every_event_that_touched_it_in_arrival_order(
     assert!(shown.contains("(4 events)"), "the other purchase's event is not listed:\n{shown}");
     stack.shutdown().await;
 }
+
+on_both_databases!(a_session_stripe_still_reports_paid_stays_refunded_when_verify_records_it);
+async fn a_session_stripe_still_reports_paid_stays_refunded_when_verify_records_it(db: TestDb) {
+    let stripe = crate::fake_stripe::FakeStripe::start().await;
+    stripe.add_session(fixture("checkout_session.object.json").expect("fixture"));
+    let options = StackOptions { stripe_api_base: Some(stripe.base_url()), ..Default::default() };
+    let stack = Stack::start_with(db, options).await;
+    for name in [REFUND_CREATED, CHARGE_REFUNDED] {
+        assert_eq!(stack.deliver(&fixture(name).expect("fixture")).await.status, StatusCode::OK);
+    }
+    let session = json_of(&fixture(CHECKOUT).expect("fixture"))["data"]["object"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let first = stack.get(&format!("/api/payments/verify?session_id={session}")).await.json();
+    let again = stack.get(&format!("/api/payments/verify?session_id={session}")).await.json();
+
+    let purchases = stack.purchases().await;
+    assert_eq!(purchases.len(), 1, "verify recorded the purchase from Stripe");
+    assert_eq!(purchases[0].source, payments_svc::db::entities::course_purchase::PurchaseSource::Verify);
+    for answer in [first, again] {
+        assert_eq!(
+            (answer["status"].as_str(), answer["hasAccess"].as_bool()),
+            (Some("refunded"), Some(false)),
+            "{answer}"
+        );
+    }
+    stack.shutdown().await;
+}
