@@ -151,3 +151,41 @@ async fn success_page_says_clearly_when_the_checkout_is_unknown() {
     browser.close().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_page_says_clearly_when_money_went_back() {
+    let stack = Stack::start(TestDb::sqlite().await).await;
+    let paid = fixture("checkout_session_completed_paid.json").expect("fixture");
+    let disputed = e2e::with_fresh_ids(&paid, "_disputed").expect("variant");
+    let lost = e2e::with_fresh_ids(&paid, "_lost").expect("variant");
+    for (body, reversal, suffix) in [
+        (&paid, "refund_created_full.json", ""),
+        (&disputed, "charge_dispute_created.json", "_disputed"),
+        (&lost, "charge_dispute_closed_lost.json", "_lost"),
+    ] {
+        stack.deliver(body).await;
+        let reversal = String::from_utf8(fixture(reversal).expect("fixture").to_vec()).expect("UTF-8");
+        let event_id = serde_json::from_str::<serde_json::Value>(&reversal).expect("JSON")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let reversal = reversal
+            .replace("pi_3chHPNw84sPSl7cwMX3oOFxK\"", &format!("pi_3chHPNw84sPSl7cwMX3oOFxK{suffix}\""))
+            .replace(&format!("{event_id}\""), &format!("{event_id}{suffix}\""));
+        stack.deliver(&bytes::Bytes::from(reversal)).await;
+    }
+    let browser = Browser::start().await;
+
+    browser.open(&stack, &session_id_in(&paid)).await;
+    let refunded = browser.wait_for_state("refunded").await;
+    browser.open(&stack, &session_id_in(&disputed)).await;
+    let on_hold = browser.wait_for_state("disputed").await;
+    browser.open(&stack, &session_id_in(&lost)).await;
+    let withdrawn = browser.wait_for_state("revoked").await;
+
+    assert!(refunded.contains("Payment refunded"), "{refunded}");
+    assert!(on_hold.contains("on hold until the dispute is settled"), "{on_hold}");
+    assert!(withdrawn.contains("Access withdrawn"), "{withdrawn}");
+    browser.close().await;
+    stack.shutdown().await;
+}
