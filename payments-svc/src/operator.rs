@@ -133,20 +133,20 @@ fn error_message(event: &Event) -> String {
 }
 
 fn list_table(events: &[Event]) -> String {
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| {
-            vec![
-                time(e.received_at),
-                e.event_id.clone(),
-                e.event_type.clone(),
-                e.status.to_value(),
-                e.delivery_count.to_string(),
-                error_message(e),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = events.iter().map(|e| event_row(e, error_message(e))).collect();
     table(&["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "ERROR"], &rows, "events")
+}
+
+/// An event's row in a table, `last` in its last column.
+fn event_row(event: &Event, last: String) -> Vec<String> {
+    vec![
+        time(event.received_at),
+        event.event_id.clone(),
+        event.event_type.clone(),
+        event.status.to_value(),
+        event.delivery_count.to_string(),
+        last,
+    ]
 }
 
 fn unmatched_table(facts: &[ReversalRow]) -> String {
@@ -210,19 +210,7 @@ async fn purchase_timeline(db: &DatabaseConnection, id: &str, policy: Policy) ->
         purchase.source.to_value(),
         time(purchase.created_at)
     );
-    let rows: Vec<Vec<String>> = touching
-        .iter()
-        .map(|e| {
-            vec![
-                time(e.received_at),
-                e.event_id.clone(),
-                e.event_type.clone(),
-                e.status.to_value(),
-                e.delivery_count.to_string(),
-                what_it_did(e, policy),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = touching.iter().map(|e| event_row(e, what_it_did(e, policy))).collect();
     let _ = writeln!(out, "\nevents, in the order they arrived:");
     out.push_str(&table(
         &["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "WHAT IT DID"],
