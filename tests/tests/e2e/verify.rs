@@ -42,7 +42,15 @@ async fn post_with_json_body_answers_like_get(db: TestDb) {
     assert_eq!(by_post.json(), by_get.json());
     assert_eq!(by_post.json()["status"], "paid");
     let keys: Vec<_> = by_post.json().as_object().expect("object").keys().cloned().collect();
-    assert_eq!(keys, ["courseId", "purchasedAt", "status"], "nothing about the buyer is revealed");
+    assert_eq!(
+        keys,
+        ["amountRefunded", "courseId", "hasAccess", "purchasedAt", "status"],
+        "nothing about the buyer is revealed"
+    );
+    assert_eq!(
+        (by_post.json()["hasAccess"].as_bool(), by_post.json()["amountRefunded"].as_i64()),
+        (Some(true), Some(0))
+    );
     stack.shutdown().await;
 }
 
