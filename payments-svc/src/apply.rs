@@ -8,7 +8,8 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, Transactio
 
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::{self, EventStatus};
-use crate::db::{events, purchases, refund_requests, reversals};
+use crate::db::reversals::{self, Fact};
+use crate::db::{events, purchases, refund_requests};
 use crate::error::Error;
 use crate::event::IncomingEvent;
 use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
@@ -113,7 +114,7 @@ pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> 
             Ok(Outcome::Processed)
         }
         Plan::Reverse { reversal, event_id, created } => {
-            reversals::record(db, &reversal, &event_id, created, now).await?;
+            reversals::record(db, &[Fact { reversal: &reversal, event_id: &event_id, created }], now).await?;
             Ok(Outcome::Processed)
         }
         Plan::Acknowledge => Ok(Outcome::Processed),

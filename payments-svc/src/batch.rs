@@ -31,12 +31,13 @@ use service_kit::gather;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::apply;
-use crate::db::batch_pg::{self, Candidate, Fact};
+use crate::db::batch_pg::{self, Candidate};
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::EventStatus;
 use crate::db::events::{Settled, SettledRow};
 use crate::db::purchases::PurchaseWrite;
-use crate::db::{events, purchases, reversals};
+use crate::db::reversals::{self, Fact};
+use crate::db::{events, purchases};
 use crate::event::IncomingEvent;
 use crate::metrics::Metrics;
 use crate::reversals::Reversal;
@@ -252,12 +253,9 @@ async fn settle_and_fulfil(
         .map(|(purchase, status)| PurchaseWrite { purchase, status: *status, needs_refund: false })
         .collect();
     purchases::advance_all(&txn, &writes, now).await?;
-    let facts: Vec<(&Reversal, &str, i64)> = facts
-        .iter()
-        .filter(|fact| applied_now.contains(fact.event_id))
-        .map(|fact| (fact.reversal, fact.event_id, fact.created))
-        .collect();
-    reversals::record_all(&txn, &facts, now).await?;
+    let facts: Vec<Fact<'_>> =
+        facts.iter().filter(|fact| applied_now.contains(fact.event_id)).copied().collect();
+    reversals::record(&txn, &facts, now).await?;
     txn.commit().await?;
     Ok(rows)
 }
@@ -291,16 +289,12 @@ struct Planned {
 
 impl From<Plan> for Planned {
     fn from(plan: Plan) -> Self {
-        let mut reversal = None;
-        let (outcome, purchase) = match plan {
-            Plan::Record(purchase, status) => (Outcome::Processed, Some((purchase, status))),
-            Plan::Reverse { reversal: fact, .. } => {
-                reversal = Some(fact);
-                (Outcome::Processed, None)
-            }
-            Plan::Acknowledge => (Outcome::Processed, None),
-            Plan::Ignore(reason) => (Outcome::Ignored { reason }, None),
-            Plan::Fail(error) => (Outcome::Failed { error }, None),
+        let (outcome, purchase, reversal) = match plan {
+            Plan::Record(purchase, status) => (Outcome::Processed, Some((purchase, status)), None),
+            Plan::Reverse { reversal, .. } => (Outcome::Processed, None, Some(reversal)),
+            Plan::Acknowledge => (Outcome::Processed, None, None),
+            Plan::Ignore(reason) => (Outcome::Ignored { reason }, None, None),
+            Plan::Fail(error) => (Outcome::Failed { error }, None, None),
         };
         let (status, error) = outcome.settled_as();
         Self { status, error, outcome, purchase, reversal }

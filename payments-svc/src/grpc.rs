@@ -15,14 +15,14 @@ use sea_orm::DatabaseConnection;
 use tonic::{Request, Response, Status};
 
 use crate::batch::{BatchSettings, EventBatcher};
-use crate::db::entities::course_purchase::{self, PurchaseSource, PurchaseStatus};
+use crate::db::entities::course_purchase::{self, PurchaseSource};
 use crate::error::Error;
 use crate::event::IncomingEvent;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
 use crate::reversals::{Access, AccessStatus};
 use crate::rules::{Outcome, Policy};
 use crate::stripe_api::StripeApi;
-use crate::verify::{self, Lookup, Verdict, Verification};
+use crate::verify::{self, Lookup, Recorded, Verdict, Verification};
 
 /// Most events one `HandleStripeEvents` call may carry.
 pub const MAX_EVENTS_PER_CALL: usize = 1000;
@@ -174,30 +174,16 @@ fn lookup(request: VerifyPurchaseRequest) -> Result<Lookup, Error> {
 }
 
 fn verify_response(verification: Verification) -> VerifyPurchaseResponse {
-    let (status, purchase) = match (verification.verdict, verification.access) {
-        (Verdict::Recorded(purchase), Some(access)) => {
+    let (status, purchase) = match verification.verdict {
+        Verdict::Recorded(Recorded { purchase, access }) => {
             let purchase = purchase_message(purchase, access);
             (purchase.status(), Some(purchase))
         }
-        (Verdict::Recorded(purchase), None) => {
-            let access =
-                Access { status: checkout_status(purchase.status), has_access: false, amount_refunded: 0 };
-            let purchase = purchase_message(purchase, access);
-            (purchase.status(), Some(purchase))
-        }
-        (Verdict::Pending, _) => (pb::PurchaseStatus::Pending, None),
-        (Verdict::Expired, _) => (pb::PurchaseStatus::Expired, None),
-        (Verdict::NotFound, _) => (pb::PurchaseStatus::NotFound, None),
+        Verdict::Pending => (pb::PurchaseStatus::Pending, None),
+        Verdict::Expired => (pb::PurchaseStatus::Expired, None),
+        Verdict::NotFound => (pb::PurchaseStatus::NotFound, None),
     };
     VerifyPurchaseResponse { status: status.into(), purchase, unconfirmed: verification.unconfirmed }
-}
-
-fn checkout_status(status: PurchaseStatus) -> AccessStatus {
-    match status {
-        PurchaseStatus::Pending => AccessStatus::Pending,
-        PurchaseStatus::Failed => AccessStatus::Failed,
-        PurchaseStatus::Paid => AccessStatus::Paid,
-    }
 }
 
 fn purchase_message(purchase: course_purchase::Model, access: Access) -> pb::Purchase {

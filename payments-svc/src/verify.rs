@@ -29,11 +29,12 @@ pub enum Lookup {
     UserCourse { user_id: String, course_id: String },
 }
 
-/// The answer, whichever path produced it.
+/// The answer, whichever path produced it. The paths below find a
+/// [`Purchase`]; [`verify`] answers with it [`Recorded`], its access counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Verdict<R = Recorded> {
     /// A purchase is recorded; its status is the answer.
-    Recorded(Purchase),
+    Recorded(R),
     /// Stripe knows the session but it is not complete yet.
     Pending,
     /// Stripe says the session expired unpaid.
@@ -41,23 +42,28 @@ pub enum Verdict {
     NotFound,
 }
 
+/// A recorded purchase and its access, refunds and disputes counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
-    pub verdict: Verdict,
-    /// Stripe could not be asked: the verdict is the database's and may change.
-    pub unconfirmed: bool,
-    /// For a recorded purchase: its access, refunds and disputes counted.
-    pub access: Option<Access>,
+pub struct Recorded {
+    pub purchase: Purchase,
+    pub access: Access,
 }
 
-impl Verification {
-    fn from_db(recorded: Option<Purchase>, unconfirmed: bool) -> Self {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification<R = Recorded> {
+    pub verdict: Verdict<R>,
+    /// Stripe could not be asked: the verdict is the database's and may change.
+    pub unconfirmed: bool,
+}
+
+impl<R> Verification<R> {
+    fn from_db(recorded: Option<R>, unconfirmed: bool) -> Self {
         let verdict = recorded.map_or(Verdict::NotFound, Verdict::Recorded);
-        Self { verdict, unconfirmed, access: None }
+        Self { verdict, unconfirmed }
     }
 
-    fn confirmed(verdict: Verdict) -> Self {
-        Self { verdict, unconfirmed: false, access: None }
+    fn confirmed(verdict: Verdict<R>) -> Self {
+        Self { verdict, unconfirmed: false }
     }
 }
 
@@ -74,25 +80,31 @@ pub async fn verify(
 ) -> Result<Verification, DbErr> {
     match lookup {
         Lookup::CheckoutSession(session_id) => {
-            let mut verification = verify_session(db, stripe, policy, session_id).await?;
-            if let Verdict::Recorded(purchase) = &verification.verdict {
-                verification.access = Some(reversals::access_of(db, purchase, policy.dispute_access).await?);
-            }
-            Ok(verification)
+            let found = verify_session(db, stripe, policy, session_id).await?;
+            let verdict = match found.verdict {
+                Verdict::Recorded(purchase) => Verdict::Recorded(counted(db, purchase, policy).await?),
+                Verdict::Pending => Verdict::Pending,
+                Verdict::Expired => Verdict::Expired,
+                Verdict::NotFound => Verdict::NotFound,
+            };
+            Ok(Verification { verdict, unconfirmed: found.unconfirmed })
         }
         Lookup::UserCourse { user_id, course_id } => {
-            let mut best: Option<(Purchase, Access)> = None;
+            let mut all = Vec::new();
             for purchase in purchases::find_by_user_course(db, user_id, course_id).await? {
-                let access = reversals::access_of(db, &purchase, policy.dispute_access).await?;
-                let key = |(p, a): &(Purchase, Access)| (a.has_access, p.status.rank(), p.id);
-                if best.as_ref().is_none_or(|current| key(current) < key(&(purchase.clone(), access))) {
-                    best = Some((purchase, access));
-                }
+                all.push(counted(db, purchase, policy).await?);
             }
-            let (purchase, access) = best.unzip();
-            Ok(Verification { access, ..Verification::from_db(purchase, false) })
+            let best = all
+                .into_iter()
+                .max_by_key(|r| (r.access.has_access, r.purchase.status.rank(), r.purchase.id));
+            Ok(Verification::from_db(best, false))
         }
     }
+}
+
+async fn counted(db: &DatabaseConnection, purchase: Purchase, policy: Policy) -> Result<Recorded, DbErr> {
+    let access = reversals::access_of(db, &purchase, policy.dispute_access).await?;
+    Ok(Recorded { purchase, access })
 }
 
 async fn verify_session(
@@ -100,7 +112,7 @@ async fn verify_session(
     stripe: Option<&StripeApi>,
     policy: Policy,
     session_id: &str,
-) -> Result<Verification, DbErr> {
+) -> Result<Verification<Purchase>, DbErr> {
     let recorded = purchases::find_by_session(db, session_id).await?;
     let Some(stripe) =
         stripe.filter(|_| !recorded.as_ref().is_some_and(|p| p.status == PurchaseStatus::Paid))
@@ -124,7 +136,7 @@ async fn fulfil_from_stripe(
     session: &CheckoutSession,
     policy: Policy,
     recorded: Option<Purchase>,
-) -> Result<Verification, DbErr> {
+) -> Result<Verification<Purchase>, DbErr> {
     if let Err(failure) = rules::check_livemode(session.livemode, policy) {
         tracing::warn!(session_id = %session.id, problem = %failure.message, "verify refused a session of the other livemode");
         return Ok(Verification::from_db(recorded, false));

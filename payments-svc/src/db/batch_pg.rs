@@ -32,17 +32,8 @@ use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
 use super::entities::course_purchase::PurchaseStatus;
 use super::entities::stripe_webhook_event::EventStatus;
 use super::events::{Settled, SettledRow};
-use crate::reversals::Reversal;
+use super::reversals::Fact;
 use crate::rules::NewPurchase;
-
-/// A reversal fact that `event_id` (created at `created`) records if this
-/// batch applies it.
-#[derive(Debug, Clone, Copy)]
-pub struct Fact<'a> {
-    pub event_id: &'a str,
-    pub reversal: &'a Reversal,
-    pub created: i64,
-}
 
 /// A purchase that `event_id` writes at `status` if this batch applies it.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +70,8 @@ impl Writer {
     }
 
     /// Records and settles `batch` and writes the purchases and reversal
-    /// facts of the events it applies, in one statement; returns who settled each event, as
+    /// facts (each of an event in `batch`) of the events it applies, in one
+    /// statement; returns who settled each event, as
     /// [`events::record_settled`](super::events::record_settled) does.
     ///
     /// `batch` names each event once, in the order its rows are to be

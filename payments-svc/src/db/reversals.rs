@@ -5,49 +5,42 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Set,
+    ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Set,
 };
 
 use super::entities::course_purchase;
 use super::entities::payment_reversal::{ActiveModel, Column, Entity, Model};
 use crate::reversals::{self, Access, AccessStatus, Checkout, DisputeAccess, Reversal};
 
-/// Records one fact, reported by event `event_id`. A fact already recorded
-/// (the same object, status and amount, from this or another event) is left
-/// as it is: two Event objects for one change count once.
-pub async fn record(
-    db: &impl ConnectionTrait,
-    reversal: &Reversal,
-    event_id: &str,
-    stripe_created_at: i64,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    record_all(db, &[(reversal, event_id, stripe_created_at)], now).await
+/// A fact and the event that reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fact<'a> {
+    pub reversal: &'a Reversal,
+    pub event_id: &'a str,
+    /// The event's `created`, in Unix seconds.
+    pub created: i64,
 }
 
-/// Records several facts, each with the event that reported it and that
-/// event's `created`, as [`record`] does for one.
-pub async fn record_all(
-    db: &impl ConnectionTrait,
-    facts: &[(&Reversal, &str, i64)],
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+/// Records `facts`. A fact already recorded (the same object, status and
+/// amount, from this or another event) is left as it is: two Event objects
+/// for one change count once.
+pub async fn record(db: &impl ConnectionTrait, facts: &[Fact<'_>], now: DateTime<Utc>) -> Result<(), DbErr> {
     if facts.is_empty() {
         return Ok(());
     }
-    let rows = facts.iter().map(|(reversal, event_id, created)| ActiveModel {
+    let rows = facts.iter().map(|fact| ActiveModel {
         id: NotSet,
-        kind: Set(reversal.kind),
-        object_id: Set(reversal.object_id.clone()),
-        status: Set(reversal.status.clone()),
-        amount: Set(reversal.amount),
-        complete: Set(reversal.complete),
-        currency: Set(reversal.currency.clone()),
-        payment_intent_id: Set(reversal.payment_intent_id.clone()),
-        charge_id: Set(reversal.charge_id.clone()),
-        event_id: Set((*event_id).to_owned()),
-        stripe_created_at: Set(*created),
+        kind: Set(fact.reversal.kind),
+        object_id: Set(fact.reversal.object_id.clone()),
+        status: Set(fact.reversal.status.clone()),
+        amount: Set(fact.reversal.amount),
+        complete: Set(fact.reversal.complete),
+        currency: Set(fact.reversal.currency.clone()),
+        payment_intent_id: Set(fact.reversal.payment_intent_id.clone()),
+        charge_id: Set(fact.reversal.charge_id.clone()),
+        event_id: Set(fact.event_id.to_owned()),
+        stripe_created_at: Set(fact.created),
         recorded_at: Set(now),
     });
     let same_change =
@@ -72,48 +65,36 @@ pub async fn for_payment(db: &impl ConnectionTrait, payment_intent_id: &str) -> 
 }
 
 /// Facts that reach no purchase (yet), newest first: reversals of payments
-/// that are no course purchase, or of purchases not recorded here.
+/// that are no course purchase, or of purchases not recorded here. A fact
+/// that names only a charge reaches a purchase through another fact that
+/// ties that charge to a recorded payment intent.
 pub async fn unmatched(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Model>, DbErr> {
-    let recorded = course_purchase::Entity::find()
+    let recorded = || {
+        course_purchase::Entity::find()
+            .select_only()
+            .column(course_purchase::Column::StripePaymentIntentId)
+            .filter(course_purchase::Column::StripePaymentIntentId.is_not_null())
+            .into_query()
+    };
+    let tied_charges = Entity::find()
         .select_only()
-        .column(course_purchase::Column::StripePaymentIntentId)
-        .filter(course_purchase::Column::StripePaymentIntentId.is_not_null())
+        .column(Column::ChargeId)
+        .filter(Column::ChargeId.is_not_null())
+        .filter(Column::PaymentIntentId.in_subquery(recorded()))
         .into_query();
-    let mut unmatched = Vec::new();
-    let candidates = Entity::find()
-        .filter(Column::PaymentIntentId.not_in_subquery(recorded))
+    let unknown_payment = Condition::all()
+        .add(Column::PaymentIntentId.is_not_null())
+        .add(Column::PaymentIntentId.not_in_subquery(recorded()));
+    let unknown_charge = Condition::all().add(Column::PaymentIntentId.is_null()).add(
+        Condition::any().add(Column::ChargeId.is_null()).add(Column::ChargeId.not_in_subquery(tied_charges)),
+    );
+    Entity::find()
+        .filter(Condition::any().add(unknown_payment).add(unknown_charge))
         .order_by_desc(Column::RecordedAt)
         .order_by_desc(Column::Id)
         .limit(limit)
         .all(db)
-        .await?;
-    unmatched.extend(candidates);
-    let charge_only =
-        Entity::find().filter(Column::PaymentIntentId.is_null()).order_by_desc(Column::Id).all(db).await?;
-    for fact in charge_only {
-        let tied = match &fact.charge_id {
-            Some(charge) => {
-                Entity::find()
-                    .filter(Column::ChargeId.eq(charge.as_str()))
-                    .filter(Column::PaymentIntentId.is_not_null())
-                    .one(db)
-                    .await?
-            }
-            None => None,
-        };
-        let reaches_purchase = match tied.and_then(|t| t.payment_intent_id) {
-            Some(pi) => course_purchase::Entity::find()
-                .filter(course_purchase::Column::StripePaymentIntentId.eq(pi))
-                .one(db)
-                .await?
-                .is_some(),
-            None => false,
-        };
-        if !reaches_purchase {
-            unmatched.push(fact);
-        }
-    }
-    Ok(unmatched)
+        .await
 }
 
 /// The facts as the rules see them.
@@ -144,16 +125,8 @@ pub async fn access_of(
     dispute_access: DisputeAccess,
 ) -> Result<Access, DbErr> {
     let mut access = own_access(db, purchase, dispute_access).await?;
-    if purchase.needs_refund
-        && access.status == AccessStatus::Paid
-        && !another_grants(db, purchase, dispute_access).await?
-    {
-        access = own_access(
-            db,
-            &course_purchase::Model { needs_refund: false, ..purchase.clone() },
-            dispute_access,
-        )
-        .await?;
+    if purchase.needs_refund && access.status == AccessStatus::Paid {
+        access.has_access = !another_grants(db, purchase, dispute_access).await?;
     }
     Ok(access)
 }
