@@ -11,6 +11,7 @@ mod m20261127_000002_create_course_purchases;
 mod m20261127_000003_keep_payloads_inline;
 mod m20261201_000004_create_payment_reversals;
 mod m20261201_000005_create_refund_requests;
+mod m20261201_000006_create_purchase_changes;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_keep_payloads_inline::Migration),
             Box::new(m20261201_000004_create_payment_reversals::Migration),
             Box::new(m20261201_000005_create_refund_requests::Migration),
+            Box::new(m20261201_000006_create_purchase_changes::Migration),
         ]
     }
 }

@@ -8,10 +8,12 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, Transactio
 
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::{self, EventStatus};
+use crate::db::feed::{self, Touch, Touched};
 use crate::db::reversals::{self, Fact};
 use crate::db::{events, purchases, refund_requests};
 use crate::error::Error;
 use crate::event::IncomingEvent;
+use crate::reversals::DisputeAccess;
 use crate::rules::{self, NewPurchase, Outcome, Plan, Policy};
 
 /// Records the delivery and applies the event, all in one transaction.
@@ -32,17 +34,20 @@ pub async fn handle_event(
     let plan = rules::plan(event, policy);
 
     let txn = db.begin().await?;
+    if plan.records_facts() {
+        feed::lock_for_facts(&txn).await?;
+    }
     let row = events::record_delivery(&txn, event, now).await?;
     if row.status.is_settled() {
         txn.commit().await?;
         return Ok(Outcome::Duplicate);
     }
-    let outcome = apply(&txn, plan, now).await?;
-    let (status, error) = outcome.settled_as();
+    let applied = apply(&txn, plan, &event.id, policy.dispute_access, now).await?;
+    let (status, error) = applied.outcome.settled_as();
     events::settle(&txn, row.id, status, error, now).await?;
-    txn.commit().await?;
-    log_outcome(event, &outcome);
-    Ok(outcome)
+    applied.commit(txn).await?;
+    log_outcome(event, &applied.outcome);
+    Ok(applied.outcome)
 }
 
 /// One line per event, and a distinct warning for each reason an event is
@@ -96,31 +101,69 @@ pub async fn replay(
         .map_err(|_| Error::invalid("payload", "no longer parses as a Stripe event"))?;
     let event = IncomingEvent::try_from(parsed)?;
     let now = Utc::now();
+    let plan = rules::plan(&event, policy);
     let txn = db.begin().await?;
-    let outcome = apply(&txn, rules::plan(&event, policy), now).await?;
-    let (status, error) = outcome.settled_as();
+    if plan.records_facts() {
+        feed::lock_for_facts(&txn).await?;
+    }
+    let applied = apply(&txn, plan, &event.id, policy.dispute_access, now).await?;
+    let (status, error) = applied.outcome.settled_as();
     events::settle(&txn, stored.id, status, error, now).await?;
-    txn.commit().await?;
-    log_outcome(&event, &outcome);
-    Ok(Replay { event_id: event.id, before: stored.status, after: status, outcome })
+    applied.commit(txn).await?;
+    log_outcome(&event, &applied.outcome);
+    Ok(Replay { event_id: event.id, before: stored.status, after: status, outcome: applied.outcome })
 }
 
-/// Carries out `plan` inside the caller's transaction. The webhook path,
-/// the verify path and replays all write purchases through here.
-pub async fn apply(db: &DatabaseTransaction, plan: Plan, now: DateTime<Utc>) -> Result<Outcome, DbErr> {
-    match plan {
+/// What [`apply`] did: the outcome, and how many changes it published.
+#[derive(Debug)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub published: usize,
+}
+
+impl Applied {
+    /// Commits `txn` and, if it published changes, wakes this process's
+    /// watchers.
+    pub async fn commit(&self, txn: DatabaseTransaction) -> Result<(), DbErr> {
+        txn.commit().await?;
+        if self.published > 0 {
+            feed::announce();
+        }
+        Ok(())
+    }
+}
+
+/// Carries out `plan` inside the caller's transaction, and publishes the
+/// changes of access it makes, caused by `cause` (an event id, `verify`).
+/// The webhook path, the verify path and replays all write purchases
+/// through here. A plan that records facts needs [`feed::lock_for_facts`]
+/// taken first.
+pub async fn apply(
+    db: &DatabaseTransaction,
+    plan: Plan,
+    cause: &str,
+    dispute_access: DisputeAccess,
+    now: DateTime<Utc>,
+) -> Result<Applied, DbErr> {
+    let (outcome, published) = match plan {
         Plan::Record(purchase, status) => {
             record(db, &purchase, status, now).await?;
-            Ok(Outcome::Processed)
+            let touched = Touched { touch: Touch::Session(&purchase.checkout_session_id), cause };
+            (Outcome::Processed, feed::publish(db, &[touched], dispute_access, now).await?)
         }
         Plan::Reverse { reversal, event_id, created } => {
             reversals::record(db, &[Fact { reversal: &reversal, event_id: &event_id, created }], now).await?;
-            Ok(Outcome::Processed)
+            let touch = Touch::Payment {
+                payment_intent_id: reversal.payment_intent_id.as_deref(),
+                charge_id: reversal.charge_id.as_deref(),
+            };
+            (Outcome::Processed, feed::publish(db, &[Touched { touch, cause }], dispute_access, now).await?)
         }
-        Plan::Acknowledge => Ok(Outcome::Processed),
-        Plan::Ignore(reason) => Ok(Outcome::Ignored { reason }),
-        Plan::Fail(error) => Ok(Outcome::Failed { error }),
-    }
+        Plan::Acknowledge => (Outcome::Processed, 0),
+        Plan::Ignore(reason) => (Outcome::Ignored { reason }, 0),
+        Plan::Fail(error) => (Outcome::Failed { error }, 0),
+    };
+    Ok(Applied { outcome, published })
 }
 
 /// Writes the purchase. When it is a second paid purchase of a course the

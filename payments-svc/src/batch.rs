@@ -35,6 +35,7 @@ use crate::db::batch_pg::{self, Candidate};
 use crate::db::entities::course_purchase::PurchaseStatus;
 use crate::db::entities::stripe_webhook_event::EventStatus;
 use crate::db::events::{Settled, SettledRow};
+use crate::db::feed::{self, Touch, Touched};
 use crate::db::purchases::PurchaseWrite;
 use crate::db::reversals::{self, Fact};
 use crate::db::{events, purchases};
@@ -214,10 +215,15 @@ async fn apply_batch(
         })
         .collect();
 
-    let rows = match writer {
-        Some(writer) => writer.settle_and_fulfil(&settled, &candidates, &facts, token, now).await?,
-        None => settle_and_fulfil(db, &settled, &candidates, &facts, token, now).await?,
+    let (rows, published) = match writer {
+        Some(writer) if facts.is_empty() => {
+            writer.settle_and_fulfil(&settled, &candidates, token, now).await?
+        }
+        _ => settle_and_fulfil(db, &settled, &candidates, &facts, policy, token, now).await?,
     };
+    if published > 0 {
+        feed::announce();
+    }
     let applied_now = applied_by(&rows, token);
     let mut outcomes = HashMap::new();
     for (event, _, plan) in &planned {
@@ -232,16 +238,21 @@ async fn apply_batch(
 }
 
 /// [`batch_pg::Writer::settle_and_fulfil`] as statements in one
-/// transaction, for databases without data-modifying CTEs (SQLite).
+/// transaction, that also records reversal facts: for SQLite, and for
+/// PostgreSQL batches with refunds or disputes.
 async fn settle_and_fulfil(
     db: &DatabaseConnection,
     settled: &[Settled<'_>],
     candidates: &[Candidate<'_>],
     facts: &[Fact<'_>],
+    policy: Policy,
     token: i64,
     now: DateTime<Utc>,
-) -> Result<Vec<SettledRow>, DbErr> {
+) -> Result<(Vec<SettledRow>, u64), DbErr> {
     let txn = db.begin().await?;
+    if !facts.is_empty() {
+        feed::lock_for_facts(&txn).await?;
+    }
     let rows = events::record_settled(&txn, settled, token, now).await?;
     let applied_now = applied_by(&rows, token);
     let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
@@ -256,8 +267,34 @@ async fn settle_and_fulfil(
     let facts: Vec<Fact<'_>> =
         facts.iter().filter(|fact| applied_now.contains(fact.event_id)).copied().collect();
     reversals::record(&txn, &facts, now).await?;
+    let published =
+        feed::publish(&txn, &touches(candidates, &facts, &applied_now), policy.dispute_access, now).await?;
     txn.commit().await?;
-    Ok(rows)
+    Ok((rows, published as u64))
+}
+
+/// What the applied candidates and facts touched, each with its event as
+/// the cause; for a session, the event whose status was written comes first.
+fn touches<'a>(
+    candidates: &[Candidate<'a>],
+    facts: &[Fact<'a>],
+    applied_now: &HashSet<&str>,
+) -> Vec<Touched<'a>> {
+    let mut applied: Vec<&Candidate<'a>> =
+        candidates.iter().filter(|candidate| applied_now.contains(candidate.event_id)).collect();
+    applied.sort_by_key(|candidate| std::cmp::Reverse(candidate.status.rank()));
+    let sessions = applied.into_iter().map(|candidate| Touched {
+        touch: Touch::Session(&candidate.purchase.checkout_session_id),
+        cause: candidate.event_id,
+    });
+    let payments = facts.iter().map(|fact| Touched {
+        touch: Touch::Payment {
+            payment_intent_id: fact.reversal.payment_intent_id.as_deref(),
+            charge_id: fact.reversal.charge_id.as_deref(),
+        },
+        cause: fact.event_id,
+    });
+    sessions.chain(payments).collect()
 }
 
 /// The events of `rows` that the batch holding `token` applied; the others

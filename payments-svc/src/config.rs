@@ -40,6 +40,9 @@ pub enum Command {
     /// Inspect purchases: why has this user access, or none?
     #[command(subcommand)]
     Purchases(PurchasesCommand),
+    /// Follow and maintain the purchase change feed.
+    #[command(subcommand)]
+    Changes(ChangesCommand),
     /// Apply every checkout.session.* event Stripe sent in a recent window
     /// that is not processed here yet: recovers webhooks lost in an outage.
     /// Needs STRIPE_SECRET_KEY.
@@ -79,6 +82,24 @@ pub enum PurchasesCommand {
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangesCommand {
+    /// Print every change after a cursor, then each new one as it commits,
+    /// until interrupted: what a consumer of WatchPurchaseChanges receives.
+    Tail {
+        /// The cursor of the last change already seen; 0 starts from the
+        /// oldest change kept.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the changes older than PURCHASE_CHANGES_RETENTION_DAYS now
+    /// (payments-svc also does it by itself every hour).
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +211,11 @@ pub struct Args {
     #[arg(long, env = "PAYMENTS_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub batch_workers: u16,
 
+    /// Days the purchase change feed keeps each change. A consumer asking for
+    /// changes after an older cursor is told to resync from ListPurchases.
+    #[arg(long, env = "PURCHASE_CHANGES_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub changes_retention_days: u16,
+
     /// Address of the admin HTTP server (Prometheus `/metrics`).
     #[arg(long, env = "PAYMENTS_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
@@ -296,6 +322,8 @@ pub struct Settings {
     pub stripe: Option<StripeSettings>,
     /// Refund duplicate payments by itself (needs `stripe`).
     pub auto_refund_duplicates: bool,
+    /// How long the change feed keeps each change.
+    pub changes_retention: Duration,
     pub log_format: LogFormat,
 }
 
@@ -320,6 +348,7 @@ impl fmt::Debug for Settings {
             .field("policy", &self.policy)
             .field("stripe", &self.stripe)
             .field("auto_refund_duplicates", &self.auto_refund_duplicates)
+            .field("changes_retention", &self.changes_retention)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -373,6 +402,7 @@ impl TryFrom<Args> for Settings {
             policy: Policy { livemode: args.stripe_livemode, dispute_access: args.dispute_access },
             stripe,
             auto_refund_duplicates: args.stripe_auto_refund_duplicates,
+            changes_retention: Duration::from_secs(u64::from(args.changes_retention_days) * 86_400),
             log_format: args.log_format,
         })
     }

@@ -5,17 +5,22 @@ use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::payments_server::Payments;
 use payments_proto::v1::{
     self as pb, EventError, HandleStripeEventResponse, HandleStripeEventsRequest, HandleStripeEventsResponse,
-    StripeEvent, StripeEventResult, VerifyPurchaseRequest, VerifyPurchaseResponse, stripe_event_result,
-    verify_purchase_request,
+    ListPurchasesRequest, ListPurchasesResponse, StripeEvent, StripeEventResult, VerifyPurchaseRequest,
+    VerifyPurchaseResponse, WatchPurchaseChangesRequest, stripe_event_result, verify_purchase_request,
 };
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use sea_orm::DatabaseConnection;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::batch::{BatchSettings, EventBatcher};
 use crate::db::entities::course_purchase::{self, PurchaseSource};
+use crate::db::feed::Change;
 use crate::error::Error;
 use crate::event::IncomingEvent;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
@@ -23,9 +28,20 @@ use crate::reversals::{Access, AccessStatus};
 use crate::rules::{Outcome, Policy};
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Recorded, Verdict, Verification};
+use crate::watch::{self, WatchError, Watchers};
 
 /// Most events one `HandleStripeEvents` call may carry.
 pub const MAX_EVENTS_PER_CALL: usize = 1000;
+
+/// `ListPurchases` pages: the size when none is asked for, and the largest.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The trailer that carries the oldest cursor kept when a watch is refused
+/// for asking after an older one.
+pub const OLDEST_CURSOR_TRAILER: &str = "oldest-cursor";
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PurchaseChange, Status>> + Send>>;
 
 #[derive(Debug, Clone)]
 pub struct PaymentsService {
@@ -36,6 +52,8 @@ pub struct PaymentsService {
     /// Stripe's API, for verify; `None` answers from the database only.
     stripe: Option<StripeApi>,
     metrics: Arc<Metrics>,
+    /// Open change-feed watches.
+    watchers: Arc<Watchers>,
 }
 
 impl PaymentsService {
@@ -46,9 +64,10 @@ impl PaymentsService {
         batching: BatchSettings,
         stripe: Option<StripeApi>,
         metrics: Arc<Metrics>,
+        watchers: Arc<Watchers>,
     ) -> Self {
         let batcher = EventBatcher::start(db.clone(), policy, batching, Arc::clone(&metrics));
-        Self { db, policy, batcher, stripe, metrics }
+        Self { db, policy, batcher, stripe, metrics, watchers }
     }
 
     /// Validates `event` and queues it for group commit; the returned
@@ -125,6 +144,79 @@ impl Payments for PaymentsService {
         };
         self.metrics.verifications.get_or_create(&labels).inc();
         Ok(Response::new(response.map_err(Error::from)?))
+    }
+
+    type WatchPurchaseChangesStream = ChangeStream;
+
+    async fn watch_purchase_changes(
+        &self,
+        request: Request<WatchPurchaseChangesRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let after = i64::try_from(request.into_inner().after)
+            .map_err(|_| Error::invalid("after", "is beyond any cursor"))?;
+        let changes = watch::start(self.db.clone(), after, &self.watchers);
+        let stream =
+            ReceiverStream::new(changes).map(|change| change.map(change_message).map_err(watch_status));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_purchases(
+        &self,
+        request: Request<ListPurchasesRequest>,
+    ) -> Result<Response<ListPurchasesResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size <= MAX_PAGE_SIZE => size,
+            _ => return Err(Error::invalid("page_size", "is above 1000").into()),
+        };
+        let after_id = match request.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or(Error::invalid("page_token", "is not a token this service gave"))?,
+        };
+        let user_id = Some(request.user_id.as_str()).filter(|user| !user.is_empty());
+        let (page, more) = verify::list(&self.db, self.policy, user_id, after_id, u64::from(page_size))
+            .await
+            .map_err(Error::from)?;
+        let next_page_token = match page.last() {
+            Some(last) if more => last.purchase.id.to_string(),
+            _ => String::new(),
+        };
+        let purchases = page.into_iter().map(|r| purchase_message(r.purchase, r.access)).collect();
+        Ok(Response::new(ListPurchasesResponse { purchases, next_page_token }))
+    }
+}
+
+fn change_message(Change { change, purchase }: Change) -> pb::PurchaseChange {
+    let access = Access {
+        status: AccessStatus::from_name(&change.status).unwrap_or(AccessStatus::Pending),
+        has_access: change.has_access,
+        amount_refunded: change.amount_refunded,
+    };
+    pb::PurchaseChange {
+        cursor: u64::try_from(change.cursor).unwrap_or_default(),
+        kind: pb::ChangeKind::from_name(&change.kind).into(),
+        purchase: Some(purchase_message(purchase, access)),
+        cause_event_id: change.cause_event_id,
+        at: Some(timestamp(change.at)),
+    }
+}
+
+fn watch_status(error: WatchError) -> Status {
+    match error {
+        WatchError::TooOld { oldest, .. } => {
+            let mut status = Status::failed_precondition(error.to_string());
+            if let Ok(value) = MetadataValue::try_from(oldest.to_string()) {
+                status.metadata_mut().insert(OLDEST_CURSOR_TRAILER, value);
+            }
+            status
+        }
+        WatchError::ShuttingDown => Status::unavailable(error.to_string()),
+        WatchError::Db(source) => Error::Database(source).into(),
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod auth;
 pub mod batch;
+pub mod changes;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -19,8 +20,10 @@ pub mod metrics;
 pub mod operator;
 pub mod reconcile;
 pub mod refunds;
+pub mod retention;
 pub mod reversals;
 pub mod rules;
 pub mod startup;
 pub mod stripe_api;
 pub mod verify;
+pub mod watch;

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub verifications: Family<VerifyLabels, Counter>,
     pub batch_size: Histogram,
     pub batch_fallbacks: Counter,
+    pub feed_watchers: Gauge,
+    pub feed_lag: Gauge,
+    pub feed_pruned: Counter,
 }
 
 impl Default for Metrics {
@@ -52,7 +56,31 @@ impl Default for Metrics {
             "Batches rolled back and applied event by event (a duplicate payment, a database error)",
             batch_fallbacks.clone(),
         );
-        Self { registry, events, event_seconds, verifications, batch_size, batch_fallbacks }
+        let feed_watchers = Gauge::default();
+        registry.register("change_feed_watchers", "Open WatchPurchaseChanges streams", feed_watchers.clone());
+        let feed_lag = Gauge::default();
+        registry.register(
+            "change_feed_lag_cursors",
+            "How far the slowest open watch is behind the newest change, in cursors",
+            feed_lag.clone(),
+        );
+        let feed_pruned = Counter::default();
+        registry.register(
+            "change_feed_pruned",
+            "Changes removed after PURCHASE_CHANGES_RETENTION_DAYS",
+            feed_pruned.clone(),
+        );
+        Self {
+            registry,
+            events,
+            event_seconds,
+            verifications,
+            batch_size,
+            batch_fallbacks,
+            feed_watchers,
+            feed_lag,
+            feed_pruned,
+        }
     }
 }
 

@@ -2,30 +2,47 @@
 //! events that were not applied. Works on SQLite and PostgreSQL alike.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use sea_orm::{ActiveEnum, DatabaseConnection};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Command, EventsCommand, PurchasesCommand, ReversalsCommand, Settings, StatusFilter};
+use crate::config::{
+    ChangesCommand, Command, EventsCommand, PurchasesCommand, ReversalsCommand, Settings, StatusFilter,
+};
 use crate::db::entities::course_purchase;
 use crate::db::entities::payment_reversal::Model as ReversalRow;
 use crate::db::entities::refund_request::RefundRequestStatus;
 use crate::db::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::db::events::{self, ListFilter};
+use crate::db::feed::Change;
 use crate::db::{self, purchases, refund_requests, reversals};
 use crate::event::IncomingEvent;
 use crate::refunds;
 use crate::reversals::DisputeAccess;
 use crate::rules::{self, Outcome, Plan, Policy};
 use crate::stripe_api::StripeApi;
-use crate::{apply, reconcile};
+use crate::watch::{self, Watchers};
+use crate::{apply, reconcile, retention};
 
 /// Runs one operator command and prints its result to stdout.
 pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
     let db = db::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
     let output = match command {
         Command::Serve => bail!("serve is not an operator command"),
+        Command::Changes(ChangesCommand::Tail { after, json }) => {
+            tail(&db, after, json).await?;
+            String::new()
+        }
+        Command::Changes(ChangesCommand::Prune) => {
+            let removed = retention::prune(&db, settings.changes_retention).await?;
+            format!(
+                "removed {removed} changes older than {} days\n",
+                settings.changes_retention.as_secs() / 86_400
+            )
+        }
         Command::Events(command) => events_command(&db, command, settings).await?,
         Command::Purchases(PurchasesCommand::Show { id }) => {
             purchase_timeline(&db, &id, settings.policy).await?
@@ -92,6 +109,73 @@ async fn events_command(
             replay_all(db, settings.policy, failed).await?
         }
     })
+}
+
+/// Prints every change after `after`, then each new one, until Ctrl-C or
+/// SIGTERM: the feed as a consumer of WatchPurchaseChanges gets it.
+async fn tail(db: &DatabaseConnection, after: u64, json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            service_kit::shutdown::signal().await;
+            stop.cancel();
+        }
+    });
+    tokio::spawn(watch::listen(db.clone(), stop.clone()));
+    let watchers = Arc::new(Watchers::new(stop.clone()));
+    let after = i64::try_from(after).context("--after is beyond any cursor")?;
+    let mut changes = watch::start(db.clone(), after, &watchers);
+    let mut stdout = std::io::stdout().lock();
+    if !json {
+        writeln!(stdout, "CURSOR  AT  KIND  SESSION  USER  COURSE  STATUS  ACCESS  REFUNDED  CAUSE")?;
+    }
+    while let Some(change) = changes.recv().await {
+        match change {
+            Ok(change) => {
+                let line = if json { change_json(&change) } else { change_line(&change) };
+                writeln!(stdout, "{line}")?;
+                stdout.flush()?;
+            }
+            Err(watch::WatchError::ShuttingDown) => break,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+fn change_line(Change { change, purchase }: &Change) -> String {
+    [
+        change.cursor.to_string(),
+        time(change.at),
+        change.kind.clone(),
+        purchase.stripe_checkout_session_id.clone(),
+        purchase.user_id.clone(),
+        purchase.course_id.clone(),
+        change.status.clone(),
+        if change.has_access { "yes" } else { "no" }.to_owned(),
+        change.amount_refunded.to_string(),
+        change.cause_event_id.clone(),
+    ]
+    .join("  ")
+}
+
+fn change_json(Change { change, purchase }: &Change) -> String {
+    serde_json::json!({
+        "cursor": change.cursor,
+        "at": change.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "kind": change.kind,
+        "checkoutSessionId": purchase.stripe_checkout_session_id,
+        "paymentIntentId": purchase.stripe_payment_intent_id,
+        "userId": purchase.user_id,
+        "courseId": purchase.course_id,
+        "status": change.status,
+        "hasAccess": change.has_access,
+        "amountRefunded": change.amount_refunded,
+        "causeEventId": change.cause_event_id,
+    })
+    .to_string()
 }
 
 fn event_status(filter: StatusFilter) -> EventStatus {

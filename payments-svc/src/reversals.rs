@@ -142,6 +142,13 @@ impl AccessStatus {
             Self::Revoked => "revoked",
         }
     }
+
+    /// The status whose [`as_str`](Self::as_str) is `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Pending, Self::Failed, Self::Paid, Self::Refunded, Self::Disputed, Self::Revoked]
+            .into_iter()
+            .find(|status| status.as_str() == name)
+    }
 }
 
 /// A purchase's access, all facts counted.
@@ -234,6 +241,24 @@ pub fn access(checkout: Checkout, facts: &[Reversal], policy: DisputeAccess) -> 
         _ => false,
     };
     Access { status, has_access: grants && !checkout.needs_refund, amount_refunded }
+}
+
+/// The access of each purchase of one course by one buyer, given each
+/// one's checkout and the facts that reach its payment (in the same order).
+/// A second payment for a course (`needs_refund`) grants it once no first
+/// purchase does any more (the first was refunded or lost a dispute): a
+/// buyer who pays again after that is a buyer again, not a duplicate.
+pub fn family(purchases: &[(Checkout, &[Reversal])], policy: DisputeAccess) -> Vec<Access> {
+    let mut accesses: Vec<Access> =
+        purchases.iter().map(|(checkout, facts)| access(*checkout, facts, policy)).collect();
+    let first_grants =
+        purchases.iter().zip(&accesses).any(|((checkout, _), a)| !checkout.needs_refund && a.has_access);
+    for ((checkout, _), access) in purchases.iter().zip(accesses.iter_mut()) {
+        if checkout.needs_refund && access.status == AccessStatus::Paid {
+            access.has_access = !first_grants;
+        }
+    }
+    accesses
 }
 
 #[cfg(test)]

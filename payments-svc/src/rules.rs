@@ -136,6 +136,13 @@ pub enum Plan {
     Fail(Failure),
 }
 
+impl Plan {
+    /// Whether carrying the plan out records a reversal fact.
+    pub fn records_facts(&self) -> bool {
+        matches!(self, Self::Reverse { .. })
+    }
+}
+
 /// Decides what `event` means under `policy`. Pure, so the table above is
 /// unit-tested.
 pub fn plan(event: &IncomingEvent, policy: Policy) -> Plan {

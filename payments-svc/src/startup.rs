@@ -23,7 +23,8 @@ use crate::grpc::PaymentsService;
 use crate::metrics::Metrics;
 use crate::rules::Policy;
 use crate::stripe_api::StripeApi;
-use crate::{db, refunds};
+use crate::watch::{self, Watchers};
+use crate::{db, refunds, retention};
 
 /// HTTP/2 flow-control windows for callers, in bytes.
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
@@ -32,6 +33,11 @@ const HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
 /// one or more ~5 KB events; in HTTP/2's default 16 KiB frames it crosses
 /// the loopback in several writes, each waking this side to read it.
 const HTTP2_MAX_FRAME_SIZE: u32 = 1024 * 1024;
+
+/// How long a stopping payments-svc waits for open calls to finish. A watch
+/// ends at once on shutdown, but a consumer that stopped reading never takes
+/// its stream's last frames, and would hold the server open for ever.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// How often the health service re-checks the database.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -47,6 +53,8 @@ pub struct Application {
     stripe: Option<StripeApi>,
     /// Refunds duplicate payments by itself.
     auto_refund_duplicates: bool,
+    /// How long the change feed keeps each change.
+    changes_retention: Duration,
     auth: RequireToken,
     tls: Option<ServerTlsConfig>,
 }
@@ -92,6 +100,7 @@ impl Application {
             batching: settings.batching,
             stripe,
             auto_refund_duplicates: settings.auto_refund_duplicates,
+            changes_retention: settings.changes_retention,
             auth: RequireToken::new(token),
             tls,
         })
@@ -146,8 +155,23 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
+        let watchers = Arc::new(Watchers::new(stop.clone()));
+        tokio::spawn(watch::listen(self.db.clone(), stop.clone()));
+        tokio::spawn(watch::sample(
+            self.db.clone(),
+            Arc::clone(&watchers),
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
+        tokio::spawn(retention::run(
+            self.db.clone(),
+            self.changes_retention,
+            self.policy.dispute_access,
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
         let payments =
-            PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics);
+            PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics, watchers);
 
         // Each call carries a ~5 KB payload; HTTP/2's default 64 KiB windows
         // would stall the gateway's concurrent calls on its one connection.
@@ -172,13 +196,26 @@ impl Application {
                 health.set_not_serving::<PaymentsServer<PaymentsService>>().await;
             }
         };
-        router.serve_with_incoming_shutdown(incoming, drained).await.context("serving gRPC")?;
+        let serving = router.serve_with_incoming_shutdown(incoming, drained);
+        tokio::select! {
+            served = serving => served.context("serving gRPC")?,
+            () = drain_limit(&stop) => tracing::warn!(
+                limit = ?DRAIN_LIMIT,
+                "calls still open after draining (a change-feed consumer that stopped reading?); closing them"
+            ),
+        }
         stop.cancel();
         let _ = admin.await;
         self.db.close().await.context("closing the database pool")?;
         tracing::info!("payments-svc stopped");
         Ok(())
     }
+}
+
+/// Completes [`DRAIN_LIMIT`] after `stop` is cancelled.
+async fn drain_limit(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(DRAIN_LIMIT).await;
 }
 
 fn server_tls(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {

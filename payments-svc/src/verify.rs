@@ -22,6 +22,9 @@ use crate::reversals::Access;
 use crate::rules::{self, Plan, Policy};
 use crate::stripe_api::{StripeApi, StripeError};
 
+/// `cause_event_id` of the changes a verify call publishes.
+pub const VERIFY_CAUSE: &str = "verify";
+
 /// What a caller asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -102,6 +105,32 @@ pub async fn verify(
     }
 }
 
+/// One page of purchases, oldest first: those with an id above `after_id`,
+/// at most `limit`, only `user_id`'s when given, each with its access; and
+/// whether more follow.
+pub async fn list(
+    db: &DatabaseConnection,
+    policy: Policy,
+    user_id: Option<&str>,
+    after_id: i64,
+    limit: u64,
+) -> Result<(Vec<Recorded>, bool), DbErr> {
+    let mut page = purchases::page(db, user_id, after_id, limit + 1).await?;
+    let more = page.len() as u64 > limit;
+    page.truncate(limit as usize);
+    let mut accesses: std::collections::HashMap<i64, Access> =
+        reversals::with_families(db, &page, policy.dispute_access)
+            .await?
+            .into_iter()
+            .map(|(purchase, access)| (purchase.id, access))
+            .collect();
+    let recorded = page
+        .into_iter()
+        .filter_map(|purchase| Some(Recorded { access: accesses.remove(&purchase.id)?, purchase }))
+        .collect();
+    Ok((recorded, more))
+}
+
 async fn counted(db: &DatabaseConnection, purchase: Purchase, policy: Policy) -> Result<Recorded, DbErr> {
     let access = reversals::access_of(db, &purchase, policy.dispute_access).await?;
     Ok(Recorded { purchase, access })
@@ -153,8 +182,8 @@ async fn fulfil_from_stripe(
     match rules::plan_session(session, None, PurchaseSource::Verify) {
         plan @ Plan::Record(..) => {
             let txn = db.begin().await?;
-            apply::apply(&txn, plan, Utc::now()).await?;
-            txn.commit().await?;
+            let applied = apply::apply(&txn, plan, VERIFY_CAUSE, policy.dispute_access, Utc::now()).await?;
+            applied.commit(txn).await?;
             let purchase = purchases::find_by_session(db, &session.id).await?;
             Ok(Verification::from_db(purchase, false))
         }

@@ -1,12 +1,13 @@
 //! The one string form of each `payments.v1` enum: the lowercase names
 //! Stripe's JSON uses (`PaymentStatus`, `SessionStatus`), and the names the
 //! gateway's JSON, the logs and the metrics labels use (`PurchaseStatus`,
-//! `Outcome`, `PurchaseSource`); `RefundStatus` and `DisputeStatus` use
+//! `Outcome`, `PurchaseSource`, `ChangeKind`); `RefundStatus` and `DisputeStatus` use
 //! Stripe's names, which are also what payments-svc stores. Prost's own `as_str_name` gives the
 //! protobuf names (`PURCHASE_STATUS_PAID`), which no person or client reads.
 
 use crate::v1::{
-    DisputeStatus, Outcome, PaymentStatus, PurchaseSource, PurchaseStatus, RefundStatus, SessionStatus,
+    ChangeKind, DisputeStatus, Outcome, PaymentStatus, PurchaseSource, PurchaseStatus, RefundStatus,
+    SessionStatus,
 };
 
 /// `as_str` and `from_name` for an enum whose zero value is `Unspecified`,
@@ -65,6 +66,18 @@ string_forms!(DisputeStatus {
 });
 string_forms!(Outcome { Processed => "processed", Duplicate => "duplicate", Ignored => "ignored", Failed => "failed" });
 string_forms!(PurchaseSource { Webhook => "webhook", Verify => "verify" });
+string_forms!(ChangeKind {
+    Granted => "granted",
+    Pending => "pending",
+    Failed => "failed",
+    NeedsRefund => "needs_refund",
+    PartiallyRefunded => "partially_refunded",
+    Refunded => "refunded",
+    Suspended => "suspended",
+    Disputed => "disputed",
+    Restored => "restored",
+    Revoked => "revoked",
+});
 
 #[cfg(test)]
 mod tests {
@@ -95,6 +108,7 @@ mod tests {
         round_trips!(PurchaseSource);
         round_trips!(RefundStatus);
         round_trips!(DisputeStatus);
+        round_trips!(ChangeKind);
     }
 
     #[test]

@@ -3,11 +3,21 @@
 //! [`events::record_settled`] and [`purchases::advance_all`] inside a
 //! transaction cost four round trips per batch (BEGIN, two upserts, COMMIT),
 //! and under load those round trips, not the rows, were most of a batch's
-//! time. Here both upserts, and the insert of the batch's refund and dispute
-//! facts, are data-modifying CTEs of one statement, which
-//! PostgreSQL runs as its own transaction: all of it or nothing, one round
-//! trip. The rows it writes are exactly those of the two upserts: see their
+//! time. Here both upserts, and the insert of the change rows they make,
+//! are data-modifying CTEs of one statement, which PostgreSQL runs as its
+//! own transaction: all of it or nothing, one round trip. The rows it writes
+//! are exactly those of the two upserts and of [`feed::publish`]: see their
 //! docs for the conflict rules, repeated here in SQL.
+//!
+//! The statement only takes batches of checkouts, whose changes are simple:
+//! a purchase it writes moved up to pending, failed or paid, and is no
+//! second payment (that fails the unique index). It takes the feed's lock
+//! before its change rows take cursors, as `publish` does. The one case it
+//! cannot decide, a purchase whose payment already has refunds or disputes
+//! recorded (they arrived first), makes it fail on purpose, and the batch
+//! goes the per-event way like any other failed batch. Batches with
+//! refunds or disputes are applied by the transaction path in
+//! [`crate::batch`].
 //!
 //! Columns are bound as arrays and expanded with `unnest`, so the statement
 //! text never changes with the batch size: it is built once per process and
@@ -32,7 +42,9 @@ use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
 use super::entities::course_purchase::PurchaseStatus;
 use super::entities::stripe_webhook_event::EventStatus;
 use super::events::{Settled, SettledRow};
-use super::reversals::Fact;
+use super::feed::{self, FEED_LOCK};
+use crate::changes;
+use crate::reversals::AccessStatus;
 use crate::rules::NewPurchase;
 
 /// A purchase that `event_id` writes at `status` if this batch applies it.
@@ -69,27 +81,28 @@ impl Writer {
         Self { pool, connection: None, last_used: Instant::now() }
     }
 
-    /// Records and settles `batch` and writes the purchases and reversal
-    /// facts (each of an event in `batch`) of the events it applies, in one
-    /// statement; returns who settled each event, as
-    /// [`events::record_settled`](super::events::record_settled) does.
+    /// Records and settles `batch`, writes the purchases of the events it
+    /// applies (each candidate of an event in `batch`) and publishes their
+    /// changes, in one statement; returns who settled each event, as
+    /// [`events::record_settled`](super::events::record_settled) does, and
+    /// how many changes were published.
     ///
     /// `batch` names each event once, in the order its rows are to be
     /// locked; `token` is unique to the call. Of several candidates for one
     /// session among the applied events, the one with the higher status is
     /// written (what applying them in either order would leave). Fails as a
     /// whole, with nothing written, when a purchase would be a second paid
-    /// one of a course.
+    /// one of a course, or when reversal facts already reach a purchase it
+    /// writes: both need the per-event path.
     pub async fn settle_and_fulfil(
         &mut self,
         batch: &[Settled<'_>],
         candidates: &[Candidate<'_>],
-        facts: &[Fact<'_>],
         token: i64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<SettledRow>, DbErr> {
+    ) -> Result<(Vec<SettledRow>, u64), DbErr> {
         let connection = self.connection().await.map_err(query_error)?;
-        let result = settle_and_fulfil(connection, batch, candidates, facts, token, now).await;
+        let result = settle_and_fulfil(connection, batch, candidates, token, now).await;
         match &result {
             Ok(_) => self.last_used = Instant::now(),
             Err(_) => self.connection = None,
@@ -120,16 +133,12 @@ async fn settle_and_fulfil(
     connection: &mut PgConnection,
     batch: &[Settled<'_>],
     candidates: &[Candidate<'_>],
-    facts: &[Fact<'_>],
     token: i64,
     now: DateTime<Utc>,
-) -> Result<Vec<SettledRow>, sqlx::Error> {
+) -> Result<(Vec<SettledRow>, u64), sqlx::Error> {
     let errors: Vec<Option<String>> =
         batch.iter().map(|item| item.error.map(serde_json::Value::to_string)).collect();
-    // Batches of checkouts alone, nearly all of them, run the statement
-    // without the reversal CTE and its ten empty arrays.
-    let statement = if facts.is_empty() { STATEMENT.as_str() } else { STATEMENT_WITH_FACTS.as_str() };
-    let mut query = sqlx::query_as::<_, (String, Option<i64>)>(statement)
+    let query = sqlx::query_as::<_, (String, Option<i64>, i64)>(STATEMENT.as_str())
         .bind(batch.iter().map(|item| item.event.id.as_str()).collect::<Vec<_>>())
         .bind(batch.iter().map(|item| item.event.event_type.as_str()).collect::<Vec<_>>())
         .bind(batch.iter().map(|item| item.event.livemode).collect::<Vec<_>>())
@@ -155,32 +164,21 @@ async fn settle_and_fulfil(
         .bind(candidates.iter().map(|c| c.purchase.amount_total).collect::<Vec<_>>())
         .bind(candidates.iter().map(|c| c.purchase.currency.as_deref()).collect::<Vec<_>>())
         .bind(candidates.iter().map(|c| c.status.to_value()).collect::<Vec<_>>())
-        .bind(candidates.iter().map(|c| c.purchase.source.to_value()).collect::<Vec<_>>());
-    if !facts.is_empty() {
-        query = query
-            .bind(facts.iter().map(|f| f.event_id).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.kind.to_value()).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.object_id.as_str()).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.status.as_str()).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.amount).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.complete).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.currency.as_deref()).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.payment_intent_id.as_deref()).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.reversal.charge_id.as_deref()).collect::<Vec<_>>())
-            .bind(facts.iter().map(|f| f.created).collect::<Vec<_>>());
-    }
+        .bind(candidates.iter().map(|c| c.purchase.source.to_value()).collect::<Vec<_>>())
+        .bind(FEED_LOCK);
     let rows = query.fetch_all(connection).await?;
-    Ok(rows.into_iter().map(|(event_id, settled_by)| SettledRow { event_id, settled_by }).collect())
+    let published = rows.first().map_or(0, |(_, _, published)| u64::try_from(*published).unwrap_or(0));
+    let rows =
+        rows.into_iter().map(|(event_id, settled_by, _)| SettledRow { event_id, settled_by }).collect();
+    Ok((rows, published))
 }
 
-/// The statement for batches without refunds or disputes.
-static STATEMENT: LazyLock<String> = LazyLock::new(|| statement(false));
-/// The statement for batches with some: it also records their facts.
-static STATEMENT_WITH_FACTS: LazyLock<String> = LazyLock::new(|| statement(true));
+/// The statement, built once.
+static STATEMENT: LazyLock<String> = LazyLock::new(statement);
 
-/// The statement, with the status names and ranks spelled from the Rust
-/// enums so that the two cannot disagree.
-fn statement(with_facts: bool) -> String {
+/// The statement, with the status names, ranks and change kinds spelled
+/// from the Rust enums so that the two cannot disagree.
+fn statement() -> String {
     let settled_for_good = [EventStatus::Processed, EventStatus::Ignored]
         .map(|status| format!("'{}'", status.to_value()))
         .join(", ");
@@ -201,7 +199,13 @@ fn statement(with_facts: bool) -> String {
     };
     let (rank_candidate, rank_stored, rank_excluded) =
         (rank("c.status"), rank("p.status"), rank("excluded.status"));
-    let recorded = if with_facts { RECORDED } else { "" };
+    let paid = PurchaseStatus::Paid.to_value();
+    let kind_arms: String = PurchaseStatus::iter()
+        .filter_map(|each| {
+            let status = AccessStatus::from_name(&each.to_value())?;
+            Some(format!(" WHEN '{}' THEN '{}'", each.to_value(), changes::kind_of_checkout(status).as_str()))
+        })
+        .collect();
     format!(
         "WITH settled AS (
             INSERT INTO stripe_webhook_events AS e (event_id, event_type, livemode, api_version,
@@ -220,43 +224,58 @@ fn statement(with_facts: bool) -> String {
                 status = {status}, error = {error}, processed_at = {processed_at},
                 settled_by = {settled_by}
             RETURNING event_id, settled_by
-        ), written AS (
-            INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
-                stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
-                created_at, updated_at)
-            SELECT DISTINCT ON (c.session_id) c.user_id, c.course_id, c.session_id,
-                c.payment_intent_id, c.amount_total, c.currency, c.status, c.source, false,
-                $11::timestamptz, $11::timestamptz
+        ), chosen AS (
+            SELECT DISTINCT ON (c.session_id) c.event_id, c.user_id, c.course_id, c.session_id,
+                c.payment_intent_id, c.amount_total, c.currency, c.status, c.source
             FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
                 $18::int8[], $19::text[], $20::text[], $21::text[])
                 AS c(event_id, user_id, course_id, session_id, payment_intent_id, amount_total,
                     currency, status, source)
             JOIN settled s ON s.event_id = c.event_id AND s.settled_by = $12::int8
             ORDER BY c.session_id, {rank_candidate} DESC
+        ), written AS (
+            INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
+                stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
+                created_at, updated_at, access_status, has_access, amount_refunded)
+            SELECT c.user_id, c.course_id, c.session_id, c.payment_intent_id, c.amount_total,
+                c.currency, c.status, c.source, false, $11::timestamptz, $11::timestamptz,
+                c.status, c.status = '{paid}', 0
+            FROM chosen c
+            ORDER BY c.session_id
             ON CONFLICT (stripe_checkout_session_id) DO UPDATE SET
                 status = excluded.status, needs_refund = excluded.needs_refund,
                 updated_at = excluded.updated_at,
                 stripe_payment_intent_id = COALESCE(excluded.stripe_payment_intent_id, p.stripe_payment_intent_id),
                 amount_total = COALESCE(excluded.amount_total, p.amount_total),
-                currency = COALESCE(excluded.currency, p.currency)
+                currency = COALESCE(excluded.currency, p.currency),
+                access_status = excluded.access_status, has_access = excluded.has_access,
+                amount_refunded = excluded.amount_refunded
             WHERE {rank_stored} < {rank_excluded}
-        ){recorded}
-        SELECT event_id, settled_by FROM settled"
+            RETURNING id, stripe_checkout_session_id, stripe_payment_intent_id, status, has_access
+        ), feed_lock AS MATERIALIZED (
+            SELECT pg_advisory_xact_lock($22::int8)
+        ), changed AS (
+            INSERT INTO purchase_changes (purchase_id, kind, status, has_access, amount_refunded,
+                cause_event_id, at)
+            SELECT w.id, CASE w.status{kind_arms} END, w.status, w.has_access, 0, c.event_id,
+                $11::timestamptz
+            FROM written w
+            JOIN chosen c ON c.session_id = w.stripe_checkout_session_id
+            CROSS JOIN feed_lock
+            ORDER BY w.id
+            RETURNING purchase_id
+        ), notified AS MATERIALIZED (
+            SELECT pg_notify('{channel}', '') FROM (SELECT 1 FROM changed LIMIT 1) AS any_change
+        ), needs_fold AS MATERIALIZED (
+            SELECT CAST('purchase of ' || w.stripe_payment_intent_id
+                || ' has refunds or disputes: apply per event' AS int) AS refused
+            FROM written w
+            WHERE EXISTS (SELECT 1 FROM payment_reversals r
+                WHERE r.payment_intent_id = w.stripe_payment_intent_id)
+        )
+        SELECT event_id, settled_by, (SELECT count(*) FROM changed) AS published
+        FROM settled
+        WHERE (SELECT count(*) FROM notified) >= 0 AND (SELECT max(refused) FROM needs_fold) IS NULL",
+        channel = feed::CHANNEL,
     )
 }
-
-/// The CTE that records the batch's reversal facts, binding `$22` to `$31`.
-const RECORDED: &str = ", recorded AS (
-            INSERT INTO payment_reversals (kind, object_id, status, amount, complete, currency,
-                payment_intent_id, charge_id, event_id, stripe_created_at, recorded_at)
-            SELECT DISTINCT ON (f.object_id, f.status, f.amount) f.kind, f.object_id, f.status,
-                f.amount, f.complete, f.currency, f.payment_intent_id, f.charge_id, f.event_id,
-                f.created, $11::timestamptz
-            FROM unnest($22::text[], $23::text[], $24::text[], $25::text[], $26::int8[],
-                $27::bool[], $28::text[], $29::text[], $30::text[], $31::int8[])
-                AS f(event_id, kind, object_id, status, amount, complete, currency,
-                    payment_intent_id, charge_id, created)
-            JOIN settled s ON s.event_id = f.event_id AND s.settled_by = $12::int8
-            ORDER BY f.object_id, f.status, f.amount, f.event_id
-            ON CONFLICT (object_id, status, amount) DO NOTHING
-        )";

@@ -61,6 +61,10 @@ pub async fn advance_all(
         needs_refund: Set(write.needs_refund),
         created_at: Set(now),
         updated_at: Set(now),
+        // Set by the feed when it publishes the purchase.
+        access_status: NotSet,
+        has_access: NotSet,
+        amount_refunded: NotSet,
     });
     let forward_only = OnConflict::column(Column::StripeCheckoutSessionId)
         .update_columns([Column::Status, Column::NeedsRefund, Column::UpdatedAt])
@@ -123,6 +127,21 @@ pub async fn list(db: &impl ConnectionTrait, needs_refund: bool, limit: u64) -> 
     let mut query = Entity::find().order_by_desc(Column::Id);
     if needs_refund {
         query = query.filter(Column::NeedsRefund.eq(true));
+    }
+    query.limit(limit).all(db).await
+}
+
+/// Purchases with an id above `after_id`, oldest first, at most `limit`;
+/// only `user_id`'s when given.
+pub async fn page(
+    db: &impl ConnectionTrait,
+    user_id: Option<&str>,
+    after_id: i64,
+    limit: u64,
+) -> Result<Vec<Model>, DbErr> {
+    let mut query = Entity::find().filter(Column::Id.gt(after_id)).order_by_asc(Column::Id);
+    if let Some(user_id) = user_id {
+        query = query.filter(Column::UserId.eq(user_id));
     }
     query.limit(limit).all(db).await
 }

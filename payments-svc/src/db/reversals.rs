@@ -1,6 +1,6 @@
 //! Queries on `payment_reversals`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::entities::course_purchase;
 use super::entities::payment_reversal::{ActiveModel, Column, Entity, Model};
-use crate::reversals::{self, Access, AccessStatus, Checkout, DisputeAccess, Reversal};
+use crate::reversals::{self, Access, Checkout, DisputeAccess, Reversal};
 
 /// A fact and the event that reported it.
 #[derive(Debug, Clone, Copy)]
@@ -51,17 +51,67 @@ pub async fn record(db: &impl ConnectionTrait, facts: &[Fact<'_>], now: DateTime
 /// Every fact that reaches the payment `payment_intent_id`: those that name
 /// it, and those that name only a charge another fact ties to it.
 pub async fn for_payment(db: &impl ConnectionTrait, payment_intent_id: &str) -> Result<Vec<Model>, DbErr> {
-    let mut facts = Entity::find().filter(Column::PaymentIntentId.eq(payment_intent_id)).all(db).await?;
-    let charges: BTreeSet<String> = facts.iter().filter_map(|fact| fact.charge_id.clone()).collect();
-    if !charges.is_empty() {
-        let by_charge_only = Entity::find()
+    let mut facts = for_payments(db, &[payment_intent_id]).await?;
+    Ok(facts.remove(payment_intent_id).unwrap_or_default())
+}
+
+/// [`for_payment`] for each of `payment_intent_ids`, in two queries.
+pub async fn for_payments(
+    db: &impl ConnectionTrait,
+    payment_intent_ids: &[&str],
+) -> Result<HashMap<String, Vec<Model>>, DbErr> {
+    if payment_intent_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let named = Entity::find()
+        .filter(Column::PaymentIntentId.is_in(payment_intent_ids.iter().copied()))
+        .all(db)
+        .await?;
+    let mut payment_of_charge: HashMap<String, String> = HashMap::new();
+    for fact in &named {
+        if let (Some(charge), Some(payment)) = (&fact.charge_id, &fact.payment_intent_id) {
+            payment_of_charge.insert(charge.clone(), payment.clone());
+        }
+    }
+    let by_charge_only = if payment_of_charge.is_empty() {
+        Vec::new()
+    } else {
+        Entity::find()
             .filter(Column::PaymentIntentId.is_null())
-            .filter(Column::ChargeId.is_in(charges))
+            .filter(Column::ChargeId.is_in(payment_of_charge.keys().cloned()))
             .all(db)
-            .await?;
-        facts.extend(by_charge_only);
+            .await?
+    };
+    let mut facts: HashMap<String, Vec<Model>> = HashMap::new();
+    for fact in named {
+        let payment = fact.payment_intent_id.clone().unwrap_or_default();
+        facts.entry(payment).or_default().push(fact);
+    }
+    for fact in by_charge_only {
+        let payment = fact.charge_id.as_ref().and_then(|charge| payment_of_charge.get(charge));
+        if let Some(payment) = payment {
+            facts.entry(payment.clone()).or_default().push(fact);
+        }
     }
     Ok(facts)
+}
+
+/// Each of `charge_ids` that a fact ties to a payment, with that payment.
+pub async fn payments_of_charges(
+    db: &impl ConnectionTrait,
+    charge_ids: &[&str],
+) -> Result<Vec<(String, String)>, DbErr> {
+    if charge_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let facts = Entity::find()
+        .filter(Column::ChargeId.is_in(charge_ids.iter().copied()))
+        .filter(Column::PaymentIntentId.is_not_null())
+        .all(db)
+        .await?;
+    let tied: BTreeSet<(String, String)> =
+        facts.into_iter().filter_map(|fact| Some((fact.charge_id?, fact.payment_intent_id?))).collect();
+    Ok(tied.into_iter().collect())
 }
 
 /// Facts that reach no purchase (yet), newest first: reversals of payments
@@ -115,56 +165,69 @@ pub fn as_reversals(facts: &[Model]) -> Vec<Reversal> {
 }
 
 /// `purchase`'s access, its checkout outcome and every reversal of its
-/// payment counted. A second payment for a course (`needs_refund`) grants
-/// the course once no other purchase of it does any more (the first was
-/// refunded or lost a dispute): a buyer who pays again after that is a
-/// buyer again, not a duplicate.
+/// payment counted, and its family's (see [`reversals::family`]).
 pub async fn access_of(
     db: &impl ConnectionTrait,
     purchase: &course_purchase::Model,
     dispute_access: DisputeAccess,
 ) -> Result<Access, DbErr> {
-    let mut access = own_access(db, purchase, dispute_access).await?;
-    if purchase.needs_refund && access.status == AccessStatus::Paid {
-        access.has_access = !another_grants(db, purchase, dispute_access).await?;
-    }
-    Ok(access)
+    let family = with_families(db, std::slice::from_ref(purchase), dispute_access).await?;
+    family
+        .into_iter()
+        .find(|(member, _)| member.id == purchase.id)
+        .map(|(_, access)| access)
+        .ok_or_else(|| DbErr::RecordNotFound(format!("purchase {}", purchase.stripe_checkout_session_id)))
 }
 
-/// Whether a first purchase of the same course by the same buyer grants it.
-async fn another_grants(
+/// Every purchase of the courses `purchases` are of, by the same buyers
+/// (each purchase's family), as stored now, with its access.
+pub async fn with_families(
     db: &impl ConnectionTrait,
-    purchase: &course_purchase::Model,
+    purchases: &[course_purchase::Model],
     dispute_access: DisputeAccess,
-) -> Result<bool, DbErr> {
-    let siblings = course_purchase::Entity::find()
-        .filter(course_purchase::Column::UserId.eq(purchase.user_id.as_str()))
-        .filter(course_purchase::Column::CourseId.eq(purchase.course_id.as_str()))
-        .filter(course_purchase::Column::NeedsRefund.eq(false))
-        .all(db)
-        .await?;
-    for sibling in siblings.iter().filter(|sibling| sibling.id != purchase.id) {
-        if own_access(db, sibling, dispute_access).await?.has_access {
-            return Ok(true);
+) -> Result<Vec<(course_purchase::Model, Access)>, DbErr> {
+    use course_purchase::Column as Purchase;
+    if purchases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs: BTreeSet<(&str, &str)> =
+        purchases.iter().map(|p| (p.user_id.as_str(), p.course_id.as_str())).collect();
+    let any_pair = pairs.iter().fold(Condition::any(), |any, (user, course)| {
+        any.add(Condition::all().add(Purchase::UserId.eq(*user)).add(Purchase::CourseId.eq(*course)))
+    });
+    let members = course_purchase::Entity::find().filter(any_pair).order_by_asc(Purchase::Id).all(db).await?;
+    let payments: Vec<&str> = members.iter().filter_map(|p| p.stripe_payment_intent_id.as_deref()).collect();
+    let facts = for_payments(db, &payments).await?;
+    let mut families: BTreeMap<(&str, &str), Vec<&course_purchase::Model>> = BTreeMap::new();
+    for member in &members {
+        families.entry((member.user_id.as_str(), member.course_id.as_str())).or_default().push(member);
+    }
+    let mut accesses: HashMap<i64, Access> = HashMap::new();
+    for family in families.values() {
+        let counted: Vec<(Checkout, Vec<Reversal>)> = family
+            .iter()
+            .map(|member| {
+                let reached = member.stripe_payment_intent_id.as_ref().and_then(|pi| facts.get(pi));
+                (checkout_of(member), reached.map(|facts| as_reversals(facts)).unwrap_or_default())
+            })
+            .collect();
+        let inputs: Vec<(Checkout, &[Reversal])> =
+            counted.iter().map(|(checkout, facts)| (*checkout, facts.as_slice())).collect();
+        for (member, access) in family.iter().zip(reversals::family(&inputs, dispute_access)) {
+            accesses.insert(member.id, access);
         }
     }
-    Ok(false)
+    Ok(members
+        .into_iter()
+        .filter_map(|member| Some((accesses.remove(&member.id)?, member)))
+        .map(|(a, m)| (m, a))
+        .collect())
 }
 
-/// The fold for `purchase` alone.
-async fn own_access(
-    db: &impl ConnectionTrait,
-    purchase: &course_purchase::Model,
-    dispute_access: DisputeAccess,
-) -> Result<Access, DbErr> {
-    let facts = match &purchase.stripe_payment_intent_id {
-        Some(payment_intent_id) => for_payment(db, payment_intent_id).await?,
-        None => Vec::new(),
-    };
-    let checkout = Checkout {
+fn checkout_of(purchase: &course_purchase::Model) -> Checkout {
+    Checkout {
         status: purchase.status,
         amount_total: purchase.amount_total,
         needs_refund: purchase.needs_refund,
-    };
-    Ok(reversals::access(checkout, &as_reversals(&facts), dispute_access))
+    }
 }

@@ -5,13 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e::{HttpAnswer, HttpClient, metric_value, signature_now};
 use hyper::{Method, StatusCode};
 use payments_proto::v1::payments_client::PaymentsClient;
-use payments_svc::db::entities::{course_purchase, stripe_webhook_event};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use payments_svc::db::entities::{course_purchase, purchase_change, stripe_webhook_event};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait, QueryOrder};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use webhook_gateway::signature::WebhookSecret;
@@ -268,6 +269,10 @@ impl Stack {
         format!("http://{}", self.payments_addr)
     }
 
+    pub fn database_url(&self) -> &str {
+        &self._test_db.url
+    }
+
     /// payments-svc's Prometheus metrics, as text.
     pub async fn payments_metrics(&self) -> String {
         let admin = self.payments.as_ref().and_then(|p| p.admin).expect("payments-svc running");
@@ -339,6 +344,15 @@ impl Stack {
         stripe_webhook_event::Entity::find().all(&self.db).await.expect("query events")
     }
 
+    /// Every change row of the feed, in cursor order.
+    pub async fn changes(&self) -> Vec<purchase_change::Model> {
+        purchase_change::Entity::find()
+            .order_by_asc(purchase_change::Column::Cursor)
+            .all(&self.db)
+            .await
+            .expect("query changes")
+    }
+
     pub async fn event_count(&self) -> u64 {
         stripe_webhook_event::Entity::find().count(&self.db).await.expect("count events")
     }
@@ -383,4 +397,36 @@ pub fn outcomes_around_one_event_sent_twice(answers: &[HttpAnswer]) -> Vec<Strin
     sorted.sort();
     assert_eq!(sorted, ["duplicate", "processed"], "{twice:?}");
     outcomes
+}
+
+/// Polls `condition` every 50 ms until it holds, failing after `limit`.
+pub async fn eventually<F: Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A second payments-svc on a stack's database, as a second replica.
+#[derive(Debug)]
+pub struct Replica(Running);
+
+impl Replica {
+    pub async fn start(database_url: &str) -> Self {
+        let ephemeral = "127.0.0.1:0".parse().expect("address");
+        Self(start_payments_svc(database_url, ephemeral, &StackOptions::default()).await)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.0.addr)
+    }
+
+    pub async fn stop(self) {
+        self.0.stop().await;
+    }
 }

@@ -3,6 +3,7 @@
 
 mod fake_stripe;
 mod faults;
+mod feed;
 mod forwarding;
 mod group_commit;
 mod hardening;

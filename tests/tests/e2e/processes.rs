@@ -206,3 +206,51 @@ pub fn payments_cli(database_url: &str, env: &[(&str, &str)], args: &[&str]) -> 
         .output()
         .expect("payments-svc runs")
 }
+
+/// `payments-svc changes tail --json` as a consumer: its lines, parsed.
+#[derive(Debug)]
+pub struct Tail {
+    child: Child,
+    lines: Receiver<Value>,
+}
+
+impl Tail {
+    /// Follows the feed of `database_url` from just after `after`.
+    pub fn start(database_url: &str, after: u64) -> Self {
+        let mut child = Command::new(binary("payments-svc"))
+            .args(["changes", "tail", "--json", "--after", &after.to_string()])
+            .env("DATABASE_URL", database_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("payments-svc changes tail starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                if sender.send(parsed).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next `n` lines; fails the test if they do not come.
+    pub fn lines(&mut self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + LOG_DEADLINE;
+        (0..n)
+            .map(|read| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.lines.recv_timeout(left).unwrap_or_else(|_| panic!("only {read} of {n} changes printed"))
+            })
+            .collect()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,7 +4,7 @@
 //! the command, through a 500, a timeout after Stripe did refund, a restart
 //! and a second replica; the refund's own webhook then marks it refunded.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::{fixture, with_fresh_ids};
@@ -13,7 +13,7 @@ use payments_svc::db::entities::refund_request::{self, RefundRequestStatus};
 use sea_orm::EntityTrait;
 
 use crate::fake_stripe::{FAKE_STRIPE_KEY, FakeStripe, Fault};
-use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
+use crate::helpers::{Stack, StackOptions, TestDb, eventually, on_both_databases};
 use crate::processes::payments_cli;
 
 const PAID: &str = "checkout_session_completed_paid.json";
@@ -35,15 +35,6 @@ fn auto_refunding(stripe: &FakeStripe, timeout_ms: u64) -> StackOptions {
         stripe_timeout_ms: Some(timeout_ms),
         payments: Some(|settings| settings.auto_refund_duplicates = true),
         ..Default::default()
-    }
-}
-
-/// Polls `condition` every 50 ms until it holds, failing after `limit`.
-async fn eventually<F: Future<Output = bool>>(limit: Duration, what: &str, mut condition: impl FnMut() -> F) {
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

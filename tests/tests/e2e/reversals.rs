@@ -12,6 +12,7 @@ use payments_proto::v1::{
 };
 use payments_svc::reversals::DisputeAccess;
 
+use crate::feed;
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
 use crate::processes::payments_cli;
 
@@ -103,13 +104,25 @@ async fn every_ordering_ends_as(stack: &Stack, scenario: &str, events: &[&'stati
             assert_eq!(answer.status, StatusCode::OK, "{scenario} {order:?}: {:?}", answer.body);
             assert_eq!(answer.json()["outcome"], "processed", "{scenario} {order:?}: {:?}", answer.body);
         }
+        let published = stack.changes().await.len();
         let mut again = bodies.clone();
         again.push(second_event_object(&variant(events[0], &suffix)));
         for answer in stack.deliver_concurrently(&again).await {
             assert_eq!(answer.status, StatusCode::OK, "{scenario} {order:?}: {:?}", answer.body);
         }
-        assert_answers(stack, &suffix, expected, &format!("{scenario} {order:?}")).await;
+        let context = format!("{scenario} {order:?}");
+        assert_eq!(stack.changes().await.len(), published, "{context}: redeliveries published changes");
+        assert_answers(stack, &suffix, expected, &context).await;
+        let session = session_of(&suffix);
+        let last = feed::assert_each_change_is_a_change(stack, &session, &context).await;
+        let published = (last.status.as_str(), last.has_access, last.amount_refunded);
+        let expected = (expected.status, expected.has_access, expected.amount_refunded);
+        assert_eq!(published, expected, "{context}: the feed's last word");
     }
+}
+
+fn session_of(suffix: &str) -> String {
+    json_of(&variant(CHECKOUT, suffix))["data"]["object"]["id"].as_str().expect("session").to_owned()
 }
 
 async fn assert_answers(stack: &Stack, suffix: &str, expected: Expected, context: &str) {

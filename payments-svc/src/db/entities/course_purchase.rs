@@ -24,6 +24,14 @@ pub struct Model {
     pub needs_refund: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// What the change feed last published of this purchase: its status with
+    /// refunds and disputes counted (an `AccessStatus` name), null before
+    /// the first change.
+    pub access_status: Option<String>,
+    /// ... whether it granted the course ...
+    pub has_access: bool,
+    /// ... and the amount refunded.
+    pub amount_refunded: i64,
 }
 
 /// Where a purchase stands. It only ever moves up in [`PurchaseStatus::rank`]:

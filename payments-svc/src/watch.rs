@@ -1,0 +1,234 @@
+//! Serving the change feed to watchers: each watcher is one task that reads
+//! the feed in cursor order ([`db::feed`]) and sends through a small bounded
+//! channel to its gRPC stream.
+//!
+//! The channel is the back-pressure: a consumer that reads slowly or not at
+//! all fills its HTTP/2 window, then the channel, and then its task waits,
+//! holding one page of changes and no database connection. Event handling
+//! never waits for a watcher.
+//!
+//! A watcher that has caught up sleeps until a commit that published changes
+//! is announced: by this process after its commit, or, on PostgreSQL, by
+//! `NOTIFY` from any replica ([`listen`]). It also looks once a second in
+//! case a wake-up was lost (a dropped `LISTEN` connection, another process
+//! on the same SQLite file).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::feed::{self, Change};
+use crate::metrics::Metrics;
+
+/// Changes read per query.
+const PAGE: u64 = 256;
+/// Changes a watcher holds ready beyond what its stream has taken.
+const BUFFERED: usize = 32;
+/// How often a caught-up watcher looks even without a wake-up.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// Why a watch ended without the consumer hanging up.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// Changes after the cursor were removed by retention.
+    #[error(
+        "changes after cursor {after} are no longer kept; the oldest kept is {oldest}: read the current state with ListPurchases, then watch from {}",
+        oldest - 1
+    )]
+    TooOld { after: i64, oldest: i64 },
+    /// payments-svc is stopping; the consumer reconnects (to another
+    /// replica) with its last cursor.
+    #[error("payments-svc is shutting down; reconnect with the cursor of the last change handled")]
+    ShuttingDown,
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Every open watch: where each stands, for the lag metric, and the signal
+/// that ends them all at shutdown (a server drains its calls before it
+/// stops, and a watch would never finish by itself).
+#[derive(Debug, Default)]
+pub struct Watchers {
+    next_id: AtomicU64,
+    positions: Mutex<BTreeMap<u64, i64>>,
+    shutdown: CancellationToken,
+}
+
+impl Watchers {
+    /// Watches that end when `shutdown` is cancelled.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self { shutdown, ..Self::default() }
+    }
+
+    /// How many watches are open, and the cursor of the one furthest behind.
+    pub fn slowest(&self) -> (usize, Option<i64>) {
+        let positions = self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (positions.len(), positions.values().min().copied())
+    }
+
+    fn register(self: &Arc<Self>, position: i64) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.set(id, position);
+        Registration { watchers: Arc::clone(self), id }
+    }
+
+    fn set(&self, id: u64, position: i64) {
+        self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id, position);
+    }
+}
+
+/// An open watch's entry in [`Watchers`], removed when the watch ends.
+struct Registration {
+    watchers: Arc<Watchers>,
+    id: u64,
+}
+
+impl Registration {
+    fn advance(&self, position: i64) {
+        self.watchers.set(self.id, position);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.watchers.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.id);
+    }
+}
+
+/// Starts a watch of the changes after `after` (0: from the oldest kept).
+/// The receiver yields them in cursor order, then each new one as it
+/// commits; it ends with the error that stopped the watch, if any. The task
+/// stops when the receiver is dropped.
+pub fn start(
+    db: DatabaseConnection,
+    after: i64,
+    watchers: &Arc<Watchers>,
+) -> mpsc::Receiver<Result<Change, WatchError>> {
+    let (sender, receiver) = mpsc::channel(BUFFERED);
+    let registration = watchers.register(after);
+    let shutdown = watchers.shutdown.clone();
+    tokio::spawn(async move {
+        let result = tokio::select! {
+            result = follow(&db, after, &sender, &registration) => result,
+            () = shutdown.cancelled() => Err(WatchError::ShuttingDown),
+        };
+        if let Err(error) = result {
+            // Best effort: a consumer that stopped reading gets no last word.
+            let _ = sender.try_send(Err(error));
+        }
+    });
+    receiver
+}
+
+async fn follow(
+    db: &DatabaseConnection,
+    after: i64,
+    sender: &mpsc::Sender<Result<Change, WatchError>>,
+    registration: &Registration,
+) -> Result<(), WatchError> {
+    let mut announcements = feed::announcements();
+    let mut position = after;
+    loop {
+        announcements.borrow_and_update();
+        let page = feed::read(db, position, PAGE).await?;
+        check_kept(db, after, position).await?;
+        let full = page.len() as u64 == PAGE;
+        for change in page {
+            let cursor = change.change.cursor;
+            if sender.send(Ok(change)).await.is_err() {
+                return Ok(());
+            }
+            position = cursor;
+            registration.advance(position);
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            _ = announcements.changed() => {}
+            () = tokio::time::sleep(SAFETY_POLL) => {}
+            () = sender.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Fails when changes right after `position` may have been pruned. Called
+/// after reading the page that follows `position`: pruning removes rows and
+/// moves the horizon in one transaction, so a horizon still at or before
+/// `position` now means the page was read whole. A watch from 0 starts at
+/// the oldest change kept, whatever was pruned.
+async fn check_kept(db: &DatabaseConnection, after: i64, position: i64) -> Result<(), WatchError> {
+    if after == 0 && position == 0 {
+        return Ok(());
+    }
+    let (pruned_through, oldest) = feed::horizon(db).await?;
+    if position < pruned_through {
+        let oldest = oldest.unwrap_or(pruned_through + 1);
+        return Err(WatchError::TooOld { after: position, oldest });
+    }
+    Ok(())
+}
+
+/// On PostgreSQL, relays `NOTIFY` on [`feed::CHANNEL`] from every replica to
+/// this process's watchers until `shutdown`. sqlx's listener reconnects by
+/// itself; a notification lost meanwhile is covered by the watchers' safety
+/// poll, and each reconnect wakes them once.
+pub async fn listen(db: DatabaseConnection, shutdown: CancellationToken) {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let pool = db.get_postgres_connection_pool().clone();
+    let mut listener = match sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
+            return;
+        }
+    };
+    if let Err(error) = listener.listen(feed::CHANNEL).await {
+        tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = listener.try_recv() => match received {
+                Ok(_) => feed::announce(),
+                Err(error) => {
+                    tracing::warn!(%error, "change notifications interrupted; reconnecting");
+                    tokio::time::sleep(SAFETY_POLL).await;
+                    feed::announce();
+                }
+            },
+        }
+    }
+}
+
+/// Keeps the watcher metrics current (once a second) until `shutdown`: how
+/// many watches are open, and how many cursors the slowest is behind the
+/// newest change.
+pub async fn sample(
+    db: DatabaseConnection,
+    watchers: Arc<Watchers>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (open, slowest) = watchers.slowest();
+        metrics.feed_watchers.set(open as i64);
+        let lag = match slowest {
+            Some(position) => feed::head(&db).await.map_or(0, |head| (head - position).max(0)),
+            None => 0,
+        };
+        metrics.feed_lag.set(lag);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
