@@ -123,8 +123,8 @@ async fn tail(db: &DatabaseConnection, after: u64, json: bool) -> anyhow::Result
             stop.cancel();
         }
     });
-    tokio::spawn(watch::listen(db.clone(), stop.clone()));
     let watchers = Arc::new(Watchers::new(stop.clone()));
+    tokio::spawn(watch::listen(db.clone(), Arc::clone(&watchers), stop.clone()));
     let after = i64::try_from(after).context("--after is beyond any cursor")?;
     let mut changes = watch::start(db.clone(), after, &watchers);
     let mut stdout = std::io::stdout().lock();

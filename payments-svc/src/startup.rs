@@ -156,7 +156,7 @@ impl Application {
             .build_v1()
             .context("building gRPC reflection")?;
         let watchers = Arc::new(Watchers::new(stop.clone()));
-        tokio::spawn(watch::listen(self.db.clone(), stop.clone()));
+        tokio::spawn(watch::listen(self.db.clone(), Arc::clone(&watchers), stop.clone()));
         tokio::spawn(watch::sample(
             self.db.clone(),
             Arc::clone(&watchers),

@@ -56,6 +56,8 @@ pub enum WatchError {
 pub struct Watchers {
     next_id: AtomicU64,
     positions: Mutex<BTreeMap<u64, i64>>,
+    /// How many watches are open, for [`listen`] to wait on.
+    open: tokio::sync::watch::Sender<usize>,
     shutdown: CancellationToken,
 }
 
@@ -74,6 +76,7 @@ impl Watchers {
     fn register(self: &Arc<Self>, position: i64) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.set(id, position);
+        self.open.send_modify(|open| *open += 1);
         Registration { watchers: Arc::clone(self), id }
     }
 
@@ -97,6 +100,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.watchers.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.id);
+        self.watchers.open.send_modify(|open| *open = open.saturating_sub(1));
     }
 }
 
@@ -175,28 +179,49 @@ async fn check_kept(db: &DatabaseConnection, after: i64, position: i64) -> Resul
 }
 
 /// On PostgreSQL, relays `NOTIFY` on [`feed::CHANNEL`] from every replica to
-/// this process's watchers until `shutdown`. sqlx's listener reconnects by
-/// itself; a notification lost meanwhile is covered by the watchers' safety
-/// poll, and each reconnect wakes them once.
-pub async fn listen(db: DatabaseConnection, shutdown: CancellationToken) {
+/// this process's watchers, while it has any, until `shutdown`.
+///
+/// The `LISTEN` connection is open only while a watch is: every commit that
+/// publishes notifies, and a listening connection costs the database a
+/// wake-up per notification, which a replica without watchers has no use
+/// for. sqlx's listener reconnects by itself; a notification lost meanwhile
+/// is covered by the watchers' safety poll, and each reconnect wakes them.
+pub async fn listen(db: DatabaseConnection, watchers: Arc<Watchers>, shutdown: CancellationToken) {
     if db.get_database_backend() != DbBackend::Postgres {
         return;
     }
+    let mut open = watchers.open.subscribe();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            watched = async { open.wait_for(|open| *open > 0).await.is_ok() } => if !watched { return },
+        }
+        relay(&db, &mut open, &shutdown).await;
+    }
+}
+
+/// Relays notifications until no watch is open or `shutdown`.
+async fn relay(
+    db: &DatabaseConnection,
+    open: &mut tokio::sync::watch::Receiver<usize>,
+    shutdown: &CancellationToken,
+) {
     let pool = db.get_postgres_connection_pool().clone();
     let mut listener = match sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await {
         Ok(listener) => listener,
         Err(error) => {
             tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
-            return;
+            return shutdown_or_idle(open, shutdown).await;
         }
     };
     if let Err(error) = listener.listen(feed::CHANNEL).await {
         tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
-        return;
+        return shutdown_or_idle(open, shutdown).await;
     }
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = async { let _ = open.wait_for(|open| *open == 0).await; } => return,
             received = listener.try_recv() => match received {
                 Ok(_) => feed::announce(),
                 Err(error) => {
@@ -206,6 +231,15 @@ pub async fn listen(db: DatabaseConnection, shutdown: CancellationToken) {
                 }
             },
         }
+    }
+}
+
+/// After a failed `LISTEN`, waits until the watches close (the next one
+/// tries again) or shutdown.
+async fn shutdown_or_idle(open: &mut tokio::sync::watch::Receiver<usize>, shutdown: &CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = async { let _ = open.wait_for(|open| *open == 0).await; } => {}
     }
 }
 
