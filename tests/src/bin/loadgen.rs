@@ -62,6 +62,15 @@ struct Args {
     /// dispute won.
     #[arg(long, default_value_t = 0.0)]
     reversals: f64,
+    /// Consumers of the purchase change feed attached while sending: each
+    /// reads every change, and the report gives how long after its commit
+    /// a change reached them.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+    /// Consumers attached that never read (a 1 KiB HTTP/2 window each), to
+    /// show they cost neither throughput nor memory.
+    #[arg(long, default_value_t = 0)]
+    stuck_watchers: usize,
     /// Directory of the payments-svc and webhook-gateway binaries; default:
     /// the one this binary is in.
     #[arg(long)]
@@ -86,11 +95,16 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("pre-signed {} events in {:.1} s", events.len(), started.elapsed().as_secs_f64());
 
     let stack = Stack::start(&bin_dir, &args.database_url)?;
+    let feed = watch::attach(&stack.payments_grpc, args.watchers, args.stuck_watchers).await?;
     let before = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
     let report = drive(&stack.gateway_addr, Arc::clone(&events), &args).await;
     let after = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
     let peak_rss = [peak_rss_kib(stack.payments.id())?, peak_rss_kib(stack.gateway.id())?];
     let batches = batch_sizes(&stack.payments_admin).await.unwrap_or_default();
+    let feed = match feed {
+        Some(feed) => Some(feed.catch_up(&args.database_url).await?),
+        None => None,
+    };
     drop(stack);
 
     let accepted = report.statuses.get(&200).copied().unwrap_or(0);
@@ -120,6 +134,9 @@ async fn main() -> anyhow::Result<()> {
         peak_rss[1] as f64 / 1024.0,
         (peak_rss[0] + peak_rss[1]) as f64 / 1024.0
     );
+    if let Some(feed) = feed {
+        println!("{feed}");
+    }
     check_database(&args.database_url, &report).await
 }
 
@@ -361,6 +378,7 @@ struct Stack {
     payments: Child,
     gateway: Child,
     gateway_addr: String,
+    payments_grpc: String,
     payments_admin: String,
 }
 
@@ -388,7 +406,13 @@ impl Stack {
             .spawn()
             .context("starting webhook-gateway (build it first)")?;
         let (gateway_addr, _) = listening_addrs(&mut gateway)?;
-        Ok(Self { payments, gateway, gateway_addr, payments_admin: payments_admin.unwrap_or_default() })
+        Ok(Self {
+            payments,
+            gateway,
+            gateway_addr,
+            payments_grpc: format!("http://{grpc}"),
+            payments_admin: payments_admin.unwrap_or_default(),
+        })
     }
 }
 
@@ -495,9 +519,12 @@ async fn check_database(url: &str, report: &Report) -> anyhow::Result<()> {
     let purchases = count("SELECT COUNT(*) FROM course_purchases").await?;
     let sessions = count("SELECT COUNT(DISTINCT stripe_checkout_session_id) FROM course_purchases").await?;
     let reversals = count("SELECT COUNT(*) FROM payment_reversals").await?;
+    let changes = count("SELECT COUNT(*) FROM purchase_changes").await?;
+    let unpublished = count("SELECT COUNT(*) FROM course_purchases WHERE access_status IS NULL").await?;
     println!(
-        "database          {events} events ({processed} processed), {purchases} purchases, {sessions} sessions, {reversals} reversals"
+        "database          {events} events ({processed} processed), {purchases} purchases, {sessions} sessions, {reversals} reversals, {changes} changes"
     );
+    ensure!(unpublished == 0 && changes >= purchases, "expected every purchase published to the change feed");
     let within = |value: i64, low: usize, high: usize| (low as i64..=high as i64).contains(&value);
     let checkouts =
         (report.delivered - report.delivered_reversals, report.distinct - report.distinct_reversals);
@@ -520,7 +547,133 @@ async fn check_database(url: &str, report: &Report) -> anyhow::Result<()> {
         report.distinct_reversals
     );
     println!(
-        "check             ok: one event row per distinct event, one purchase per checkout, one fact per reversal"
+        "check             ok: one event row per distinct event, one purchase per checkout, one fact per reversal, every purchase in the feed"
     );
     Ok(())
+}
+
+/// Change-feed consumers attached to payments-svc during a run.
+mod watch {
+    use std::fmt;
+    use std::time::{Duration, SystemTime};
+
+    use anyhow::{Context, ensure};
+    use hdrhistogram::Histogram;
+    use payments_proto::v1::WatchPurchaseChangesRequest;
+    use payments_proto::v1::payments_client::PaymentsClient;
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    use tokio::task::JoinHandle;
+    use tonic::transport::Endpoint;
+
+    /// What one reading consumer saw: the cursors in order, and how long
+    /// after its `at` each change arrived, in microseconds.
+    struct Seen {
+        cursors: Vec<u64>,
+        delay: Histogram<u64>,
+    }
+
+    pub struct Attached {
+        readers: Vec<(JoinHandle<anyhow::Result<Seen>>, tokio::sync::watch::Sender<u64>)>,
+        /// Held open, never read.
+        _stuck: Vec<tonic::Streaming<payments_proto::v1::PurchaseChange>>,
+    }
+
+    pub struct Summary {
+        watchers: usize,
+        stuck: usize,
+        changes: usize,
+        delay: Histogram<u64>,
+    }
+
+    /// Opens `watchers` reading consumers and `stuck` ones; `None` if none.
+    pub async fn attach(url: &str, watchers: usize, stuck: usize) -> anyhow::Result<Option<Attached>> {
+        if watchers + stuck == 0 {
+            return Ok(None);
+        }
+        let mut readers = Vec::new();
+        for _ in 0..watchers {
+            let mut client = PaymentsClient::connect(url.to_owned()).await?;
+            let stream = client.watch_purchase_changes(WatchPurchaseChangesRequest { after: 0 }).await?;
+            let (until, stop_at) = tokio::sync::watch::channel(u64::MAX);
+            readers.push((tokio::spawn(read(stream.into_inner(), stop_at)), until));
+        }
+        let mut stuck_streams = Vec::new();
+        for _ in 0..stuck {
+            let channel = Endpoint::from_shared(url.to_owned())?.initial_stream_window_size(Some(1024));
+            let mut client = PaymentsClient::new(channel.connect().await?);
+            let stream = client.watch_purchase_changes(WatchPurchaseChangesRequest { after: 0 }).await?;
+            stuck_streams.push(stream.into_inner());
+        }
+        Ok(Some(Attached { readers, _stuck: stuck_streams }))
+    }
+
+    /// Reads until the cursor `until` holds has been received.
+    async fn read(
+        mut stream: tonic::Streaming<payments_proto::v1::PurchaseChange>,
+        mut until: tokio::sync::watch::Receiver<u64>,
+    ) -> anyhow::Result<Seen> {
+        let mut seen = Seen {
+            cursors: Vec::new(),
+            delay: Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds"),
+        };
+        loop {
+            if seen.cursors.last().is_some_and(|last| *last >= *until.borrow()) {
+                return Ok(seen);
+            }
+            tokio::select! {
+                message = stream.message() => {
+                    let change = message?.context("the watch ended")?;
+                    let at = change.at.context("at")?;
+                    let at = SystemTime::UNIX_EPOCH + Duration::new(at.seconds as u64, at.nanos as u32);
+                    let delay = SystemTime::now().duration_since(at).unwrap_or_default();
+                    let _ = seen.delay.record(delay.as_micros().max(1) as u64);
+                    seen.cursors.push(change.cursor);
+                }
+                _ = until.changed() => {}
+            }
+        }
+    }
+
+    impl Attached {
+        /// Waits for every reading consumer to reach the newest change in
+        /// the database, and checks each received the whole feed once, in
+        /// order; `None` when no consumer was attached.
+        pub async fn catch_up(self, database_url: &str) -> anyhow::Result<Summary> {
+            let db = Database::connect(database_url).await?;
+            let all = "SELECT cursor FROM purchase_changes ORDER BY cursor";
+            let rows = db.query_all_raw(Statement::from_string(db.get_database_backend(), all)).await?;
+            let stored: Vec<u64> = rows
+                .iter()
+                .map(|row| row.try_get_by_index::<i64>(0).map(|c| c as u64))
+                .collect::<Result<_, _>>()?;
+            let head = stored.last().copied().unwrap_or(0);
+            let mut delay = Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+            let watchers = self.readers.len();
+            for (reader, until) in self.readers {
+                until.send_replace(head);
+                let seen = tokio::time::timeout(Duration::from_secs(60), reader)
+                    .await
+                    .context("catching up")???;
+                ensure!(seen.cursors == stored, "a consumer did not receive exactly the feed, in order");
+                delay.add(&seen.delay)?;
+            }
+            Ok(Summary { watchers, stuck: self._stuck.len(), changes: stored.len(), delay })
+        }
+    }
+
+    impl fmt::Display for Summary {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let ms = |q: f64| self.delay.value_at_quantile(q) as f64 / 1000.0;
+            write!(
+                f,
+                "change feed       {} watchers ({} stuck): each got all {} changes in order; after commit p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                self.watchers,
+                self.stuck,
+                self.changes,
+                ms(0.5),
+                ms(0.99),
+                self.delay.max() as f64 / 1000.0
+            )
+        }
+    }
 }
