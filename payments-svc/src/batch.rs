@@ -174,9 +174,10 @@ async fn run(
 ///
 /// It records and settles every event (see [`events::record_settled`]),
 /// learning which this batch applied and which were settled before, and
-/// writes the purchases of the applied ones. On PostgreSQL that is one
-/// statement through the worker's `writer` ([`batch_pg`]); elsewhere two
-/// upserts in a transaction.
+/// writes the purchases and reversal facts of the applied ones, and
+/// publishes the changes they make to the feed. A batch of checkouts on
+/// PostgreSQL is one statement through the worker's `writer`
+/// ([`batch_pg`]); anything else is statements in a transaction.
 async fn apply_batch(
     db: &DatabaseConnection,
     writer: Option<&mut batch_pg::Writer>,

@@ -5,6 +5,8 @@
 //! [`event::IncomingEvent`], [`rules`] decides what it means (pure, no I/O),
 //! [`batch`] applies it with others in one transaction (group commit), with
 //! [`apply`] as the per-event reference path; [`db`] holds the queries.
+//! Every change of access that makes is published to the change feed in the
+//! same transaction ([`db::feed`]) and served to watchers by [`watch`].
 //! [`startup::Application`] is what `main` and the tests run.
 
 pub mod apply;

@@ -11,6 +11,8 @@
 //! the answer is what the database knows, marked unconfirmed; a Stripe outage
 //! is never an error for the buyer.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use payments_proto::v1::{CheckoutSession, SessionStatus};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
@@ -118,12 +120,11 @@ pub async fn list(
     let mut page = purchases::page(db, user_id, after_id, limit + 1).await?;
     let more = page.len() as u64 > limit;
     page.truncate(limit as usize);
-    let mut accesses: std::collections::HashMap<i64, Access> =
-        reversals::with_families(db, &page, policy.dispute_access)
-            .await?
-            .into_iter()
-            .map(|(purchase, access)| (purchase.id, access))
-            .collect();
+    let mut accesses: HashMap<i64, Access> = reversals::with_families(db, &page, policy.dispute_access)
+        .await?
+        .into_iter()
+        .map(|(purchase, access)| (purchase.id, access))
+        .collect();
     let recorded = page
         .into_iter()
         .filter_map(|purchase| Some(Recorded { access: accesses.remove(&purchase.id)?, purchase }))
