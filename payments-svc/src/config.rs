@@ -264,6 +264,14 @@ pub struct Args {
     #[arg(long, env = "STRIPE_API_TIMEOUT_MS", default_value_t = 3_000, global = true)]
     pub stripe_api_timeout_ms: u64,
 
+    /// Most requests a second this process sends to Stripe's API, retries
+    /// included: a small share of the account's own limit, which the rest of
+    /// the company shares, so that strangers asking verify about sessions can
+    /// never spend it. Verify beyond it answers from the database, marked
+    /// unconfirmed; refunds and reconcile wait their turn.
+    #[arg(long, env = "STRIPE_API_MAX_RPS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub stripe_api_max_rps: u32,
+
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -436,6 +444,7 @@ fn stripe(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
         key,
         api_base: args.stripe_api_base.clone(),
         budget: Duration::from_millis(args.stripe_api_timeout_ms),
+        max_rps: args.stripe_api_max_rps,
     }))
 }
 

@@ -26,6 +26,7 @@ use crate::event::IncomingEvent;
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
 use crate::reversals::{Access, AccessStatus};
 use crate::rules::{Outcome, Policy};
+use crate::session_lookups::SessionLookups;
 use crate::stripe_api::StripeApi;
 use crate::verify::{self, Lookup, Recorded, Verdict, Verification};
 use crate::watch::{self, WatchError, Watchers};
@@ -50,7 +51,7 @@ pub struct PaymentsService {
     /// Group commit for incoming events.
     batcher: EventBatcher,
     /// Stripe's API, for verify; `None` answers from the database only.
-    stripe: Option<StripeApi>,
+    stripe: Option<Arc<SessionLookups>>,
     metrics: Arc<Metrics>,
     /// Open change-feed watches.
     watchers: Arc<Watchers>,
@@ -67,6 +68,7 @@ impl PaymentsService {
         watchers: Arc<Watchers>,
     ) -> Self {
         let batcher = EventBatcher::start(db.clone(), policy, batching, Arc::clone(&metrics));
+        let stripe = stripe.map(|stripe| Arc::new(SessionLookups::new(stripe)));
         Self { db, policy, batcher, stripe, metrics, watchers }
     }
 
@@ -133,7 +135,7 @@ impl Payments for PaymentsService {
         request: Request<VerifyPurchaseRequest>,
     ) -> Result<Response<VerifyPurchaseResponse>, Status> {
         let lookup = lookup(request.into_inner())?;
-        let result = verify::verify(&self.db, self.stripe.as_ref(), self.policy, &lookup).await;
+        let result = verify::verify(&self.db, self.stripe.as_deref(), self.policy, &lookup).await;
         let response = result.map(verify_response);
         let labels = match &response {
             Ok(answer) => VerifyLabels {

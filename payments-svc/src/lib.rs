@@ -25,6 +25,7 @@ pub mod refunds;
 pub mod retention;
 pub mod reversals;
 pub mod rules;
+pub mod session_lookups;
 pub mod startup;
 pub mod stripe_api;
 pub mod verify;

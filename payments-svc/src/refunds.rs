@@ -94,7 +94,7 @@ pub async fn attempt(
             tracing::info!(session_id = %session, refund_id = %refund.id, "duplicate payment refunded");
             Attempt::Refunded { refund_id: refund.id }
         }
-        Err(error @ (StripeError::Unavailable(_) | StripeError::Malformed(_))) => {
+        Err(error @ (StripeError::Unavailable(_) | StripeError::Malformed(_) | StripeError::OverBudget)) => {
             let error = error.to_string();
             let next = now + backoff(request.attempts);
             refund_requests::retry_later(db, request.id, &error, next, now).await?;

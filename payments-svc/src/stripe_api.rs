@@ -5,9 +5,11 @@
 //! Every call has a total time budget. Within it, connection failures,
 //! timeouts, 429, 409 and 5xx are retried with exponential backoff and
 //! jitter, as Stripe's own libraries do; `Stripe-Should-Retry` overrides that
-//! judgement either way, and a short `Retry-After` is honoured.
+//! judgement either way, and a short `Retry-After` is honoured. Every
+//! request, retries included, also takes a turn within STRIPE_API_MAX_RPS.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY
 use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use service_kit::rate::TokenBucket;
 
 /// At most this many attempts per call, budget permitting.
 const MAX_ATTEMPTS: u32 = 3;
@@ -71,6 +74,9 @@ pub enum StripeError {
     /// Stripe answered something this client cannot read.
     #[error("unreadable answer from Stripe: {0}")]
     Malformed(#[from] ParseError),
+    /// Not asked: this process's STRIPE_API_MAX_RPS is spent for now.
+    #[error("not asked: STRIPE_API_MAX_RPS is spent")]
+    OverBudget,
 }
 
 /// One page of `GET /v1/events`, newest first.
@@ -89,6 +95,8 @@ pub struct StripeSettings {
     pub api_base: String,
     /// Bounds each call, retries included.
     pub budget: Duration,
+    /// Requests a second, retries included (STRIPE_API_MAX_RPS).
+    pub max_rps: u32,
 }
 
 /// A client for Stripe's API.
@@ -98,20 +106,32 @@ pub struct StripeApi {
     base: String,
     auth: HeaderValue,
     budget: Duration,
+    /// Every request, retries included, takes a token; shared by clones.
+    rate: Arc<TokenBucket>,
+}
+
+/// Whether a call that finds the rate spent waits for its turn or gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Verify: a stranger may be behind it; the database answers instead.
+    GiveUp,
+    /// Refunds and reconcile: our own work, which must get done.
+    Wait,
 }
 
 impl StripeApi {
     /// A client with its own connection pool.
     pub fn new(settings: &StripeSettings) -> anyhow::Result<Self> {
-        let StripeSettings { key, api_base: base, budget } = settings;
+        let StripeSettings { key, api_base: base, budget, max_rps } = settings;
         let budget = *budget;
+        let rate = Arc::new(TokenBucket::new(f64::from(*max_rps), f64::from(*max_rps)));
         // reqwest is built without a bundled crypto provider; use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.0))?;
         auth.set_sensitive(true);
         let http =
             Client::builder().connect_timeout(budget).pool_idle_timeout(Duration::from_secs(60)).build()?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), auth, budget })
+        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), auth, budget, rate })
     }
 
     /// The time one call may take, retries included.
@@ -119,9 +139,10 @@ impl StripeApi {
         self.budget
     }
 
-    /// `GET /v1/checkout/sessions/{id}`.
+    /// `GET /v1/checkout/sessions/{id}`; [`StripeError::OverBudget`] at
+    /// once when STRIPE_API_MAX_RPS is spent.
     pub async fn checkout_session(&self, id: &str) -> Result<CheckoutSession, StripeError> {
-        let body = self.get(&format!("/v1/checkout/sessions/{id}"), &[]).await?;
+        let body = self.get(&format!("/v1/checkout/sessions/{id}"), &[], Turn::GiveUp).await?;
         Ok(stripe::parse_checkout_session(&body)?)
     }
 
@@ -141,7 +162,7 @@ impl StripeApi {
         if let Some(after) = starting_after {
             query.push(("starting_after", after.to_owned()));
         }
-        let body = self.get("/v1/events", &query).await?;
+        let body = self.get("/v1/events", &query, Turn::Wait).await?;
         #[derive(Deserialize)]
         struct List<'a> {
             #[serde(borrow)]
@@ -177,7 +198,7 @@ impl StripeApi {
             .map_err(|_| StripeError::Unavailable("idempotency key is not a header value".into()))?;
         let url = self.url("/v1/refunds", &[])?;
         let answer = self
-            .send("/v1/refunds", |remaining| {
+            .send("/v1/refunds", Turn::Wait, |remaining| {
                 self.http
                     .post(url.clone())
                     .header(AUTHORIZATION, self.auth.clone())
@@ -195,9 +216,9 @@ impl StripeApi {
             .map_err(|e| StripeError::Unavailable(format!("bad STRIPE_API_BASE: {e}")))
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Bytes, StripeError> {
+    async fn get(&self, path: &str, query: &[(&str, String)], turn: Turn) -> Result<Bytes, StripeError> {
         let url = self.url(path, query)?;
-        self.send(path, |remaining| {
+        self.send(path, turn, |remaining| {
             self.http.get(url.clone()).header(AUTHORIZATION, self.auth.clone()).timeout(remaining)
         })
         .await
@@ -205,15 +226,22 @@ impl StripeApi {
 
     /// Sends the request `build` makes (given the time left) until it
     /// answers, retrying what Stripe says may be retried, within the budget.
+    /// Each attempt takes its turn within STRIPE_API_MAX_RPS.
     async fn send(
         &self,
         path: &str,
+        turn: Turn,
         build: impl Fn(Duration) -> reqwest::RequestBuilder,
     ) -> Result<Bytes, StripeError> {
         let deadline = Instant::now() + self.budget;
         let mut attempt = 0;
         loop {
             attempt += 1;
+            match turn {
+                Turn::GiveUp if !self.rate.try_take() => return Err(StripeError::OverBudget),
+                Turn::GiveUp => {}
+                Turn::Wait => self.rate.take().await,
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let request = build(remaining);
             let failure = match request.send().await {

@@ -9,7 +9,9 @@
 //! function the webhook uses, so the two paths cannot double-fulfil: both
 //! end in the one row keyed by the session id. If Stripe cannot be reached
 //! the answer is what the database knows, marked unconfirmed; a Stripe outage
-//! is never an error for the buyer.
+//! is never an error for the buyer. Stripe is asked through
+//! [`SessionLookups`], at most once per session per short interval and within
+//! STRIPE_API_MAX_RPS; beyond that the answer is the database's, unconfirmed.
 
 use std::collections::HashMap;
 
@@ -22,7 +24,7 @@ use crate::db::entities::course_purchase::{Model as Purchase, PurchaseSource, Pu
 use crate::db::{purchases, reversals};
 use crate::reversals::Access;
 use crate::rules::{self, Plan, Policy};
-use crate::stripe_api::{StripeApi, StripeError};
+use crate::session_lookups::{Answer, SessionLookups};
 
 /// `cause_event_id` of the changes a verify call publishes.
 pub const VERIFY_CAUSE: &str = "verify";
@@ -79,7 +81,7 @@ impl<R> Verification<R> {
 /// granting access, then the most advanced, then the latest.
 pub async fn verify(
     db: &DatabaseConnection,
-    stripe: Option<&StripeApi>,
+    stripe: Option<&SessionLookups>,
     policy: Policy,
     lookup: &Lookup,
 ) -> Result<Verification, DbErr> {
@@ -139,7 +141,7 @@ async fn counted(db: &DatabaseConnection, purchase: Purchase, policy: Policy) ->
 
 async fn verify_session(
     db: &DatabaseConnection,
-    stripe: Option<&StripeApi>,
+    stripe: Option<&SessionLookups>,
     policy: Policy,
     session_id: &str,
 ) -> Result<Verification<Purchase>, DbErr> {
@@ -150,10 +152,14 @@ async fn verify_session(
         return Ok(Verification::from_db(recorded, false));
     };
     match stripe.checkout_session(session_id).await {
-        Ok(session) => fulfil_from_stripe(db, &session, policy, recorded).await,
-        Err(StripeError::NotFound) => Ok(Verification::from_db(recorded, false)),
-        Err(error) => {
-            tracing::warn!(session_id, %error, "Stripe unavailable for verify; answering from the database");
+        Answer::Found(session) => fulfil_from_stripe(db, &session, policy, recorded).await,
+        Answer::NotFound => Ok(Verification::from_db(recorded, false)),
+        Answer::Unanswered(reason) => {
+            tracing::warn!(
+                session_id,
+                reason,
+                "Stripe not asked or unavailable for verify; answering from the database"
+            );
             Ok(Verification::from_db(recorded, true))
         }
     }

@@ -26,6 +26,11 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_ADDR", default_value = "127.0.0.1:3000")]
     pub gateway_addr: SocketAddr,
 
+    /// Address of the admin HTTP server (Prometheus `/metrics`), apart from
+    /// the public listener so that only the scraper can reach it.
+    #[arg(long, env = "GATEWAY_ADMIN_ADDR", default_value = "127.0.0.1:9465")]
+    pub admin_addr: SocketAddr,
+
     /// Where payments-svc's gRPC server is; `https://` for TLS.
     #[arg(long, env = "PAYMENTS_SVC_URL", default_value = "http://127.0.0.1:50051")]
     pub payments_svc_url: String,
@@ -49,9 +54,11 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Deadline for each call to payments-svc, in milliseconds. Well under
-    /// the time Stripe waits for an answer, so that a slow database turns
-    /// into a 503 (and a redelivery) rather than a Stripe-side timeout.
+    /// Deadline for each call to payments-svc, in milliseconds, and for each
+    /// webhook's forwarding as a whole (waiting for a call slot included).
+    /// Well under the time Stripe waits for an answer, so that a slow
+    /// database turns into a 503 (and a redelivery) rather than a Stripe-side
+    /// timeout.
     #[arg(long, env = "PAYMENTS_SVC_TIMEOUT_MS", default_value_t = 5_000)]
     pub payments_svc_timeout_ms: u64,
 
@@ -73,9 +80,29 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
-    /// Most requests handled at once; beyond it, 503 with Retry-After.
+    /// Most webhooks handled at once; beyond it, 503 with Retry-After.
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
+
+    /// Most verify requests handled at once, apart from the webhooks' limit
+    /// so that a flood of them cannot delay Stripe's deliveries; beyond it,
+    /// 503 with Retry-After.
+    #[arg(long, env = "GATEWAY_MAX_VERIFY_IN_FLIGHT", default_value_t = 64)]
+    pub max_verify_in_flight: usize,
+
+    /// Verify requests a second from one client address (a burst of four
+    /// seconds' worth is allowed); beyond it, 429 with Retry-After. 0 turns
+    /// it off: do that, or raise it, when the gateway sees every client
+    /// through one proxy address.
+    #[arg(long, env = "GATEWAY_VERIFY_PER_CLIENT_RPS", default_value_t = 5)]
+    pub verify_per_client_rps: u32,
+
+    /// Most bytes of webhook bodies held at once, across all requests; a
+    /// webhook that finds them spent gets 503 with Retry-After. Bounds the
+    /// gateway's memory whatever the bodies' sizes and count. At least
+    /// GATEWAY_MAX_BODY_BYTES.
+    #[arg(long, env = "GATEWAY_BODY_BUDGET_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub body_budget_bytes: usize,
 
     /// Longest a request may take, body upload included, in milliseconds;
     /// slower clients get 408 and are disconnected.
@@ -98,11 +125,15 @@ impl fmt::Debug for Cli {
         f.debug_struct("Cli")
             .field("stripe_webhook_secret", &format_args!("[{} redacted]", self.stripe_webhook_secret.len()))
             .field("gateway_addr", &self.gateway_addr)
+            .field("admin_addr", &self.admin_addr)
             .field("payments_svc_url", &self.payments_svc_url)
             .field("payments_grpc_token", &self.payments_grpc_token.as_ref().map(|_| "[redacted]"))
             .field("payments_svc_ca_cert", &self.payments_svc_ca_cert)
             .field("max_connections", &self.max_connections)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_verify_in_flight", &self.max_verify_in_flight)
+            .field("body_budget_bytes", &self.body_budget_bytes)
+            .field("verify_per_client_rps", &self.verify_per_client_rps)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("stripe_webhook_tolerance_secs", &self.stripe_webhook_tolerance_secs)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -122,6 +153,8 @@ pub struct ForwardSettings {
     pub max_events: usize,
     /// Calls in flight at once.
     pub max_calls: usize,
+    /// How long forwarding one event may take, queue wait included.
+    pub deadline: Duration,
 }
 
 /// Validated settings the gateway runs with.
@@ -129,6 +162,7 @@ pub struct ForwardSettings {
 pub struct Settings {
     pub webhook_secrets: Vec<WebhookSecret>,
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub payments_svc_url: String,
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
@@ -138,6 +172,10 @@ pub struct Settings {
     pub payments_svc_ca_cert: Option<PathBuf>,
     pub max_connections: usize,
     pub max_in_flight: usize,
+    pub max_verify_in_flight: usize,
+    pub body_budget_bytes: usize,
+    /// `None`: no per-client limit on verify.
+    pub verify_per_client_rps: Option<u32>,
     pub request_timeout: Duration,
     pub success_page: bool,
 }
@@ -147,6 +185,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("webhook_secrets", &self.webhook_secrets)
             .field("addr", &self.addr)
+            .field("admin_addr", &self.admin_addr)
             .field("payments_svc_url", &self.payments_svc_url)
             .field("payments_grpc_token", &self.payments_grpc_token.as_ref().map(|_| "[redacted]"))
             .field("max_connections", &self.max_connections)
@@ -164,7 +203,16 @@ impl Settings {
     /// environment does not parse, as the binary would refuse to start.
     pub fn local(secret: WebhookSecret, payments_svc_url: impl Into<String>) -> Self {
         let url = payments_svc_url.into();
-        let flags = ["webhook-gateway", "--gateway-addr", "127.0.0.1:0", "--payments-svc-url", &url];
+        let loopback = "127.0.0.1:0";
+        let flags = [
+            "webhook-gateway",
+            "--gateway-addr",
+            loopback,
+            "--admin-addr",
+            loopback,
+            "--payments-svc-url",
+            &url,
+        ];
         let cli = Cli::try_parse_from(flags)
             .unwrap_or_else(|error| panic!("the local flags do not parse: {error}"));
         Self::validated(cli, vec![secret])
@@ -183,9 +231,13 @@ pub enum ConfigError {
     ZeroTolerance,
     #[error("GATEWAY_MAX_BODY_BYTES must be above 0")]
     ZeroBodyLimit,
+    #[error("GATEWAY_BODY_BUDGET_BYTES must be at least GATEWAY_MAX_BODY_BYTES, which must be under 4 GiB")]
+    BodyBudget,
     #[error("PAYMENTS_SVC_TIMEOUT_MS must be above 0")]
     ZeroTimeout,
-    #[error("GATEWAY_MAX_CONNECTIONS, GATEWAY_MAX_IN_FLIGHT and GATEWAY_REQUEST_TIMEOUT_MS must be above 0")]
+    #[error(
+        "GATEWAY_MAX_CONNECTIONS, GATEWAY_MAX_IN_FLIGHT, GATEWAY_MAX_VERIFY_IN_FLIGHT and GATEWAY_REQUEST_TIMEOUT_MS must be above 0"
+    )]
     ZeroLimit,
     #[error("PAYMENTS_SVC_BATCH_MAX and PAYMENTS_SVC_MAX_CALLS must be above 0")]
     ZeroForwarding,
@@ -227,10 +279,15 @@ impl Settings {
         if cli.max_body_bytes == 0 {
             return Err(ConfigError::ZeroBodyLimit);
         }
+        if cli.body_budget_bytes < cli.max_body_bytes || u32::try_from(cli.max_body_bytes).is_err() {
+            return Err(ConfigError::BodyBudget);
+        }
         if cli.payments_svc_timeout_ms == 0 {
             return Err(ConfigError::ZeroTimeout);
         }
-        if cli.max_connections == 0 || cli.max_in_flight == 0 || cli.request_timeout_ms == 0 {
+        if [cli.max_connections, cli.max_in_flight, cli.max_verify_in_flight].contains(&0)
+            || cli.request_timeout_ms == 0
+        {
             return Err(ConfigError::ZeroLimit);
         }
         if cli.payments_svc_batch_max == 0 || cli.payments_svc_max_calls == 0 {
@@ -239,6 +296,7 @@ impl Settings {
         Ok(Self {
             webhook_secrets,
             addr: cli.gateway_addr,
+            admin_addr: cli.admin_addr,
             payments_svc_url: cli.payments_svc_url,
             tolerance_secs: cli.stripe_webhook_tolerance_secs,
             max_body_bytes: cli.max_body_bytes,
@@ -246,11 +304,15 @@ impl Settings {
             forwarding: ForwardSettings {
                 max_events: cli.payments_svc_batch_max,
                 max_calls: cli.payments_svc_max_calls,
+                deadline: Duration::from_millis(cli.payments_svc_timeout_ms),
             },
             payments_grpc_token: token::parse(cli.payments_grpc_token.as_deref())?,
             payments_svc_ca_cert: cli.payments_svc_ca_cert,
             max_connections: cli.max_connections,
             max_in_flight: cli.max_in_flight,
+            max_verify_in_flight: cli.max_verify_in_flight,
+            body_budget_bytes: cli.body_budget_bytes,
+            verify_per_client_rps: Some(cli.verify_per_client_rps).filter(|rps| *rps > 0),
             request_timeout: Duration::from_millis(cli.request_timeout_ms),
             success_page: cli.success_page,
         })
@@ -270,7 +332,11 @@ mod tests {
         let secret = WebhookSecret::new("whsec_local").expect("valid");
         let settings = Settings::local(secret, "http://127.0.0.1:1");
         assert_eq!(settings.addr, ([127, 0, 0, 1], 0).into());
-        assert_eq!(settings.forwarding, ForwardSettings { max_events: 64, max_calls: 2 });
+        assert_eq!(settings.admin_addr, ([127, 0, 0, 1], 0).into());
+        assert_eq!(
+            settings.forwarding,
+            ForwardSettings { max_events: 64, max_calls: 2, deadline: Duration::from_secs(5) }
+        );
         assert_eq!((settings.max_connections, settings.max_in_flight), (1024, 512));
         assert_eq!(settings.payments_svc_timeout, Duration::from_secs(5));
         assert_eq!(settings.webhook_secrets.len(), 1);

@@ -26,6 +26,8 @@ pub enum ApiError {
     Unavailable,
     #[error("the gateway is at capacity; retry later")]
     Overloaded,
+    #[error("too many requests from this client; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("the request took too long")]
     RequestTimeout,
     #[error("no such route")]
@@ -38,6 +40,7 @@ impl From<BodyError> for ApiError {
     fn from(error: BodyError) -> Self {
         match error {
             BodyError::TooLarge { limit } => Self::BodyTooLarge { limit },
+            BodyError::OverBudget => Self::Overloaded,
             BodyError::Unreadable => Self::BodyUnreadable,
         }
     }
@@ -55,6 +58,7 @@ impl ApiError {
             Self::Rejected(_) => "rejected",
             Self::Unavailable => "unavailable",
             Self::Overloaded => "overloaded",
+            Self::TooManyRequests { .. } => "too_many_requests",
             Self::RequestTimeout => "request_timeout",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -70,6 +74,7 @@ impl ApiError {
             | Self::Rejected(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -85,6 +90,9 @@ impl ApiError {
             }
             Self::Unavailable | Self::Overloaded => {
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::TooManyRequests { retry_after_secs } => {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::RequestTimeout => {
                 response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

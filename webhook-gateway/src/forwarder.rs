@@ -14,6 +14,7 @@
 //! and are redelivered by Stripe.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use payments_proto::v1::{
     HandleStripeEventResponse, HandleStripeEventsRequest, StripeEvent, StripeEventResult, stripe_event_result,
@@ -38,10 +39,20 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
+impl Job {
+    /// Its request has already been answered (the deadline passed while it
+    /// queued): sending it would only load payments-svc for nobody.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
 /// The handle requests forward through; cheap to clone.
 #[derive(Clone)]
 pub struct Forwarder {
     jobs: mpsc::Sender<Job>,
+    /// How long an event may take, queue wait included (PAYMENTS_SVC_TIMEOUT_MS).
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -57,12 +68,23 @@ impl Forwarder {
     pub fn start(client: PaymentsClient, settings: ForwardSettings, metrics: Arc<Metrics>) -> Self {
         let (jobs, queue) = mpsc::channel(settings.max_events.max(1) * settings.max_calls.max(1) * 4);
         tokio::spawn(dispatch(client, queue, settings, metrics));
-        Self { jobs }
+        Self { jobs, deadline: settings.deadline }
     }
 
     /// Applies `event` through payments-svc: its answer, or the error that
-    /// `HandleStripeEvent` would have returned.
-    pub async fn forward(&self, event: StripeEvent) -> Answer {
+    /// `HandleStripeEvent` would have returned. Answers by the deadline, set
+    /// from when the request arrived, wherever the time goes (reading and
+    /// checking the request, a full queue, every call slot busy, a slow
+    /// call): past it, `deadline_exceeded`, and the event is not sent if it
+    /// has not left yet. Stripe redelivers it; applying is idempotent.
+    pub async fn forward(&self, event: StripeEvent, arrived: Instant) -> Answer {
+        let deadline = tokio::time::Instant::from_std(arrived + self.deadline);
+        tokio::time::timeout_at(deadline, self.queue_and_wait(event)).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded("payments-svc did not answer within PAYMENTS_SVC_TIMEOUT_MS"))
+        })
+    }
+
+    async fn queue_and_wait(&self, event: StripeEvent) -> Answer {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { event, reply })
@@ -92,6 +114,9 @@ async fn dispatch(
         };
         let (jobs, next) = gather(&mut queue, first, settings.max_events);
         left_over = next;
+        if jobs.is_empty() {
+            continue;
+        }
         let (client, metrics) = (client.clone(), Arc::clone(&metrics));
         tokio::spawn(async move {
             call(client, jobs, &metrics).await;
@@ -101,13 +126,16 @@ async fn dispatch(
 }
 
 /// `first` and whatever else is queued, within `max_events` and
-/// [`MAX_CALL_BYTES`]; also the job that did not fit, if one was taken.
+/// [`MAX_CALL_BYTES`], less those already abandoned; also the job that did
+/// not fit, if one was taken.
 fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, max_events: usize) -> (Vec<Job>, Option<Job>) {
     let mut bytes = first.event.raw_payload.len();
-    gather::ready(queue, first, max_events, |job| {
+    let (mut jobs, left_over) = gather::ready(queue, first, max_events, |job| {
         bytes += job.event.raw_payload.len();
         bytes <= MAX_CALL_BYTES
-    })
+    });
+    jobs.retain(|job| !job.abandoned());
+    (jobs, left_over)
 }
 
 /// One call for `jobs`; each gets its own answer.

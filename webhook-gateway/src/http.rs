@@ -1,11 +1,14 @@
 //! Small HTTP helpers shared by the routes.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Every response the gateway sends is small and fully buffered.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -25,20 +28,104 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
 pub enum BodyError {
     /// More than `limit` bytes were declared or sent.
     TooLarge { limit: usize },
+    /// The bodies being read already hold the whole [`BodyBudget`].
+    OverBudget,
     /// The client broke off or sent something that is not a body.
     Unreadable,
+}
+
+/// Bytes of request bodies held at once across all requests. A count of
+/// requests alone does not bound memory: 512 requests of 1 MiB each are half
+/// a gigabyte. Each body's bytes are taken from the budget as they arrive (or
+/// all at once for a declared `Content-Length`) and given back when the
+/// request is answered; a request that finds the budget spent is refused with
+/// 503 and redelivered later, instead of the gateway growing without bound.
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+
+    /// Bytes not held by any body now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+
+    /// Takes `bytes` more for `held`, or refuses without waiting.
+    fn take(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> Result<(), BodyError> {
+        let bytes = u32::try_from(bytes).map_err(|_| BodyError::OverBudget)?;
+        let taken = Arc::clone(&self.0).try_acquire_many_owned(bytes).map_err(|_| BodyError::OverBudget)?;
+        match held {
+            Some(held) => held.merge(taken),
+            None => *held = Some(taken),
+        }
+        Ok(())
+    }
+}
+
+/// A body read within a [`BodyBudget`]: its bytes count against the budget
+/// until this is dropped.
+#[derive(Debug)]
+pub struct HeldBody {
+    pub bytes: Bytes,
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// Reads the whole body, refusing more than `limit` bytes. A declared
 /// `Content-Length` over the limit is refused before anything is read.
 pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    Ok(read(headers, body, limit, None).await?.bytes)
+}
+
+/// [`read_body`], holding the body's bytes in `budget`.
+pub async fn read_body_within(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<HeldBody, BodyError> {
+    read(headers, body, limit, Some(budget)).await
+}
+
+async fn read(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+    budget: Option<&BodyBudget>,
+) -> Result<HeldBody, BodyError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(_) => Err(BodyError::Unreadable),
+    let mut held = None;
+    let mut reserved = declared.map_or(0, |len| len as usize);
+    if let Some(budget) = budget {
+        budget.take(&mut held, reserved)?;
     }
+    let (mut chunks, mut total) = (Vec::new(), 0);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        if let Some(budget) = budget.filter(|_| total > reserved) {
+            budget.take(&mut held, total - reserved)?;
+            reserved = total;
+        }
+        chunks.push(data);
+    }
+    Ok(HeldBody { bytes: joined(chunks, total), _held: held })
+}
+
+/// One chunk as it is (the usual case: no copy), several copied into one.
+fn joined(chunks: Vec<Bytes>, total: usize) -> Bytes {
+    if let [only] = chunks.as_slice() {
+        return only.clone();
+    }
+    let mut joined = BytesMut::with_capacity(total);
+    chunks.iter().for_each(|chunk| joined.extend_from_slice(chunk));
+    joined.freeze()
 }

@@ -8,6 +8,7 @@
 //! [`startup::Application`] is what `main` and the tests run.
 
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod forwarder;
 pub mod http;

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the gateway, served at `/metrics`.
+//! Prometheus metrics of the gateway, served at `/metrics` on its admin
+//! listener (`GATEWAY_ADMIN_ADDR`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +38,8 @@ pub struct Metrics {
     /// Events per `HandleStripeEvents` call.
     pub forwarded_per_call: Histogram,
     pub verifications: Family<VerifyLabels, Counter>,
+    /// Idle connections closed to make room for a new one at the cap.
+    pub idle_connections_closed: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -75,6 +78,12 @@ impl Default for Metrics {
         );
         let verifications = Family::<VerifyLabels, Counter>::default();
         registry.register("verifications", "Verify route answers, by status", verifications.clone());
+        let idle_connections_closed = Counter::default();
+        registry.register(
+            "idle_connections_closed",
+            "Idle connections closed to make room at GATEWAY_MAX_CONNECTIONS",
+            idle_connections_closed.clone(),
+        );
         Self {
             registry,
             webhooks,
@@ -83,6 +92,7 @@ impl Default for Metrics {
             in_flight,
             forwarded_per_call,
             verifications,
+            idle_connections_closed,
         }
     }
 }

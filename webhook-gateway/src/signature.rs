@@ -143,6 +143,14 @@ impl Verifier {
     /// Checks `header` against `body` as received, at `now` (Unix seconds).
     /// Returns the signed timestamp.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8], now: i64) -> Result<i64, SignatureError> {
+        self.check_header(header, now)?.check_body(self, body)
+    }
+
+    /// Everything that can be checked before the body is read: the header is
+    /// there, parses, is within the tolerance and has a `v1` that could match.
+    /// A request that fails here is refused without buffering its body, so a
+    /// stranger without a signature cannot make the gateway hold megabytes.
+    pub fn check_header(&self, header: Option<&[u8]>, now: i64) -> Result<SignedHeader, SignatureError> {
         let header = header.ok_or(SignatureError::MissingHeader)?;
         let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed("not UTF-8"))?;
         let parsed = parse_header(header)?;
@@ -151,11 +159,30 @@ impl Verifier {
             return Err(SignatureError::StaleTimestamp);
         }
         let candidates: Vec<[u8; 32]> = parsed.v1.iter().filter_map(|v1| decode_lowercase_hex(v1)).collect();
-        let matches = self.keys.iter().any(|key| {
-            let expected = signature(key.clone(), parsed.timestamp, body);
-            candidates.iter().any(|candidate| bool::from(expected.ct_eq(candidate)))
+        if candidates.is_empty() {
+            return Err(SignatureError::Mismatch);
+        }
+        Ok(SignedHeader { timestamp: parsed.timestamp, candidates })
+    }
+}
+
+/// A `Stripe-Signature` header that passed [`Verifier::check_header`]: what
+/// is left to check is that one of its signatures matches the body.
+#[derive(Debug, Clone)]
+pub struct SignedHeader {
+    timestamp: i64,
+    candidates: Vec<[u8; 32]>,
+}
+
+impl SignedHeader {
+    /// Checks the body against the header with `verifier`'s secrets.
+    /// Returns the signed timestamp.
+    pub fn check_body(&self, verifier: &Verifier, body: &[u8]) -> Result<i64, SignatureError> {
+        let matches = verifier.keys.iter().any(|key| {
+            let expected = signature(key.clone(), self.timestamp, body);
+            self.candidates.iter().any(|candidate| bool::from(expected.ct_eq(candidate)))
         });
-        if matches { Ok(parsed.timestamp) } else { Err(SignatureError::Mismatch) }
+        if matches { Ok(self.timestamp) } else { Err(SignatureError::Mismatch) }
     }
 }
 

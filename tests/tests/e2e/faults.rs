@@ -103,7 +103,7 @@ async fn payments_svc_stopped_then_restarted_loses_nothing(db: TestDb) {
 }
 
 async fn stack_metric_at_least(stack: &Stack, series: &str, at_least: u64) -> bool {
-    let metrics = String::from_utf8_lossy(&stack.get("/metrics").await.body).into_owned();
+    let metrics = stack.gateway_metrics().await;
     metric_value(&metrics, series).is_some_and(|value| value >= at_least as f64)
 }
 

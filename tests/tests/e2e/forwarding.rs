@@ -8,7 +8,6 @@ use e2e::fixture;
 use payments_proto::stripe::parse_event;
 use payments_proto::v1::{HandleStripeEventsRequest, Outcome, StripeEvent, stripe_event_result};
 use tonic::Code;
-use webhook_gateway::config::ForwardSettings;
 
 use crate::helpers::{
     Stack, StackOptions, TestDb, metric, on_both_databases, outcomes_around_one_event_sent_twice,
@@ -22,7 +21,7 @@ async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its
     // arrives meanwhile queues in the gateway and goes in the next call.
     let options = StackOptions {
         payments: Some(|settings| settings.batching.max_wait = Duration::from_millis(300)),
-        gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 64, max_calls: 1 }),
+        gateway: Some(|settings| settings.forwarding.max_calls = 1),
         ..Default::default()
     };
     let stack = Stack::start_with(db, options).await;
@@ -36,7 +35,7 @@ async fn events_arriving_while_a_call_is_in_flight_travel_together_each_with_its
 
     let outcomes = outcomes_around_one_event_sent_twice(&answers);
     assert_eq!(outcomes, ["failed", "ignored"]);
-    let metrics = String::from_utf8(stack.get("/metrics").await.body.to_vec()).expect("UTF-8");
+    let metrics = stack.gateway_metrics().await;
     assert_eq!(metric(&metrics, "gateway_forwarded_events_per_call_sum"), 4.0);
     let calls = metric(&metrics, "gateway_forwarded_events_per_call_count");
     assert!(calls <= 2.0, "four events in {calls} calls: the ones that waited should share one");

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use e2e::{fixture, unique_paid_event, with_fresh_ids};
 use payments_svc::db::entities::course_purchase::PurchaseStatus;
-use webhook_gateway::config::ForwardSettings;
 
 use crate::helpers::{
     Stack, StackOptions, TestDb, metric, on_both_databases, outcome, outcomes_around_one_event_sent_twice,
@@ -23,7 +22,10 @@ const GATHER_US: u64 = 1_000_000;
 fn gathered_by_payments_svc() -> StackOptions {
     StackOptions {
         payments: Some(|settings| settings.batching.max_wait = Duration::from_micros(GATHER_US)),
-        gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
+        gateway: Some(|settings| {
+            settings.forwarding.max_events = 1;
+            settings.forwarding.max_calls = 64
+        }),
         ..Default::default()
     }
 }
@@ -88,7 +90,10 @@ on_both_databases!(concurrent_batches_apply_each_event_once_whichever_batch_hold
 async fn concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copies(db: TestDb) {
     const EVENTS: usize = 24;
     let options = StackOptions {
-        gateway: Some(|settings| settings.forwarding = ForwardSettings { max_events: 1, max_calls: 64 }),
+        gateway: Some(|settings| {
+            settings.forwarding.max_events = 1;
+            settings.forwarding.max_calls = 64
+        }),
         payments: Some(|settings| {
             settings.batching.workers = 4;
             settings.batching.max_size = 3;

@@ -9,6 +9,7 @@ mod group_commit;
 mod hardening;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod operations;
 mod paths;
 mod processes;

@@ -52,7 +52,7 @@ pub struct Process {
     seen: Vec<Value>,
     /// The address it logged as listening on.
     pub addr: String,
-    /// payments-svc's admin (metrics) address, when it logged one.
+    /// The admin (metrics) address, when it logged one.
     pub admin_addr: Option<String>,
 }
 
@@ -169,6 +169,7 @@ impl ProcessStack {
             &[
                 ("STRIPE_WEBHOOK_SECRET", TEST_SECRET),
                 ("GATEWAY_ADDR", "127.0.0.1:0"),
+                ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
                 ("PAYMENTS_SVC_URL", &payments_url),
             ],
         );

@@ -5,6 +5,7 @@ mod verify;
 mod webhook;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -23,33 +24,48 @@ pub const VERIFY_PATH: &str = "/api/payments/verify";
 pub const HEALTH_PATH: &str = "/healthz";
 /// Readiness: payments-svc is reachable and serving.
 pub const READY_PATH: &str = "/readyz";
-/// Prometheus metrics.
-pub const METRICS_PATH: &str = "/metrics";
 /// Where Stripe Checkout sends the buyer back (`success_url`).
 pub const SUCCESS_PAGE_PATH: &str = "/checkout/success";
 
 /// Dispatches one request. Never fails: every error becomes its response.
-/// The webhook and verify routes count against the in-flight limit and the
-/// request timeout; health, metrics and the page are cheap and always served.
-pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+/// The webhook and verify routes each count against an in-flight limit of
+/// their own and the request timeout; health and the page are cheap and always served. Metrics
+/// are on the admin listener, not here.
+pub async fn route(
+    state: Arc<AppState>,
+    client: IpAddr,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, Infallible> {
     let path = request.uri().path();
     let result = match (path, request.method()) {
-        (WEBHOOK_PATH | VERIFY_PATH, _) => bounded(&state, request).await,
+        (WEBHOOK_PATH | VERIFY_PATH, _) => bounded(&state, client, request).await,
         (HEALTH_PATH, &Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
         (READY_PATH, &Method::GET) => Ok(readiness(&state).await),
-        (METRICS_PATH, &Method::GET) => Ok(metrics(&state)),
         (SUCCESS_PAGE_PATH, &Method::GET) if state.success_page => Ok(success_page::page()),
-        (HEALTH_PATH | READY_PATH | METRICS_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (HEALTH_PATH | READY_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (SUCCESS_PAGE_PATH, _) if state.success_page => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         _ => Err(ApiError::NotFound),
     };
     Ok(result.unwrap_or_else(ApiError::into_response))
 }
 
-/// The API routes, within the in-flight limit and the request timeout.
-async fn bounded(state: &Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        return Err(overloaded(state, request.uri().path()));
+/// The API routes, within their own in-flight limit and the request timeout.
+/// Verify also within its client's share.
+async fn bounded(
+    state: &Arc<AppState>,
+    client: IpAddr,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let path = request.uri().path();
+    if path == VERIFY_PATH
+        && let Some(Err(wait)) = state.verify_clients.as_ref().map(|clients| clients.try_take(client))
+    {
+        tracing::info!(%client, "verify requests beyond the client's share; refused with 429");
+        return Err(ApiError::TooManyRequests { retry_after_secs: wait.as_secs().max(1) });
+    }
+    let limit = if path == WEBHOOK_PATH { &state.webhooks_in_flight } else { &state.verifies_in_flight };
+    let Ok(_permit) = Arc::clone(limit).try_acquire_owned() else {
+        return Err(overloaded(state, path));
     };
     state.metrics.in_flight.inc();
     let answer = tokio::time::timeout(state.request_timeout, api(state, request)).await;
@@ -86,14 +102,4 @@ async fn readiness(state: &AppState) -> HttpResponse {
     } else {
         json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "payments-svc not serving" }))
     }
-}
-
-fn metrics(state: &AppState) -> HttpResponse {
-    let mut response =
-        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(state.metrics.render())));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(service_kit::metrics::CONTENT_TYPE),
-    );
-    response
 }

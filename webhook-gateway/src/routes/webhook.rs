@@ -9,7 +9,7 @@ use payments_proto::v1::{Outcome, StripeEvent};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::http::{HttpResponse, json, read_body};
+use crate::http::{HttpResponse, json, read_body_within};
 use crate::metrics::WebhookLabels;
 use crate::payments;
 use crate::state::AppState;
@@ -30,7 +30,7 @@ struct Acknowledgement<'a> {
 pub async fn receive(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let mut seen = Seen::default();
-    let result = verify_and_forward(state, request, &mut seen).await;
+    let result = verify_and_forward(state, request, started, &mut seen).await;
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
     state.metrics.webhook_seconds.observe(elapsed);
@@ -85,17 +85,19 @@ impl Seen {
 async fn verify_and_forward(
     state: &AppState,
     request: Request<Incoming>,
+    arrived: Instant,
     seen: &mut Seen,
 ) -> Result<(&'static str, HttpResponse), ApiError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, state.max_body_bytes).await?;
     let header = parts.headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
-    state.verifier.verify(header, &body, unix_now())?;
+    let signed = state.verifier.check_header(header, unix_now())?;
+    let body = read_body_within(&parts.headers, body, state.max_body_bytes, &state.body_budget).await?;
+    signed.check_body(&state.verifier, &body.bytes)?;
 
-    let event = stripe::parse_event(body)?;
+    let event = stripe::parse_event(body.bytes.clone())?;
     *seen = Seen::event(&event);
 
-    let answer = state.forwarder.forward(event).await.map_err(payments::api_error)?;
+    let answer = state.forwarder.forward(event, arrived).await.map_err(payments::api_error)?;
     if answer.outcome() == Outcome::Unspecified {
         tracing::error!("payments-svc answered without an outcome");
         return Err(ApiError::Unavailable);
