@@ -12,6 +12,7 @@ mod m20261127_000003_keep_payloads_inline;
 mod m20261201_000004_create_payment_reversals;
 mod m20261201_000005_create_refund_requests;
 mod m20261201_000006_create_purchase_changes;
+mod m20261202_000007_keep_conflicting_bodies;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_create_payment_reversals::Migration),
             Box::new(m20261201_000005_create_refund_requests::Migration),
             Box::new(m20261201_000006_create_purchase_changes::Migration),
+            Box::new(m20261202_000007_keep_conflicting_bodies::Migration),
         ]
     }
 }

@@ -90,13 +90,18 @@ pub struct Replay {
 }
 
 /// Applies a stored event again through the same fulfilment as a delivery.
-/// Its payload was verified when it was received. Idempotent: replaying a
-/// processed event changes nothing, since purchases only move forward.
+/// Its payload was verified when it was received. Only a failed event is
+/// applied again: a processed or ignored one is settled, and replaying it
+/// changes nothing, whatever the policy is now (as a redelivery would not).
 pub async fn replay(
     db: &DatabaseConnection,
     stored: &stripe_webhook_event::Model,
     policy: Policy,
 ) -> Result<Replay, Error> {
+    if matches!(stored.status, EventStatus::Processed | EventStatus::Ignored) {
+        let (event_id, status) = (stored.event_id.clone(), stored.status);
+        return Ok(Replay { event_id, before: status, after: status, outcome: Outcome::Duplicate });
+    }
     let parsed = payments_proto::stripe::parse_event(stored.payload.clone().into())
         .map_err(|_| Error::invalid("payload", "no longer parses as a Stripe event"))?;
     let event = IncomingEvent::try_from(parsed)?;

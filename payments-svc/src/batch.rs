@@ -386,6 +386,7 @@ mod tests {
             session: None,
             reversal: None,
             payload: "{}".into(),
+            unstorable: Vec::new(),
         }
     }
 

@@ -430,6 +430,10 @@ fn show(event: &Event) -> String {
     let _ = writeln!(out, "last received:  {}", time(event.last_received_at));
     let _ = writeln!(out, "settled:        {}", optional_time(event.processed_at));
     let _ = writeln!(out, "payload:\n{}", event.payload);
+    if let Some(other) = &event.conflicting_payload {
+        let _ =
+            writeln!(out, "conflicting payload (received under the same id, not the one applied):\n{other}");
+    }
     out
 }
 

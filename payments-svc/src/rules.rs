@@ -146,7 +146,13 @@ impl Plan {
 /// Decides what `event` means under `policy`. Pure, so the table above is
 /// unit-tested.
 pub fn plan(event: &IncomingEvent, policy: Policy) -> Plan {
+    if !event.unstorable.is_empty() {
+        return Plan::Fail(Failure::new("unstorable_fields", event.unstorable.join("; ")));
+    }
     if let Err(failure) = check_livemode(event.livemode, policy) {
+        return Plan::Fail(failure);
+    }
+    if let Some(Err(failure)) = event.session.as_ref().map(|s| check_livemode(s.livemode, policy)) {
         return Plan::Fail(failure);
     }
     if let Some(reversal) = &event.reversal {
@@ -292,6 +298,7 @@ mod tests {
             session: Some(session),
             reversal: None,
             payload: "{}".into(),
+            unstorable: Vec::new(),
         }
     }
 

@@ -191,6 +191,16 @@ fn statement() -> String {
         unless_settled("processed_at"),
         unless_settled("settled_by"),
     );
+    // As `events::keep_the_applied_body`: the row follows the applied body,
+    // and a differing body is kept for the operator.
+    let applied_body: String =
+        ["event_type", "livemode", "api_version", "checkout_session_id", "payload", "stripe_created_at"]
+            .map(|column| format!(", {column} = {}", unless_settled(column)))
+            .concat();
+    let conflicting = format!(
+        "CASE WHEN e.payload = excluded.payload THEN e.conflicting_payload \
+         WHEN e.status IN ({settled_for_good}) THEN excluded.payload ELSE e.payload END"
+    );
     let rank = |status: &str| {
         let arms: String = PurchaseStatus::iter()
             .map(|each| format!(" WHEN '{}' THEN {}", each.to_value(), each.rank()))
@@ -222,7 +232,7 @@ fn statement() -> String {
                 delivery_count = e.delivery_count + excluded.delivery_count,
                 last_received_at = excluded.last_received_at,
                 status = {status}, error = {error}, processed_at = {processed_at},
-                settled_by = {settled_by}
+                settled_by = {settled_by}{applied_body}, conflicting_payload = {conflicting}
             RETURNING event_id, settled_by
         ), chosen AS (
             SELECT DISTINCT ON (c.session_id) c.event_id, c.user_id, c.course_id, c.session_id,

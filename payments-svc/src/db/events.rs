@@ -46,6 +46,7 @@ pub async fn record_deliveries(
         status: Set(EventStatus::Received),
         error: Set(None),
         payload: Set(event.payload.clone()),
+        conflicting_payload: Set(None),
         delivery_count: Set(*count),
         stripe_created_at: Set(event.created),
         received_at: Set(now),
@@ -53,15 +54,53 @@ pub async fn record_deliveries(
         processed_at: Set(None),
         settled_by: Set(None),
     });
-    let redelivery = OnConflict::column(Column::EventId)
-        .value(
-            Column::DeliveryCount,
-            Expr::col((Entity, Column::DeliveryCount))
-                .add(Expr::col((Alias::new("excluded"), Column::DeliveryCount))),
-        )
+    let mut redelivery = OnConflict::column(Column::EventId)
+        .value(Column::DeliveryCount, existing(Column::DeliveryCount).add(excluded(Column::DeliveryCount)))
         .value(Column::LastReceivedAt, now)
         .to_owned();
+    keep_the_applied_body(&mut redelivery);
     Entity::insert_many(rows).on_conflict(redelivery).exec_with_returning(db).await
+}
+
+fn existing(column: Column) -> Expr {
+    Expr::col((Entity, column))
+}
+
+fn excluded(column: Column) -> Expr {
+    Expr::col((Alias::new("excluded"), column))
+}
+
+/// The stored event is processed or ignored: a redelivery applies nothing.
+fn settled_for_good() -> Expr {
+    existing(Column::Status).is_in([EventStatus::Processed, EventStatus::Ignored])
+}
+
+/// The row's body columns follow the body that is applied: a redelivery of
+/// an event not settled for good (failed) is applied from the new body, so
+/// the row takes it. A body that differs from the stored one is kept in
+/// `conflicting_payload`: the new one if it is not applied, the old one if
+/// it was replaced. Both statements that record deliveries use this, and
+/// `batch_pg` spells the same in SQL.
+fn keep_the_applied_body(redelivery: &mut OnConflict) {
+    let from_the_applied_body = |column: Column| -> Expr {
+        CaseStatement::new().case(settled_for_good(), existing(column)).finally(excluded(column)).into()
+    };
+    for column in [
+        Column::EventType,
+        Column::Livemode,
+        Column::ApiVersion,
+        Column::CheckoutSessionId,
+        Column::Payload,
+        Column::StripeCreatedAt,
+    ] {
+        redelivery.value(column, from_the_applied_body(column));
+    }
+    let conflicting: Expr = CaseStatement::new()
+        .case(existing(Column::Payload).eq(excluded(Column::Payload)), existing(Column::ConflictingPayload))
+        .case(settled_for_good(), excluded(Column::Payload))
+        .finally(existing(Column::Payload))
+        .into();
+    redelivery.value(Column::ConflictingPayload, conflicting);
 }
 
 /// One event of a batch, already planned: how often it arrived, and the
@@ -107,6 +146,7 @@ pub async fn record_settled(
         status: Set(item.status),
         error: Set(item.error.cloned()),
         payload: Set(item.event.payload.clone()),
+        conflicting_payload: Set(None),
         delivery_count: Set(item.deliveries),
         stripe_created_at: Set(item.event.created),
         received_at: Set(now),
@@ -114,13 +154,10 @@ pub async fn record_settled(
         processed_at: Set(Some(now)),
         settled_by: Set(Some(token)),
     });
-    let existing = |column: Column| Expr::col((Entity, column));
-    let excluded = |column: Column| Expr::col((Alias::new("excluded"), column));
-    let settled_for_good = existing(Column::Status).is_in([EventStatus::Processed, EventStatus::Ignored]);
     let unless_settled = |column: Column| -> Expr {
-        CaseStatement::new().case(settled_for_good.clone(), existing(column)).finally(excluded(column)).into()
+        CaseStatement::new().case(settled_for_good(), existing(column)).finally(excluded(column)).into()
     };
-    let redelivery = OnConflict::column(Column::EventId)
+    let mut redelivery = OnConflict::column(Column::EventId)
         .value(Column::DeliveryCount, existing(Column::DeliveryCount).add(excluded(Column::DeliveryCount)))
         .value(Column::LastReceivedAt, now)
         .value(Column::Status, unless_settled(Column::Status))
@@ -128,6 +165,7 @@ pub async fn record_settled(
         .value(Column::ProcessedAt, unless_settled(Column::ProcessedAt))
         .value(Column::SettledBy, unless_settled(Column::SettledBy))
         .to_owned();
+    keep_the_applied_body(&mut redelivery);
     let mut statement = Entity::insert_many(rows).on_conflict(redelivery).into_query();
     statement.returning(Query::returning().columns([Column::EventId, Column::SettledBy]));
     let rows = db.query_all(&statement).await?;

@@ -4,6 +4,7 @@
 mod fake_stripe;
 mod faults;
 mod feed;
+mod final_answers;
 mod forwarding;
 mod group_commit;
 mod hardening;

@@ -16,9 +16,14 @@ pub struct Model {
     pub status: EventStatus,
     /// Why the event was ignored or failed, as JSON `{"code", "message", ...}`.
     pub error: Option<Json>,
-    /// The exact body Stripe signed.
+    /// The exact body Stripe signed, as applied.
     #[sea_orm(column_type = "Text")]
     pub payload: String,
+    /// Another body received under this id, when one differed: the newer
+    /// one if the event was settled, the older one if a failed event was
+    /// applied again from a new body.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub conflicting_payload: Option<String>,
     /// How many times Stripe delivered this event id to us.
     pub delivery_count: i32,
     /// Stripe's `created`, in Unix seconds.
