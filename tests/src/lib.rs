@@ -1,6 +1,6 @@
 //! What the end-to-end tests and the hand tools in this crate share: the
-//! repository's Stripe fixtures, fresh ids for them, Stripe-style signing and
-//! a small HTTP client.
+//! repository's Stripe fixtures, fresh ids for them, Stripe-style signing, a
+//! small HTTP client, and the services as processes for the measuring tools.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use webhook_gateway::signature::{WebhookSecret, sign};
 
 pub mod sender;
+pub mod services;
 
 /// Where the copies of the shared Stripe fixtures live.
 pub fn fixtures_dir() -> PathBuf {

@@ -12,16 +12,15 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Parser;
+use e2e::services::{Services, cpu_seconds, peak_rss_kib};
 use e2e::{fixture, metric_value, replace_once, unix_now, with_fresh_ids};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -94,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
     let events = Arc::new(presign(args.events, args.reversals)?);
     eprintln!("pre-signed {} events in {:.1} s", events.len(), started.elapsed().as_secs_f64());
 
-    let stack = Stack::start(&bin_dir, &args.database_url)?;
+    // Limits well above the load, so that what is measured is throughput.
+    let limits = [("GATEWAY_MAX_CONNECTIONS", "4096"), ("GATEWAY_MAX_IN_FLIGHT", "4096")];
+    let stack = Services::start(&bin_dir, &args.database_url, SECRET, &limits)?;
     let feed = watch::attach(&stack.payments_grpc, args.watchers, args.stuck_watchers).await?;
     let before = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
     let report = drive(&stack.gateway_addr, Arc::clone(&events), &args).await;
@@ -373,82 +374,6 @@ async fn send(connection: &mut Connection, request: Request<Full<Bytes>>) -> any
     Ok(status)
 }
 
-/// The two services, started from `bin_dir`, stopped on drop.
-struct Stack {
-    payments: Child,
-    gateway: Child,
-    gateway_addr: String,
-    payments_grpc: String,
-    payments_admin: String,
-}
-
-impl Stack {
-    fn start(bin_dir: &Path, database_url: &str) -> anyhow::Result<Self> {
-        let mut payments = Command::new(bin_dir.join("payments-svc"))
-            .env("DATABASE_URL", database_url)
-            .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
-            .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", log_filter())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting payments-svc (build it first)")?;
-        let (grpc, payments_admin) = listening_addrs(&mut payments)?;
-        let mut gateway = Command::new(bin_dir.join("webhook-gateway"))
-            .env("STRIPE_WEBHOOK_SECRET", SECRET)
-            .env("GATEWAY_ADDR", "127.0.0.1:0")
-            .env("PAYMENTS_SVC_URL", format!("http://{grpc}"))
-            .env("GATEWAY_MAX_CONNECTIONS", "4096")
-            .env("GATEWAY_MAX_IN_FLIGHT", "4096")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", log_filter())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting webhook-gateway (build it first)")?;
-        let (gateway_addr, _) = listening_addrs(&mut gateway)?;
-        Ok(Self {
-            payments,
-            gateway,
-            gateway_addr,
-            payments_grpc: format!("http://{grpc}"),
-            payments_admin: payments_admin.unwrap_or_default(),
-        })
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for child in [&mut self.gateway, &mut self.payments] {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The services log as deployed (`info`, or the caller's RUST_LOG), always
-/// including the start-up line that says where they listen.
-fn log_filter() -> String {
-    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    format!("{base},payments_svc::startup=info,webhook_gateway::startup=info")
-}
-
-/// Reads the child's JSON log lines until it says where it listens (and
-/// where its admin port is, if it has one); the rest of its output is
-/// discarded by a thread, so it never blocks.
-fn listening_addrs(child: &mut Child) -> anyhow::Result<(String, Option<String>)> {
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    for line in lines.by_ref() {
-        let line: serde_json::Value = serde_json::from_str(&line?).unwrap_or_default();
-        if line["message"].as_str().is_some_and(|m| m.ends_with(" listening")) {
-            let addr = line["addr"].as_str().context("addr field")?.to_owned();
-            let admin = line["admin_addr"].as_str().map(str::to_owned);
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok((addr, admin));
-        }
-    }
-    bail!("the service exited before listening")
-}
-
 /// payments-svc's group-commit figures, from its metrics.
 async fn batch_sizes(admin: &str) -> anyhow::Result<String> {
     let answer = e2e::HttpClient::default()
@@ -462,21 +387,6 @@ async fn batch_sizes(admin: &str) -> anyhow::Result<String> {
         sum / count.max(1.0),
         value("payments_batch_fallbacks_total ")
     ))
-}
-
-/// CPU seconds (user + system) the process has used, from /proc.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("stat format")?.1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
-/// The process's peak resident memory (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
 }
 
 /// Empties the database (drops and recreates it on PostgreSQL, deletes the
