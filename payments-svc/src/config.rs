@@ -136,7 +136,9 @@ pub enum EventsCommand {
         /// The Stripe event id (`evt_...`).
         event_id: String,
     },
-    /// Apply stored events again through the same fulfilment as a delivery.
+    /// Apply stored events again through the same fulfilment as a delivery:
+    /// one, or every failed one (oldest first, optionally only some), with a
+    /// summary of what became of them.
     Replay {
         /// The Stripe event id (`evt_...`) to replay.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
@@ -144,6 +146,27 @@ pub enum EventsCommand {
         /// Replay every event whose status is failed.
         #[arg(long)]
         failed: bool,
+        /// With --failed: only events of this type.
+        #[arg(long = "type", requires = "failed")]
+        event_type: Option<String>,
+        /// With --failed: only events received since then (`24h`, `7d`, or
+        /// an RFC 3339 time).
+        #[arg(long, requires = "failed")]
+        since: Option<String>,
+        /// With --failed: only events received before then (same forms).
+        #[arg(long, requires = "failed")]
+        until: Option<String>,
+        /// Say what would be replayed, by reason, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Drop the payloads of processed and ignored events older than
+    /// WEBHOOK_EVENTS_RETENTION_DAYS now (payments-svc also does it by
+    /// itself every hour); their rows stay.
+    Prune {
+        /// Say how many would go, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -216,6 +239,13 @@ pub struct Args {
     #[arg(long, env = "PURCHASE_CHANGES_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..), global = true)]
     pub changes_retention_days: u16,
 
+    /// Days the payload of a processed or ignored webhook event is kept; then
+    /// it is dropped and the row (id, outcome) stays, so a late redelivery
+    /// is still a duplicate. Failed events are kept whole until resolved. At
+    /// least 30: Stripe lets an account resend events up to 30 days old.
+    #[arg(long, env = "WEBHOOK_EVENTS_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u16).range(30..), global = true)]
+    pub events_retention_days: u16,
+
     /// Address of the admin HTTP server (Prometheus `/metrics`).
     #[arg(long, env = "PAYMENTS_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
@@ -263,6 +293,12 @@ pub struct Args {
     /// Stripe gives the buyer an unconfirmed answer rather than an error.
     #[arg(long, env = "STRIPE_API_TIMEOUT_MS", default_value_t = 3_000, global = true)]
     pub stripe_api_timeout_ms: u64,
+
+    /// Run the missed-webhook sweep inside the service this often (`15m`,
+    /// `1h`, `1d`), one replica at a time, over the last two intervals (at
+    /// least an hour); off when unset. Needs STRIPE_SECRET_KEY.
+    #[arg(long, env = "RECONCILE_INTERVAL", value_parser = parse_interval)]
+    pub reconcile_interval: Option<Duration>,
 
     /// Most requests a second this process sends to Stripe's API, retries
     /// included: a small share of the account's own limit, which the rest of
@@ -332,6 +368,11 @@ pub struct Settings {
     pub auto_refund_duplicates: bool,
     /// How long the change feed keeps each change.
     pub changes_retention: Duration,
+    /// How long settled events keep their payloads.
+    pub events_retention: Duration,
+    /// How often payments-svc sweeps for missed webhooks itself (needs
+    /// `stripe`); `None`: never.
+    pub reconcile_interval: Option<Duration>,
     pub log_format: LogFormat,
 }
 
@@ -357,6 +398,7 @@ impl fmt::Debug for Settings {
             .field("stripe", &self.stripe)
             .field("auto_refund_duplicates", &self.auto_refund_duplicates)
             .field("changes_retention", &self.changes_retention)
+            .field("events_retention", &self.events_retention)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -378,6 +420,8 @@ pub enum ConfigError {
     ZeroStripeTimeout,
     #[error("STRIPE_AUTO_REFUND_DUPLICATES needs STRIPE_SECRET_KEY")]
     AutoRefundWithoutKey,
+    #[error("RECONCILE_INTERVAL needs STRIPE_SECRET_KEY")]
+    ReconcileWithoutKey,
 }
 
 impl TryFrom<Args> for Settings {
@@ -388,6 +432,9 @@ impl TryFrom<Args> for Settings {
         let stripe = stripe(&args)?;
         if args.stripe_auto_refund_duplicates && stripe.is_none() {
             return Err(ConfigError::AutoRefundWithoutKey);
+        }
+        if args.reconcile_interval.is_some() && stripe.is_none() {
+            return Err(ConfigError::ReconcileWithoutKey);
         }
         let single_writer = args.database_url.starts_with("sqlite:");
         let batching = BatchSettings {
@@ -411,8 +458,27 @@ impl TryFrom<Args> for Settings {
             stripe,
             auto_refund_duplicates: args.stripe_auto_refund_duplicates,
             changes_retention: Duration::from_secs(u64::from(args.changes_retention_days) * 86_400),
+            events_retention: Duration::from_secs(u64::from(args.events_retention_days) * 86_400),
+            reconcile_interval: args.reconcile_interval,
             log_format: args.log_format,
         })
+    }
+}
+
+/// A positive interval: a number and a unit, `s`, `m`, `h` or `d`.
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let amount: u64 = number.parse().map_err(|_| format!("{value:?}: expected e.g. 15m or 1h"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{value:?}: the unit must be s, m, h or d")),
+    };
+    match amount.checked_mul(unit_secs) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{value:?}: must be above 0 and not absurdly long")),
     }
 }
 
@@ -451,6 +517,15 @@ fn stripe(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_take_a_number_and_a_unit() {
+        assert_eq!(parse_interval("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_interval("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["", "15", "0m", "m", "1w", "-1h"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
 
     fn args(flags: &[&str]) -> Args {
         let all =

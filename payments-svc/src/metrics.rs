@@ -33,6 +33,10 @@ pub struct Metrics {
     pub feed_watchers: Gauge,
     pub feed_lag: Gauge,
     pub feed_pruned: Counter,
+    /// Purchases the scheduled sweep found at Stripe and not here.
+    pub reconcile_drift: Counter,
+    /// Stored events whose payloads retention dropped.
+    pub events_pruned: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +68,18 @@ impl Default for Metrics {
             "How far the slowest open watch is behind the newest change, in cursors",
             feed_lag.clone(),
         );
+        let reconcile_drift = Counter::default();
+        registry.register(
+            "reconcile_drift",
+            "Purchases the scheduled missed-webhook sweep found at Stripe and not here, and applied",
+            reconcile_drift.clone(),
+        );
+        let events_pruned = Counter::default();
+        registry.register(
+            "events_pruned",
+            "Stored webhook events whose payloads were dropped after WEBHOOK_EVENTS_RETENTION_DAYS",
+            events_pruned.clone(),
+        );
         let feed_pruned = Counter::default();
         registry.register(
             "change_feed_pruned",
@@ -80,6 +96,8 @@ impl Default for Metrics {
             feed_watchers,
             feed_lag,
             feed_pruned,
+            reconcile_drift,
+            events_pruned,
         }
     }
 }

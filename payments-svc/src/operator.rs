@@ -1,6 +1,7 @@
 //! `payments-svc events ...`: what an operator needs to see and repair
 //! events that were not applied. Works on SQLite and PostgreSQL alike.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -91,6 +92,7 @@ async fn events_command(
                 event_type,
                 received_since: since.as_deref().map(parse_since).transpose()?,
                 limit: Some(limit),
+                ..Default::default()
             };
             list_table(&events::list(db, &filter).await?)
         }
@@ -98,17 +100,118 @@ async fn events_command(
             let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
             show(&event)
         }
-        EventsCommand::Replay { event_id: Some(event_id), .. } => {
-            let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
-            replay_all(db, settings.policy, vec![event]).await?
+        EventsCommand::Prune { dry_run } => {
+            let days = settings.events_retention.as_secs() / 86_400;
+            if dry_run {
+                let count = retention::prunable_events(db, settings.events_retention).await?;
+                format!(
+                    "would drop the payloads of {count} processed or ignored events older than {days} days (--dry-run)\n"
+                )
+            } else {
+                let count = retention::prune_events(db, settings.events_retention).await?;
+                format!(
+                    "dropped the payloads of {count} processed or ignored events older than {days} days\n"
+                )
+            }
         }
-        EventsCommand::Replay { event_id: None, .. } => {
-            let filter = ListFilter { status: Some(EventStatus::Failed), ..Default::default() };
-            let mut failed = events::list(db, &filter).await?;
-            failed.reverse();
-            replay_all(db, settings.policy, failed).await?
+        EventsCommand::Replay { event_id: Some(event_id), dry_run, .. } => {
+            let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
+            let mut report = ReplayReport::new(dry_run);
+            report.add(db, settings.policy, &event).await?;
+            report.finish()
+        }
+        EventsCommand::Replay { event_id: None, event_type, since, until, dry_run, .. } => {
+            let filter = ListFilter {
+                status: Some(EventStatus::Failed),
+                event_type,
+                received_since: since.as_deref().map(parse_since).transpose()?,
+                received_before: until.as_deref().map(parse_since).transpose()?,
+                limit: Some(REPLAY_PAGE),
+            };
+            let mut report = ReplayReport::new(dry_run);
+            let mut after_id = 0;
+            loop {
+                let page = events::page(db, &filter, after_id).await?;
+                let Some(last) = page.last() else { break };
+                after_id = last.id;
+                for event in &page {
+                    report.add(db, settings.policy, event).await?;
+                }
+            }
+            report.finish()
         }
     })
+}
+
+/// Failed events replayed per query: a bulk replay walks them oldest first
+/// a page at a time, never holding them all.
+const REPLAY_PAGE: u64 = 200;
+
+/// What a replay did (or, dry, would do), event by event, then in sum.
+#[derive(Debug, Default)]
+struct ReplayReport {
+    dry_run: bool,
+    out: String,
+    replayed: usize,
+    /// Failed before, processed or ignored now.
+    applied: usize,
+    /// Already processed or ignored: a replay leaves them as they are.
+    unchanged: usize,
+    /// Events failed after the replay (or, dry, now), by the reason's code.
+    failing: BTreeMap<String, usize>,
+}
+
+impl ReplayReport {
+    fn new(dry_run: bool) -> Self {
+        Self { dry_run, ..Self::default() }
+    }
+
+    async fn add(&mut self, db: &DatabaseConnection, policy: Policy, event: &Event) -> anyhow::Result<()> {
+        self.replayed += 1;
+        if self.dry_run {
+            let code = error_code_of(event.error.as_ref());
+            let _ = writeln!(self.out, "{}: {} ({code})", event.event_id, event.status.to_value());
+            if event.status == EventStatus::Failed {
+                *self.failing.entry(code).or_default() += 1;
+            }
+            return Ok(());
+        }
+        let line = replay_one(db, policy, event).await?;
+        self.out.push_str(&line.text);
+        match line.failed_code {
+            Some(code) => *self.failing.entry(code).or_default() += 1,
+            None if event.status == EventStatus::Failed => self.applied += 1,
+            None => self.unchanged += 1,
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> String {
+        let failing: usize = self.failing.values().sum();
+        if self.dry_run {
+            let _ = writeln!(self.out, "would replay {} events; nothing changed (--dry-run)", self.replayed);
+        } else {
+            let _ = write!(
+                self.out,
+                "replayed {} events; {failing} still failed; {} applied",
+                self.replayed, self.applied
+            );
+            if self.unchanged > 0 {
+                let _ = write!(self.out, "; {} already settled, unchanged", self.unchanged);
+            }
+            self.out.push('\n');
+        }
+        if !self.failing.is_empty() {
+            let reasons: Vec<String> = self.failing.iter().map(|(code, n)| format!("{code} {n}")).collect();
+            let _ = writeln!(self.out, "failing by reason: {}", reasons.join(", "));
+        }
+        self.out
+    }
+}
+
+/// The `code` of a stored or new failure reason.
+fn error_code_of(error: Option<&serde_json::Value>) -> String {
+    error.and_then(|e| e["code"].as_str()).unwrap_or("unknown").to_owned()
 }
 
 /// Prints every change after `after`, then each new one, until Ctrl-C or
@@ -429,7 +532,11 @@ fn show(event: &Event) -> String {
     let _ = writeln!(out, "first received: {}", time(event.received_at));
     let _ = writeln!(out, "last received:  {}", time(event.last_received_at));
     let _ = writeln!(out, "settled:        {}", optional_time(event.processed_at));
-    let _ = writeln!(out, "payload:\n{}", event.payload);
+    if event.payload.is_empty() {
+        let _ = writeln!(out, "payload:        dropped after WEBHOOK_EVENTS_RETENTION_DAYS");
+    } else {
+        let _ = writeln!(out, "payload:\n{}", event.payload);
+    }
     if let Some(other) = &event.conflicting_payload {
         let _ =
             writeln!(out, "conflicting payload (received under the same id, not the one applied):\n{other}");
@@ -437,37 +544,34 @@ fn show(event: &Event) -> String {
     out
 }
 
-async fn replay_all(db: &DatabaseConnection, policy: Policy, stored: Vec<Event>) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let mut still_failed = 0;
-    for event in &stored {
-        let purchase_before = purchase_of(db, event).await?;
-        let replay = apply::replay(db, event, policy)
-            .await
-            .with_context(|| format!("replaying {}", event.event_id))?;
-        let purchase_after = purchase_of(db, event).await?;
-        still_failed += usize::from(replay.after == EventStatus::Failed);
+/// One replayed event's line, and its failure's code if it is still failed.
+struct ReplayLine {
+    text: String,
+    failed_code: Option<String>,
+}
 
-        let _ =
-            write!(out, "{}: {} -> {}", replay.event_id, replay.before.to_value(), replay.after.to_value());
-        if let Some(session) = &event.checkout_session_id {
-            let (before, after) = (purchase_state(&purchase_before), purchase_state(&purchase_after));
-            let change =
-                if before == after { format!("unchanged, {after}") } else { format!("{before} -> {after}") };
-            let _ = write!(out, "; purchase {session}: {change}");
-        }
-        let error = if replay.after == EventStatus::Failed {
-            error_message_of(&replay.outcome)
-        } else {
-            String::new()
-        };
-        if !error.is_empty() {
-            let _ = write!(out, "; {error}");
-        }
-        out.push('\n');
+async fn replay_one(db: &DatabaseConnection, policy: Policy, event: &Event) -> anyhow::Result<ReplayLine> {
+    let purchase_before = purchase_of(db, event).await?;
+    let replay =
+        apply::replay(db, event, policy).await.with_context(|| format!("replaying {}", event.event_id))?;
+    let purchase_after = purchase_of(db, event).await?;
+    let mut text =
+        format!("{}: {} -> {}", replay.event_id, replay.before.to_value(), replay.after.to_value());
+    if let Some(session) = &event.checkout_session_id {
+        let (before, after) = (purchase_state(&purchase_before), purchase_state(&purchase_after));
+        let change =
+            if before == after { format!("unchanged, {after}") } else { format!("{before} -> {after}") };
+        let _ = write!(text, "; purchase {session}: {change}");
     }
-    let _ = writeln!(out, "replayed {} events; {} still failed", stored.len(), still_failed);
-    Ok(out)
+    let failed_code = match &replay.outcome {
+        Outcome::Failed { error } => {
+            let _ = write!(text, "; {}", error.message);
+            Some(error.code.to_owned())
+        }
+        _ => None,
+    };
+    text.push('\n');
+    Ok(ReplayLine { text, failed_code })
 }
 
 async fn purchase_of(
@@ -487,13 +591,6 @@ fn purchase_state(purchase: &Option<course_purchase::Model>) -> String {
             let status = p.status.to_value();
             if p.needs_refund { format!("{status} (needs refund)") } else { status.to_owned() }
         }
-    }
-}
-
-fn error_message_of(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Failed { error } => error.message.clone(),
-        _ => String::new(),
     }
 }
 

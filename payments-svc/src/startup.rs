@@ -21,10 +21,11 @@ use crate::batch::BatchSettings;
 use crate::config::{Settings, TlsFiles};
 use crate::grpc::PaymentsService;
 use crate::metrics::Metrics;
+use crate::retention::Retention;
 use crate::rules::Policy;
 use crate::stripe_api::StripeApi;
 use crate::watch::{self, Watchers};
-use crate::{db, refunds, retention};
+use crate::{db, reconcile, refunds, retention};
 
 /// HTTP/2 flow-control windows for callers, in bytes.
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
@@ -53,8 +54,10 @@ pub struct Application {
     stripe: Option<StripeApi>,
     /// Refunds duplicate payments by itself.
     auto_refund_duplicates: bool,
-    /// How long the change feed keeps each change.
-    changes_retention: Duration,
+    /// How long the change feed and stored events are kept.
+    retention: Retention,
+    /// Sweeps for missed webhooks this often, when set.
+    reconcile_interval: Option<Duration>,
     auth: RequireToken,
     tls: Option<ServerTlsConfig>,
 }
@@ -100,7 +103,8 @@ impl Application {
             batching: settings.batching,
             stripe,
             auto_refund_duplicates: settings.auto_refund_duplicates,
-            changes_retention: settings.changes_retention,
+            reconcile_interval: settings.reconcile_interval,
+            retention: Retention { changes: settings.changes_retention, events: settings.events_retention },
             auth: RequireToken::new(token),
             tls,
         })
@@ -149,6 +153,16 @@ impl Application {
                 stop.clone(),
             ));
         }
+        if let (Some(interval), Some(stripe)) = (self.reconcile_interval, &self.stripe) {
+            tokio::spawn(reconcile::run(
+                self.db.clone(),
+                stripe.clone(),
+                self.policy,
+                interval,
+                Arc::clone(&metrics),
+                stop.clone(),
+            ));
+        }
         let admin = tokio::spawn(admin::serve(self.admin_listener, render, stop.clone()));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -165,7 +179,7 @@ impl Application {
         ));
         tokio::spawn(retention::run(
             self.db.clone(),
-            self.changes_retention,
+            self.retention,
             self.policy.dispute_access,
             Arc::clone(&metrics),
             stop.clone(),

@@ -198,7 +198,7 @@ fn statement() -> String {
             .map(|column| format!(", {column} = {}", unless_settled(column)))
             .concat();
     let conflicting = format!(
-        "CASE WHEN e.payload = excluded.payload THEN e.conflicting_payload \
+        "CASE WHEN e.payload = excluded.payload OR e.payload = '' THEN e.conflicting_payload \
          WHEN e.status IN ({settled_for_good}) THEN excluded.payload ELSE e.payload END"
     );
     let rank = |status: &str| {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
 };
 
 use super::entities::stripe_webhook_event::{ActiveModel, Column, Entity, EventStatus, Model};
@@ -95,8 +95,11 @@ fn keep_the_applied_body(redelivery: &mut OnConflict) {
     ] {
         redelivery.value(column, from_the_applied_body(column));
     }
+    // A pruned payload (empty) cannot be compared: a late redelivery of an
+    // event past retention is a plain duplicate.
     let conflicting: Expr = CaseStatement::new()
         .case(existing(Column::Payload).eq(excluded(Column::Payload)), existing(Column::ConflictingPayload))
+        .case(existing(Column::Payload).eq(""), existing(Column::ConflictingPayload))
         .case(settled_for_good(), excluded(Column::Payload))
         .finally(existing(Column::Payload))
         .into();
@@ -201,12 +204,32 @@ pub struct ListFilter {
     pub status: Option<EventStatus>,
     pub event_type: Option<String>,
     pub received_since: Option<DateTime<Utc>>,
+    pub received_before: Option<DateTime<Utc>>,
     pub limit: Option<u64>,
 }
 
 /// Events matching `filter`, newest first.
 pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter) -> Result<Vec<Model>, DbErr> {
-    let mut query = Entity::find().order_by_desc(Column::ReceivedAt).order_by_desc(Column::Id);
+    let query = Entity::find().order_by_desc(Column::ReceivedAt).order_by_desc(Column::Id);
+    filtered(query, filter).limit(filter.limit).all(db).await
+}
+
+/// Events matching `filter` with a row id above `after_id`, in row order
+/// (the order they were first received), at most `filter.limit`: a page of
+/// a walk through many of them.
+pub async fn page(
+    db: &impl ConnectionTrait,
+    filter: &ListFilter,
+    after_id: i64,
+) -> Result<Vec<Model>, DbErr> {
+    let query = Entity::find().filter(Column::Id.gt(after_id)).order_by_asc(Column::Id);
+    filtered(query, filter).limit(filter.limit).all(db).await
+}
+
+fn filtered(mut query: sea_orm::Select<Entity>, filter: &ListFilter) -> sea_orm::Select<Entity> {
+    if let Some(before) = filter.received_before {
+        query = query.filter(Column::ReceivedAt.lt(before));
+    }
     if let Some(status) = filter.status {
         query = query.filter(Column::Status.eq(status));
     }
@@ -216,7 +239,7 @@ pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter) -> Result<Vec<
     if let Some(since) = filter.received_since {
         query = query.filter(Column::ReceivedAt.gte(since));
     }
-    query.limit(filter.limit).all(db).await
+    query
 }
 
 /// Every event that touched a payment, oldest first: the checkout events of
@@ -244,4 +267,43 @@ pub async fn touching(
             .add(Condition::all().add(reversal_types).add(Column::Payload.contains(format!("\"{id}\""))));
     }
     Entity::find().filter(touched).order_by_asc(Column::ReceivedAt).order_by_asc(Column::Id).all(db).await
+}
+
+/// Events whose payload retention drops: settled for good (a failed event is
+/// kept whole until it is resolved), received before `cutoff`, and still
+/// holding a payload.
+fn prunable(cutoff: DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(Column::Status.is_in([EventStatus::Processed, EventStatus::Ignored]))
+        .add(Column::ReceivedAt.lt(cutoff))
+        .add(Column::Payload.ne(""))
+}
+
+/// How many events [`prune_payloads`] would reach.
+pub async fn count_prunable(db: &impl ConnectionTrait, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
+    Entity::find().filter(prunable(cutoff)).count(db).await
+}
+
+/// Drops the payloads (the conflicting one too) of at most `chunk` prunable
+/// events, oldest first, keeping their rows: the id and outcome are small
+/// and are what recognises a late redelivery. Returns how many.
+pub async fn prune_payloads(
+    db: &impl ConnectionTrait,
+    cutoff: DateTime<Utc>,
+    chunk: u64,
+) -> Result<u64, DbErr> {
+    let oldest = Query::select()
+        .column(Column::Id)
+        .from(Entity)
+        .cond_where(prunable(cutoff))
+        .order_by(Column::Id, sea_orm::Order::Asc)
+        .limit(chunk)
+        .to_owned();
+    let pruned = Entity::update_many()
+        .col_expr(Column::Payload, Expr::value(""))
+        .col_expr(Column::ConflictingPayload, Expr::value(Option::<String>::None))
+        .filter(Column::Id.in_subquery(oldest))
+        .exec(db)
+        .await?;
+    Ok(pruned.rows_affected)
 }

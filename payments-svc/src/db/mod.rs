@@ -5,6 +5,7 @@ pub mod batch_pg;
 pub mod entities;
 pub mod events;
 pub mod feed;
+pub mod lease;
 pub mod purchases;
 pub mod refund_requests;
 pub mod reversals;

@@ -1,12 +1,18 @@
 //! What operators rely on, through the real binaries: one structured log
 //! line per webhook, a distinct warning per reason an event is not applied,
-//! and the `payments-svc events` commands to see and replay failures.
+//! the `payments-svc events` commands to see and replay failures, and the
+//! retention of stored payloads.
+
+use std::time::Duration;
 
 use e2e::{fixture, unix_now};
 use hyper::StatusCode;
+use payments_svc::db::entities::stripe_webhook_event::{self, EventStatus};
+use sea_orm::EntityTrait;
+use sea_orm::sea_query::Expr;
 use webhook_gateway::signature::{WebhookSecret, sign};
 
-use crate::helpers::{TEST_SECRET, TestDb, on_both_databases};
+use crate::helpers::{Stack, StackOptions, TEST_SECRET, TestDb, eventually, metric, on_both_databases};
 use crate::processes::{ProcessStack, payments_cli};
 
 const PAID: &str = "checkout_session_completed_paid.json";
@@ -24,7 +30,8 @@ async fn each_webhook_logs_one_structured_line_and_each_refusal_a_distinct_warni
     let other_secret = WebhookSecret::new("whsec_not_ours").expect("secret");
 
     stack.deliver(&paid).await;
-    stack.deliver_with(paid.clone(), Some(&sign(&other_secret, unix_now(), &paid))).await;
+    let mismatched = sign(&other_secret, unix_now(), &paid);
+    stack.deliver_with(paid.clone(), Some(&mismatched)).await;
     stack.deliver_with(paid.clone(), Some(&sign(&other_secret, unix_now() - 3600, &paid))).await;
     stack.deliver_with(paid.clone(), None).await;
     let charge = fixture("charge_succeeded.json").expect("fixture");
@@ -39,10 +46,19 @@ async fn each_webhook_logs_one_structured_line_and_each_refusal_a_distinct_warni
     assert_eq!(handled["outcome"], "processed");
     assert!(handled["latency_ms"].as_f64().is_some(), "{handled}");
 
+    let v1 = mismatched.split_once("v1=").map(|(_, v1)| &v1[..16]).expect("v1");
     for reason in ["signature_mismatch", "stale_timestamp", "missing_signature"] {
         let warning = stack.gateway.wait_for_log("webhook signature rejected", |l| l["reason"] == reason);
+        assert!(!warning.to_string().contains(v1), "no signature in the log: {warning}");
         assert_eq!(warning["level"], "WARN", "{warning}");
+        assert_eq!(warning["peer"], "127.0.0.1", "who sent it: {warning}");
+        assert_eq!(warning["body_bytes"].as_u64(), Some(paid.len() as u64), "{warning}");
+        if reason == "signature_mismatch" {
+            let header_bytes = Some(mismatched.len() as u64);
+            assert_eq!(warning["signature_header_bytes"].as_u64(), header_bytes, "{warning}");
+        }
     }
+    assert!(!stack.gateway.all_logs().contains(v1), "nor in any other line");
 
     let charge_id = event_id_of(&charge);
     let unhandled = stack
@@ -132,4 +148,93 @@ async fn replaying_failed_events_after_fixing_the_setting_records_the_purchases(
 
     let again = payments_cli(&db.url, &[("STRIPE_LIVEMODE", "false")], &["events", "replay", "--failed"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("replayed 0 events"), "idempotent");
+}
+
+on_both_databases!(bulk_replay_takes_filters_says_what_it_would_do_and_sums_up_by_reason);
+async fn bulk_replay_takes_filters_says_what_it_would_do_and_sums_up_by_reason(db: TestDb) {
+    let before_any = chrono::Utc::now().to_rfc3339();
+    let live_stack = ProcessStack::start(&db.url, true);
+    let bodies = [PAID, NO_METADATA, "checkout_session_async_payment_succeeded.json"]
+        .map(|name| fixture(name).expect("fixture"));
+    for body in &bodies {
+        assert_eq!(
+            live_stack.deliver(body).await.json()["outcome"],
+            "failed",
+            "test-mode events, live service"
+        );
+    }
+    drop(live_stack);
+    let cli = |args: &[&str]| {
+        let output = payments_cli(&db.url, &[("STRIPE_LIVEMODE", "false")], args);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+
+    let dry = cli(&["events", "replay", "--failed", "--dry-run"]);
+    let listed_again = cli(&["events", "list", "--status", "failed"]);
+    let by_type =
+        cli(&["events", "replay", "--failed", "--type", "checkout.session.async_payment_succeeded"]);
+    let too_early = cli(&["events", "replay", "--failed", "--until", &before_any]);
+    let rest = cli(&["events", "replay", "--failed", "--since", "1h"]);
+
+    assert!(dry.contains("would replay 3 events; nothing changed"), "{dry}");
+    assert!(dry.contains("failing by reason: livemode_mismatch 3"), "{dry}");
+    assert!(listed_again.contains("(3 events)"), "the dry run changed nothing: {listed_again}");
+    assert!(by_type.contains("replayed 1 events; 0 still failed; 1 applied"), "{by_type}");
+    assert!(by_type.contains(&event_id_of(&bodies[2])), "{by_type}");
+    assert!(too_early.contains("replayed 0 events"), "{too_early}");
+    assert!(rest.contains("replayed 2 events; 1 still failed; 1 applied"), "{rest}");
+    assert!(rest.contains("failing by reason: invalid_metadata 1"), "{rest}");
+}
+
+on_both_databases!(settled_events_lose_their_payloads_after_retention_and_stay_duplicates);
+async fn settled_events_lose_their_payloads_after_retention_and_stay_duplicates(db: TestDb) {
+    let mut stack = Stack::start(db).await;
+    let [paid, broken, other] =
+        [PAID, NO_METADATA, "charge_succeeded.json"].map(|name| fixture(name).expect("fixture"));
+    for (body, outcome) in [(&paid, "processed"), (&broken, "failed"), (&other, "ignored")] {
+        assert_eq!(stack.deliver(body).await.json()["outcome"], outcome);
+    }
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(100);
+    stripe_webhook_event::Entity::update_many()
+        .col_expr(stripe_webhook_event::Column::ReceivedAt, Expr::value(long_ago))
+        .exec(&stack.db)
+        .await
+        .expect("aged");
+    let database_url = stack.database_url().to_owned();
+    let cli = |args: &[&str]| payments_cli(&database_url, &[], args);
+
+    let dry = cli(&["events", "prune", "--dry-run"]);
+    let untouched = stack.events().await.iter().all(|e| !e.payload.is_empty());
+    stack.restart_payments_svc(StackOptions::default()).await;
+    eventually(Duration::from_secs(10), "payments-svc prunes at start-up by itself", || async {
+        metric(&stack.payments_metrics().await, "payments_events_pruned_total") == 2.0
+    })
+    .await;
+    let again = cli(&["events", "prune"]);
+    let redelivered = stack.deliver(&paid).await;
+    let shown = cli(&["events", "show", &event_id_of(&paid)]);
+    let too_short =
+        payments_cli(stack.database_url(), &[("WEBHOOK_EVENTS_RETENTION_DAYS", "7")], &["events", "prune"]);
+
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would drop the payloads of 2 "), "{dry:?}");
+    assert!(untouched, "a dry run changes nothing");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("dropped the payloads of 0 "), "{again:?}");
+    let events = stack.events().await;
+    assert_eq!(events.len(), 3, "the rows stay");
+    for event in &events {
+        let kept = event.status == EventStatus::Failed;
+        assert_eq!(
+            !event.payload.is_empty(),
+            kept,
+            "{}: only the unresolved failure keeps its payload",
+            event.event_id
+        );
+        assert!(event.conflicting_payload.is_none());
+    }
+    assert_eq!(redelivered.json()["outcome"], "duplicate", "a late redelivery is still recognised");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("dropped after WEBHOOK_EVENTS_RETENTION_DAYS"));
+    assert!(!too_short.status.success());
+    assert!(String::from_utf8_lossy(&too_short.stderr).contains("not in 30.."), "{too_short:?}");
+    stack.shutdown().await;
 }

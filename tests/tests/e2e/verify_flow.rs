@@ -12,7 +12,7 @@ use payments_svc::db::entities::stripe_webhook_event::EventStatus;
 use sea_orm::{Database, EntityTrait};
 
 use crate::fake_stripe::{FAKE_STRIPE_KEY, FakeStripe, Fault};
-use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
+use crate::helpers::{Stack, StackOptions, TestDb, eventually, metric, on_both_databases};
 use crate::processes::{ProcessStack, payments_cli};
 
 /// A paid `checkout.session.completed` and the same session as Stripe's API
@@ -288,4 +288,39 @@ async fn reconcile_applies_missed_events_across_pages_once(db: TestDb) {
     let purchases =
         payments_svc::db::entities::course_purchase::Entity::find().all(&db).await.expect("query");
     assert_eq!(purchases.len(), 4, "the delivered one and the three missed; not the one before the window");
+}
+
+on_both_databases!(the_scheduled_sweep_applies_missed_webhooks_once_and_counts_the_drift);
+async fn the_scheduled_sweep_applies_missed_webhooks_once_and_counts_the_drift(db: TestDb) {
+    let stripe = FakeStripe::start().await;
+    let options = StackOptions {
+        stripe_api_base: Some(stripe.base_url()),
+        payments: Some(|settings| settings.reconcile_interval = Some(Duration::from_millis(300))),
+        ..Default::default()
+    };
+    let stack = Stack::start_with(db, options).await;
+    let now = unix_now();
+    let delivered = with_created(&paid_checkout("_sched_delivered").0, now - 60).expect("event");
+    assert_eq!(stack.deliver(&delivered).await.json()["outcome"], "processed");
+    stripe.add_event(delivered);
+    for i in 0..2 {
+        stripe.add_event(
+            with_created(&paid_checkout(&format!("_sched_missed{i}")).0, now - 30).expect("event"),
+        );
+    }
+
+    eventually(Duration::from_secs(20), "the sweep applies the missed events", || async {
+        stack.purchases().await.len() == 3
+    })
+    .await;
+    let after_first = stripe.request_count();
+    eventually(Duration::from_secs(20), "another sweep runs", || async {
+        stripe.request_count() > after_first + 1
+    })
+    .await;
+
+    assert_eq!(stack.purchases().await.len(), 3, "nothing applied twice");
+    assert_eq!(stack.event_count().await, 3);
+    assert_eq!(metric(&stack.payments_metrics().await, "payments_reconcile_drift_total"), 2.0);
+    stack.shutdown().await;
 }

@@ -68,14 +68,14 @@ async fn bounded(
         return Err(overloaded(state, path));
     };
     state.metrics.in_flight.inc();
-    let answer = tokio::time::timeout(state.request_timeout, api(state, request)).await;
+    let answer = tokio::time::timeout(state.request_timeout, api(state, client, request)).await;
     state.metrics.in_flight.dec();
     answer.unwrap_or(Err(ApiError::RequestTimeout))
 }
 
-async fn api(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn api(state: &AppState, client: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     match (request.uri().path(), request.method()) {
-        (WEBHOOK_PATH, &Method::POST) => webhook::receive(state, request).await,
+        (WEBHOOK_PATH, &Method::POST) => webhook::receive(state, client, request).await,
         (WEBHOOK_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         (_, &Method::GET) => verify::by_query(state, request).await,
         (_, &Method::POST) => verify::by_json(state, request).await,

@@ -1,8 +1,10 @@
 //! `POST /api/payments/webhook`: Stripe's events, verified then forwarded.
 
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, StatusCode};
 use payments_proto::stripe;
 use payments_proto::v1::{Outcome, StripeEvent};
@@ -27,9 +29,13 @@ struct Acknowledgement<'a> {
 }
 
 /// Handles one delivery and logs one line about it, whatever the result.
-pub async fn receive(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn receive(
+    state: &AppState,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let mut seen = Seen::default();
+    let mut seen = Seen::of_request(&request);
     let result = verify_and_forward(state, request, started, &mut seen).await;
     let elapsed = started.elapsed().as_secs_f64();
     let latency_ms = elapsed * 1000.0;
@@ -46,9 +52,14 @@ pub async fn receive(state: &AppState, request: Request<Incoming>) -> Result<Htt
             tracing::info!(event_id, event_type, session_id, outcome, latency_ms, "webhook handled")
         }
         Err(error @ ApiError::Signature(_)) => {
+            // Who and how much, never the secret or the signature itself: a
+            // burst of these is a wrong secret or someone probing.
             tracing::warn!(
                 outcome = "rejected",
                 reason = error.code(),
+                %peer,
+                body_bytes = seen.declared_bytes,
+                signature_header_bytes = seen.signature_header_bytes,
                 latency_ms,
                 "webhook signature rejected"
             )
@@ -70,15 +81,27 @@ pub async fn receive(state: &AppState, request: Request<Incoming>) -> Result<Htt
 /// What is known about a delivery so far, for its log line.
 #[derive(Debug, Default)]
 struct Seen {
+    /// The declared `Content-Length`, if any.
+    declared_bytes: Option<u64>,
+    /// The length of the `Stripe-Signature` header, if any.
+    signature_header_bytes: Option<usize>,
     event_id: Option<String>,
     event_type: Option<String>,
     session_id: Option<String>,
 }
 
 impl Seen {
-    fn event(event: &StripeEvent) -> Self {
-        let session_id = event.checkout_session().map(|session| session.id.clone());
-        Self { event_id: Some(event.id.clone()), event_type: Some(event.r#type.clone()), session_id }
+    fn of_request(request: &Request<Incoming>) -> Self {
+        let headers = request.headers();
+        let declared_bytes = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let signature_header_bytes = headers.get(SIGNATURE_HEADER).map(|v| v.len());
+        Self { declared_bytes, signature_header_bytes, ..Self::default() }
+    }
+
+    fn saw(&mut self, event: &StripeEvent) {
+        self.session_id = event.checkout_session().map(|session| session.id.clone());
+        self.event_id = Some(event.id.clone());
+        self.event_type = Some(event.r#type.clone());
     }
 }
 
@@ -95,7 +118,7 @@ async fn verify_and_forward(
     signed.check_body(&state.verifier, &body.bytes)?;
 
     let event = stripe::parse_event(body.bytes.clone())?;
-    *seen = Seen::event(&event);
+    seen.saw(&event);
 
     let answer = state.forwarder.forward(event, arrived).await.map_err(payments::api_error)?;
     if answer.outcome() == Outcome::Unspecified {

@@ -1,0 +1,48 @@
+//! One replica at a time: work that every replica schedules but only one
+//! should do at once (the missed-webhook sweep, pruning stored payloads)
+//! takes a lease first.
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait,
+};
+
+/// The advisory lock of the scheduled missed-webhook sweep.
+pub const RECONCILE: i64 = 0x7265_636f_6e63_696c; // "reconcil"
+/// The advisory lock of pruning stored events' payloads.
+pub const EVENTS_PRUNE: i64 = 0x6576_7473_7072_756e; // "evtsprun"
+
+/// A lease held until dropped or released.
+#[derive(Debug)]
+pub enum Lease {
+    /// PostgreSQL: an advisory lock, held by a transaction of its own.
+    Postgres(DatabaseTransaction),
+    /// SQLite serves one host; the process's own schedule is the lease.
+    Alone,
+}
+
+impl Lease {
+    pub async fn release(self) -> Result<(), DbErr> {
+        match self {
+            Self::Postgres(txn) => txn.commit().await,
+            Self::Alone => Ok(()),
+        }
+    }
+}
+
+/// Takes lease `key` if no other replica holds it; `None` if one does.
+pub async fn try_take(db: &DatabaseConnection, key: i64) -> Result<Option<Lease>, DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(Some(Lease::Alone));
+    }
+    let txn = db.begin().await?;
+    let locked = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            [key.into()],
+        ))
+        .await?
+        .map(|row| row.try_get::<bool>("", "locked"))
+        .transpose()?;
+    Ok((locked == Some(true)).then_some(Lease::Postgres(txn)))
+}
