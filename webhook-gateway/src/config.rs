@@ -101,7 +101,7 @@ pub struct Cli {
     /// webhook that finds them spent gets 503 with Retry-After. Bounds the
     /// gateway's memory whatever the bodies' sizes and count. At least
     /// GATEWAY_MAX_BODY_BYTES.
-    #[arg(long, env = "GATEWAY_BODY_BUDGET_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "GATEWAY_BODY_BUDGET_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub body_budget_bytes: usize,
 
     /// Longest a request may take, body upload included, in milliseconds;

@@ -30,6 +30,11 @@ use crate::state::AppState;
 /// A client that has not sent its request headers by then is cut off, so
 /// idle or slow-loris connections cannot pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes hyper buffers per connection, and so the largest request head:
+/// Stripe's are about a kilobyte. hyper's default (about 400 KB) let a
+/// stranger's thousand connections, each sending a head that never ends,
+/// hold 400 MB; a larger head is answered 431.
+const MAX_BUF_BYTES: usize = 16 * 1024;
 /// Connections the kernel may queue before the gateway accepts them.
 const LISTEN_BACKLOG: u32 = 4096;
 /// A client may save up this many seconds' worth of verify requests (a
@@ -108,7 +113,7 @@ impl Application {
             admin_stop.clone(),
         ));
         let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_BUF_BYTES);
         tokio::pin!(shutdown);
 
         loop {

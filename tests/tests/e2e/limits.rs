@@ -374,3 +374,20 @@ async fn one_client_asking_verify_too_often_gets_429_and_webhooks_are_not_affect
     assert_eq!(outcome(&webhook), "processed");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_cut_off_at_sixteen_kilobytes() {
+    let stack = Stack::start(TestDb::sqlite().await).await;
+    let mut stream = TcpStream::connect(stack.gateway_addr()).await.expect("connect");
+    stream.write_all(b"POST /api/payments/webhook HTTP/1.1\r\nhost: x\r\nx-padding: ").await.expect("sent");
+    // More than the gateway buffers, never finished: a gateway that kept
+    // reading would hold it all and answer nothing.
+    let _ = stream.write_all(&vec![b'a'; 64 * 1024]).await;
+
+    let answer = answer_within(&mut stream, Duration::from_secs(5)).await;
+
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let after = stack.deliver(&paid()).await;
+    assert_eq!(outcome(&after), "processed");
+    stack.shutdown().await;
+}
