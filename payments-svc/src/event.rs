@@ -150,38 +150,36 @@ fn make_storable(event: &mut StripeEvent) -> Vec<String> {
     if let Some(version) = event.api_version.as_mut() {
         cut_to_fit(version, "api_version", &mut problems);
     }
-    let mut check = |value: Option<&String>, field: &str, max: usize| {
-        if let Some(problem) = value.and_then(|value| unfit(value, max)) {
-            problems.push(format!("{field} {problem}"));
-        }
-    };
-    match &event.object {
+    // Each object's stored fields; a field's name is only spelled out for
+    // the rare event that breaks it.
+    let (object, id, charge, payment_intent, currency) = match &event.object {
         Some(stripe_event::Object::CheckoutSession(session)) => {
-            check(Some(&session.id), "checkout_session.id", MAX_ID_BYTES);
-            check(session.payment_intent.as_ref(), "checkout_session.payment_intent", MAX_ID_BYTES);
             for (key, value) in &session.metadata {
-                check(Some(value), &format!("checkout_session.metadata.{key}"), MAX_METADATA_BYTES);
+                if let Some(problem) = unfit(value, MAX_METADATA_BYTES) {
+                    problems.push(format!("checkout_session.metadata.{key} {problem}"));
+                }
             }
-            check_currency(session.currency.as_deref(), "checkout_session.currency", &mut problems);
+            ("checkout_session", &session.id, None, &session.payment_intent, &session.currency)
         }
         Some(stripe_event::Object::Charge(charge)) => {
-            check(Some(&charge.id), "charge.id", MAX_ID_BYTES);
-            check(charge.payment_intent.as_ref(), "charge.payment_intent", MAX_ID_BYTES);
-            check_currency(charge.currency.as_deref(), "charge.currency", &mut problems);
+            ("charge", &charge.id, None, &charge.payment_intent, &charge.currency)
         }
         Some(stripe_event::Object::Refund(refund)) => {
-            check(Some(&refund.id), "refund.id", MAX_ID_BYTES);
-            check(refund.charge.as_ref(), "refund.charge", MAX_ID_BYTES);
-            check(refund.payment_intent.as_ref(), "refund.payment_intent", MAX_ID_BYTES);
-            check_currency(refund.currency.as_deref(), "refund.currency", &mut problems);
+            ("refund", &refund.id, refund.charge.as_ref(), &refund.payment_intent, &refund.currency)
         }
         Some(stripe_event::Object::Dispute(dispute)) => {
-            check(Some(&dispute.id), "dispute.id", MAX_ID_BYTES);
-            check(dispute.charge.as_ref(), "dispute.charge", MAX_ID_BYTES);
-            check(dispute.payment_intent.as_ref(), "dispute.payment_intent", MAX_ID_BYTES);
-            check_currency(dispute.currency.as_deref(), "dispute.currency", &mut problems);
+            ("dispute", &dispute.id, dispute.charge.as_ref(), &dispute.payment_intent, &dispute.currency)
         }
-        None => {}
+        None => return problems,
+    };
+    for (field, value) in [("id", Some(id)), ("charge", charge), ("payment_intent", payment_intent.as_ref())]
+    {
+        if let Some(problem) = value.and_then(|value| unfit(value, MAX_ID_BYTES)) {
+            problems.push(format!("{object}.{field} {problem}"));
+        }
+    }
+    if currency.as_deref().is_some_and(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic())) {
+        problems.push(format!("{object}.currency is not a three-letter currency code"));
     }
     problems
 }
@@ -194,13 +192,6 @@ fn unfit(value: &str, max: usize) -> Option<String> {
         Some(format!("is {} bytes, over {max}", value.len()))
     } else {
         None
-    }
-}
-
-/// A currency is three ASCII letters (ISO 4217, as Stripe sends it).
-fn check_currency(currency: Option<&str>, field: &str, problems: &mut Vec<String>) {
-    if currency.is_some_and(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_alphabetic())) {
-        problems.push(format!("{field} is not a three-letter currency code"));
     }
 }
 

@@ -26,12 +26,20 @@ const EVERY: Duration = Duration::from_secs(3600);
 /// Removes every change older than `retention` now; returns how many.
 pub async fn prune(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
     let cutoff = cutoff(retention);
-    let mut removed = 0;
+    in_chunks(|| feed::prune(db, cutoff, CHUNK)).await
+}
+
+/// Runs `chunk` until it handles fewer than [`CHUNK`] rows; the total.
+async fn in_chunks<F>(mut chunk: impl FnMut() -> F) -> Result<u64, DbErr>
+where
+    F: Future<Output = Result<u64, DbErr>>,
+{
+    let mut total = 0;
     loop {
-        let chunk = feed::prune(db, cutoff, CHUNK).await?;
-        removed += chunk;
-        if chunk < CHUNK {
-            return Ok(removed);
+        let handled = chunk().await?;
+        total += handled;
+        if handled < CHUNK {
+            return Ok(total);
         }
     }
 }
@@ -51,14 +59,7 @@ pub async fn prunable_events(db: &DatabaseConnection, retention: Duration) -> Re
 pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
     let Some(held) = lease::try_take(db, lease::EVENTS_PRUNE).await? else { return Ok(0) };
     let cutoff = cutoff(retention);
-    let mut pruned = 0;
-    loop {
-        let chunk = events::prune_payloads(db, cutoff, CHUNK).await?;
-        pruned += chunk;
-        if chunk < CHUNK {
-            break;
-        }
-    }
+    let pruned = in_chunks(|| events::prune_payloads(db, cutoff, CHUNK)).await?;
     held.release().await?;
     Ok(pruned)
 }

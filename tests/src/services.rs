@@ -3,7 +3,7 @@
 //! `/proc` while they run, stopped on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
@@ -65,6 +65,15 @@ impl Drop for Services {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
+    }
+}
+
+/// Where the service binaries are: `given`, or the directory of the running
+/// tool, next to which cargo builds them.
+pub fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(std::env::current_exe()?.parent().context("binary directory")?.to_path_buf()),
     }
 }
 

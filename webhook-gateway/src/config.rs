@@ -153,8 +153,6 @@ pub struct ForwardSettings {
     pub max_events: usize,
     /// Calls in flight at once.
     pub max_calls: usize,
-    /// How long forwarding one event may take, queue wait included.
-    pub deadline: Duration,
 }
 
 /// Validated settings the gateway runs with.
@@ -304,7 +302,6 @@ impl Settings {
             forwarding: ForwardSettings {
                 max_events: cli.payments_svc_batch_max,
                 max_calls: cli.payments_svc_max_calls,
-                deadline: Duration::from_millis(cli.payments_svc_timeout_ms),
             },
             payments_grpc_token: token::parse(cli.payments_grpc_token.as_deref())?,
             payments_svc_ca_cert: cli.payments_svc_ca_cert,
@@ -333,10 +330,7 @@ mod tests {
         let settings = Settings::local(secret, "http://127.0.0.1:1");
         assert_eq!(settings.addr, ([127, 0, 0, 1], 0).into());
         assert_eq!(settings.admin_addr, ([127, 0, 0, 1], 0).into());
-        assert_eq!(
-            settings.forwarding,
-            ForwardSettings { max_events: 64, max_calls: 2, deadline: Duration::from_secs(5) }
-        );
+        assert_eq!(settings.forwarding, ForwardSettings { max_events: 64, max_calls: 2 });
         assert_eq!((settings.max_connections, settings.max_in_flight), (1024, 512));
         assert_eq!(settings.payments_svc_timeout, Duration::from_secs(5));
         assert_eq!(settings.webhook_secrets.len(), 1);

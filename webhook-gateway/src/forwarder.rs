@@ -65,10 +65,16 @@ impl std::fmt::Debug for Forwarder {
 
 impl Forwarder {
     /// Starts the dispatcher; it stops once every handle is dropped.
-    pub fn start(client: PaymentsClient, settings: ForwardSettings, metrics: Arc<Metrics>) -> Self {
+    /// Each event is answered within `deadline` of its request's arrival.
+    pub fn start(
+        client: PaymentsClient,
+        settings: ForwardSettings,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(settings.max_events.max(1) * settings.max_calls.max(1) * 4);
         tokio::spawn(dispatch(client, queue, settings, metrics));
-        Self { jobs, deadline: settings.deadline }
+        Self { jobs, deadline }
     }
 
     /// Applies `event` through payments-svc: its answer, or the error that

@@ -73,6 +73,11 @@ pub struct HeldBody {
     _held: Option<OwnedSemaphorePermit>,
 }
 
+/// The body length the request declares (`Content-Length`), if it does.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
 /// Reads the whole body, refusing more than `limit` bytes. A declared
 /// `Content-Length` over the limit is refused before anything is read.
 pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
@@ -95,7 +100,7 @@ async fn read(
     limit: usize,
     budget: Option<&BodyBudget>,
 ) -> Result<HeldBody, BodyError> {
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }

@@ -64,7 +64,12 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let payments = payments::connect_lazy(settings)?;
-        let forwarder = Forwarder::start(payments.client.clone(), settings.forwarding, Arc::clone(&metrics));
+        let forwarder = Forwarder::start(
+            payments.client.clone(),
+            settings.forwarding,
+            settings.payments_svc_timeout,
+            Arc::clone(&metrics),
+        );
         let state = AppState {
             verifier: Verifier::new(&settings.webhook_secrets, settings.tolerance_secs),
             payments,

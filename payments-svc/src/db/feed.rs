@@ -44,7 +44,7 @@ use sea_orm::{
 use tokio::sync::watch;
 
 use super::entities::{course_purchase, purchase_change, purchase_feed};
-use super::reversals;
+use super::{lease, reversals};
 use crate::changes;
 use crate::reversals::{Access, AccessStatus, DisputeAccess};
 
@@ -321,19 +321,8 @@ pub async fn head(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
 /// lock, this returns 0.
 pub async fn prune(db: &DatabaseConnection, cutoff: DateTime<Utc>, chunk: u64) -> Result<u64, DbErr> {
     let txn = db.begin().await?;
-    if db.get_database_backend() == DbBackend::Postgres {
-        let locked = txn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_try_advisory_xact_lock($1) AS locked",
-                [PRUNE_LOCK.into()],
-            ))
-            .await?
-            .map(|row| row.try_get::<bool>("", "locked"))
-            .transpose()?;
-        if locked != Some(true) {
-            return Ok(0);
-        }
+    if db.get_database_backend() == DbBackend::Postgres && !lease::try_lock(&txn, PRUNE_LOCK).await? {
+        return Ok(0);
     }
     // Oldest first by the primary key (the table's one index): changes are
     // committed in cursor order, so those past the cutoff are a prefix.

@@ -35,6 +35,12 @@ pub async fn try_take(db: &DatabaseConnection, key: i64) -> Result<Option<Lease>
         return Ok(Some(Lease::Alone));
     }
     let txn = db.begin().await?;
+    Ok(try_lock(&txn, key).await?.then_some(Lease::Postgres(txn)))
+}
+
+/// Takes PostgreSQL advisory lock `key` for the rest of `txn`, if no other
+/// transaction holds it: whether it did.
+pub async fn try_lock(txn: &DatabaseTransaction, key: i64) -> Result<bool, DbErr> {
     let locked = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -44,5 +50,5 @@ pub async fn try_take(db: &DatabaseConnection, key: i64) -> Result<Option<Lease>
         .await?
         .map(|row| row.try_get::<bool>("", "locked"))
         .transpose()?;
-    Ok((locked == Some(true)).then_some(Lease::Postgres(txn)))
+    Ok(locked == Some(true))
 }

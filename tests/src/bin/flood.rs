@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
-use e2e::services::{Services, rss_kib};
+use e2e::services::{self, Services, rss_kib};
 use e2e::{HttpClient, unique_paid_event, unix_now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,10 +58,7 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().context("binary directory")?.to_path_buf(),
-    };
+    let bin_dir = services::bin_dir(args.bin_dir.as_deref())?;
     let work = std::env::temp_dir().join(format!("flood-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let database_url = format!("sqlite://{}/flood.db?mode=rwc", work.display());

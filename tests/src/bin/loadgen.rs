@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Parser;
-use e2e::services::{Services, cpu_seconds, peak_rss_kib};
+use e2e::services::{self, Services, cpu_seconds, peak_rss_kib};
 use e2e::{fixture, metric_value, replace_once, unix_now, with_fresh_ids};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -83,10 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!((0.0..=1.0).contains(&args.duplicates), "--duplicates is a share from 0.0 to 1.0");
     ensure!((0.0..=0.5).contains(&args.reversals), "--reversals is a share from 0.0 to 0.5");
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().context("binary directory")?.to_path_buf(),
-    };
+    let bin_dir = services::bin_dir(args.bin_dir.as_deref())?;
     reset_database(&args.database_url).await?;
 
     let started = Instant::now();

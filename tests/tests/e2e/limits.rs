@@ -247,10 +247,7 @@ async fn stalled_database_answers_every_webhook_503_within_the_deadline(db: Test
     // at 64 deliveries and 15 s (a 408) at 500.
     const MARGIN: Duration = Duration::from_millis(1_500);
     let options = StackOptions {
-        gateway: Some(|settings| {
-            settings.payments_svc_timeout = DEADLINE;
-            settings.forwarding.deadline = DEADLINE;
-        }),
+        gateway: Some(|settings| settings.payments_svc_timeout = DEADLINE),
         ..Default::default()
     };
     let stack = Stack::start_with(db, options).await;

@@ -29,8 +29,8 @@ pub const SUCCESS_PAGE_PATH: &str = "/checkout/success";
 
 /// Dispatches one request. Never fails: every error becomes its response.
 /// The webhook and verify routes each count against an in-flight limit of
-/// their own and the request timeout; health and the page are cheap and always served. Metrics
-/// are on the admin listener, not here.
+/// their own and the request timeout; health and the page are cheap and
+/// always served. Metrics are on the admin listener, not here.
 pub async fn route(
     state: Arc<AppState>,
     client: IpAddr,

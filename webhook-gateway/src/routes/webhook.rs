@@ -4,14 +4,13 @@ use std::net::IpAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, StatusCode};
 use payments_proto::stripe;
 use payments_proto::v1::{Outcome, StripeEvent};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::http::{HttpResponse, json, read_body_within};
+use crate::http::{HttpResponse, declared_length, json, read_body_within};
 use crate::metrics::WebhookLabels;
 use crate::payments;
 use crate::state::AppState;
@@ -93,7 +92,7 @@ struct Seen {
 impl Seen {
     fn of_request(request: &Request<Incoming>) -> Self {
         let headers = request.headers();
-        let declared_bytes = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let declared_bytes = declared_length(headers);
         let signature_header_bytes = headers.get(SIGNATURE_HEADER).map(|v| v.len());
         Self { declared_bytes, signature_header_bytes, ..Self::default() }
     }
