@@ -76,6 +76,11 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         }
     };
     print!("{output}");
+    if db::feed::announced_any() {
+        // No task forwards this process's commits (it is about to exit):
+        // wake the running replicas' watchers once, for all of them.
+        db::feed::notify_listeners(&db).await?;
+    }
     db.close().await?;
     Ok(())
 }

@@ -171,6 +171,7 @@ impl Application {
             .context("building gRPC reflection")?;
         let watchers = Arc::new(Watchers::new(stop.clone()));
         tokio::spawn(watch::listen(self.db.clone(), Arc::clone(&watchers), stop.clone()));
+        tokio::spawn(watch::tell_listeners(self.db.clone(), stop.clone()));
         tokio::spawn(watch::sample(
             self.db.clone(),
             Arc::clone(&watchers),

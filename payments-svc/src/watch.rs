@@ -8,15 +8,16 @@
 //! never waits for a watcher.
 //!
 //! A watcher that has caught up sleeps until a commit that published changes
-//! is announced: by this process after its commit, or, on PostgreSQL, by
-//! `NOTIFY` from any replica ([`listen`]). It also looks once a second in
-//! case a wake-up was lost (a dropped `LISTEN` connection, another process
-//! on the same SQLite file).
+//! is announced: by this process after its commit, or, on PostgreSQL, by a
+//! `NOTIFY` from another replica ([`listen`]), which each replica sends after
+//! its commits while some replica listens ([`tell_listeners`]). It also
+//! looks once a second in case a wake-up was lost (a dropped `LISTEN`
+//! connection, another process on the same SQLite file).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use tokio::sync::mpsc;
@@ -214,22 +215,68 @@ async fn relay(
             return shutdown_or_idle(open, shutdown).await;
         }
     };
-    if let Err(error) = listener.listen(feed::CHANNEL).await {
+    // The shared lock first, so that other replicas notify from now on;
+    // then LISTEN; then a read, which sees whatever committed before.
+    let listening = sea_orm::sqlx::query("SELECT pg_advisory_lock_shared($1)").bind(feed::LISTENING_LOCK);
+    let listened = match listening.execute(&mut listener).await {
+        Ok(_) => listener.listen(feed::CHANNEL).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = listened {
         tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
         return shutdown_or_idle(open, shutdown).await;
     }
+    feed::wake_readers();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = async { let _ = open.wait_for(|open| *open == 0).await; } => return,
             received = listener.try_recv() => match received {
-                Ok(_) => feed::announce(),
+                Ok(_) => feed::wake_readers(),
                 Err(error) => {
+                    // A new connection needs the lock again: start over.
                     tracing::warn!(%error, "change notifications interrupted; reconnecting");
                     tokio::time::sleep(SAFETY_POLL).await;
-                    feed::announce();
+                    feed::wake_readers();
+                    return;
                 }
             },
+        }
+    }
+}
+
+/// Wakes the watchers of other replicas after this one commits changes
+/// ([`feed::notify_listeners`]) until `shutdown`. Commits announced while a
+/// notification is being sent are told by the next one, so there is at
+/// most one in flight and one due.
+///
+/// Whether any replica listens at all is asked at most once a
+/// [`SAFETY_POLL`], on a commit: while none does, commits cost no round
+/// trip. A replica that starts listening meanwhile is told within that
+/// interval, which its watchers' own look covers.
+pub async fn tell_listeners(db: DatabaseConnection, shutdown: CancellationToken) {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return;
+    }
+    let mut commits = feed::commits();
+    let mut listened: Option<(bool, Instant)> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = commits.changed() => if changed.is_err() { return },
+        }
+        let known = listened.filter(|(_, asked)| asked.elapsed() < SAFETY_POLL);
+        let someone = match known {
+            Some((someone, _)) => someone,
+            None => {
+                // Unknown counts as listening: a notification too many is harmless.
+                let someone = feed::anyone_listening(&db).await.unwrap_or(true);
+                listened = Some((someone, Instant::now()));
+                someone
+            }
+        };
+        if someone && let Err(error) = feed::notify_listeners(&db).await {
+            tracing::warn!(%error, "cannot notify other replicas of changes; their watchers look within a second");
         }
     }
 }

@@ -6,7 +6,7 @@
 //! time. Here both upserts, and the insert of the change rows they make,
 //! are data-modifying CTEs of one statement, which PostgreSQL runs as its
 //! own transaction: all of it or nothing, one round trip. The rows it writes
-//! are exactly those of the two upserts and of [`feed::publish`]: see their
+//! are exactly those of the two upserts and of [`super::feed::publish`]: see their
 //! docs for the conflict rules, repeated here in SQL.
 //!
 //! The statement only takes batches of checkouts, whose changes are simple:
@@ -42,7 +42,7 @@ use sea_orm::{ActiveEnum, DbErr, Iterable, RuntimeErr};
 use super::entities::course_purchase::PurchaseStatus;
 use super::entities::stripe_webhook_event::EventStatus;
 use super::events::{Settled, SettledRow};
-use super::feed::{self, FEED_LOCK};
+use super::feed::FEED_LOCK;
 use crate::changes;
 use crate::reversals::AccessStatus;
 use crate::rules::NewPurchase;
@@ -274,8 +274,6 @@ fn statement() -> String {
             CROSS JOIN feed_lock
             ORDER BY w.id
             RETURNING purchase_id
-        ), notified AS MATERIALIZED (
-            SELECT pg_notify('{channel}', '') FROM (SELECT 1 FROM changed LIMIT 1) AS any_change
         ), needs_fold AS MATERIALIZED (
             SELECT CAST('purchase of ' || w.stripe_payment_intent_id
                 || ' has refunds or disputes: apply per event' AS int) AS refused
@@ -285,7 +283,6 @@ fn statement() -> String {
         )
         SELECT event_id, settled_by, (SELECT count(*) FROM changed) AS published
         FROM settled
-        WHERE (SELECT count(*) FROM notified) >= 0 AND (SELECT max(refused) FROM needs_fold) IS NULL",
-        channel = feed::CHANNEL,
+        WHERE (SELECT max(refused) FROM needs_fold) IS NULL"
     )
 }

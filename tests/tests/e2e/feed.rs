@@ -281,7 +281,10 @@ fn checkouts(tag: &str, n: usize) -> Vec<payments_proto::v1::StripeEvent> {
 }
 
 async fn handle_all(client: &mut PaymentsClient<Channel>, events: Vec<payments_proto::v1::StripeEvent>) {
-    let answer = client.handle_stripe_events(HandleStripeEventsRequest { events }).await.expect("handled");
+    let answer = client
+        .handle_stripe_events(HandleStripeEventsRequest { events, traceparents: Vec::new() })
+        .await
+        .expect("handled");
     for result in answer.into_inner().results {
         match result.result {
             Some(payments_proto::v1::stripe_event_result::Result::Handled(handled)) => {
@@ -474,4 +477,31 @@ async fn purchases_recorded_before_the_feed_are_published_once_at_start_up(db: T
     assert_eq!(published[0].purchase.as_ref().map(|p| p.status()), Some(PurchaseStatus::Paid));
     assert_eq!(stack.changes().await.len(), 1, "published once, not at every start");
     stack.shutdown().await;
+}
+
+/// Other replicas are woken by a `NOTIFY` that a replica sends after its
+/// commits, and only while some replica listens (holds the listening lock):
+/// with nobody listening the notification is skipped, so writers pay
+/// nothing for it. Notifications arrive in commit order, so a marker sent
+/// after a skipped one shows that nothing came before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_replicas_are_notified_only_while_one_listens() {
+    use sea_orm::sqlx::postgres::PgListener;
+    let test_db = TestDb::postgres().await;
+    let db = Database::connect(&test_db.url).await.expect("connect");
+    let mut listener = PgListener::connect(&test_db.url).await.expect("a listening connection");
+    listener.listen(feed::CHANNEL).await.expect("LISTEN");
+
+    feed::notify_listeners(&db).await.expect("no replica listens: skipped");
+    db.execute_unprepared(&format!("NOTIFY {}, 'marker'", feed::CHANNEL)).await.expect("marker");
+    let first = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("in time").expect("received");
+    assert_eq!(first.payload(), "marker", "nothing was sent while nobody held the listening lock");
+
+    let holder = db.begin().await.expect("a connection holding the lock, as a listening replica does");
+    let statement = format!("SELECT pg_advisory_xact_lock_shared({})", feed::LISTENING_LOCK);
+    holder.execute_unprepared(&statement).await.expect("shared lock");
+    feed::notify_listeners(&db).await.expect("notified");
+    let woken = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("in time").expect("received");
+    assert_eq!(woken.payload(), "", "a replica listens: its watchers are woken");
+    holder.rollback().await.expect("released");
 }
