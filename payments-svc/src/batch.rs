@@ -27,8 +27,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, TransactionTrait};
-use service_kit::gather;
+use service_kit::{gather, traces};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use crate::apply;
 use crate::db::batch_pg::{self, Candidate};
@@ -58,6 +60,8 @@ pub struct BatchSettings {
 
 struct Job {
     event: IncomingEvent,
+    /// The event's span, which the batch's span links to.
+    span: Span,
     reply: oneshot::Sender<Result<Outcome, DbErr>>,
 }
 
@@ -95,9 +99,13 @@ impl EventBatcher {
     /// Queues `event` for the next batch; the returned future answers once
     /// it is committed. Submitting several events before awaiting any lets
     /// them share a batch.
-    pub async fn submit(&self, event: IncomingEvent) -> impl Future<Output = Result<Outcome, DbErr>> + use<> {
+    pub async fn submit(
+        &self,
+        event: IncomingEvent,
+        span: Span,
+    ) -> impl Future<Output = Result<Outcome, DbErr>> + use<> {
         let (reply, answer) = oneshot::channel();
-        let queued = self.jobs.send(Job { event, reply }).await;
+        let queued = self.jobs.send(Job { event, span, reply }).await;
         async move {
             queued.map_err(|_| DbErr::Custom("event batcher stopped".into()))?;
             answer.await.map_err(|_| DbErr::Custom("event batcher dropped the event".into()))?
@@ -123,8 +131,25 @@ async fn work(
             gather(&mut queue, first, settings).await
         };
         metrics.batch_size.observe(jobs.len() as f64);
-        run(&db, writer.as_mut(), policy, jobs, &metrics).await;
+        let span = batch_span(&jobs, db.get_database_backend());
+        run(&db, writer.as_mut(), policy, jobs, &metrics).instrument(span).await;
     }
+}
+
+/// The span of one transaction: in the trace of its first event, linked to
+/// every other event it applies.
+fn batch_span(jobs: &[Job], backend: DbBackend) -> Span {
+    let parent = jobs.first().map(|job| &job.span).and_then(Span::id);
+    let system = if backend == DbBackend::Postgres { "postgresql" } else { "sqlite" };
+    let span = tracing::info_span!(
+        parent: parent,
+        "group commit",
+        db.system = system,
+        batch.size = jobs.len(),
+        outcome = Empty,
+    );
+    traces::link_all(&span, jobs.iter().skip(1).map(|job| &job.span));
+    span
 }
 
 /// `first` and whatever else is waiting, within the settings' bounds.
@@ -155,12 +180,14 @@ async fn run(
     let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
     match apply_batch(db, writer, policy, &events).await {
         Ok(outcomes) => {
+            Span::current().record("outcome", "committed");
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcome));
             }
         }
         Err(error) => {
             metrics.batch_fallbacks.inc();
+            Span::current().record("outcome", "rolled back; applied one by one");
             tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");
             for job in jobs {
                 let result = apply::handle_event(db, &job.event, policy).await;

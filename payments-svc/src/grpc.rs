@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sea_orm::DatabaseConnection;
+use service_kit::traces;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use crate::batch::{BatchSettings, EventBatcher};
 use crate::db::entities::course_purchase::{self, PurchaseSource};
@@ -73,68 +76,41 @@ impl PaymentsService {
     }
 
     /// Validates `event` and queues it for group commit; the returned
-    /// future answers once its batch has committed, and counts it.
+    /// future answers once its batch has committed, and counts it. Traced
+    /// in the trace of its delivery (`traceparent`), when it has one.
     async fn submit(
         &self,
         event: StripeEvent,
+        traceparent: Option<&str>,
     ) -> Result<impl Future<Output = Result<HandleStripeEventResponse, Status>> + use<>, Status> {
-        let event = IncomingEvent::try_from(event)?;
+        let span = event_span(&event, traceparent);
+        let event = IncomingEvent::try_from(event).inspect_err(|error| {
+            span.record("outcome", "invalid");
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(error));
+        })?;
         let started = Instant::now();
-        let answer = self.batcher.submit(event).await;
+        let answer = self.batcher.submit(event, span.clone()).await;
         let metrics = Arc::clone(&self.metrics);
         Ok(async move {
             let result = answer.await;
             metrics.event_seconds.observe(started.elapsed().as_secs_f64());
             let outcome = result.as_ref().map_or("error", |outcome| outcome.as_str());
             metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();
+            span.record("outcome", outcome);
+            if let Err(error) = &result {
+                span.record("otel.status_code", "ERROR");
+                span.record("error", tracing::field::display(error));
+            }
             Ok(handle_response(result.map_err(Error::from)?))
         })
     }
-}
 
-#[tonic::async_trait]
-impl Payments for PaymentsService {
-    async fn handle_stripe_event(
+    async fn verify_traced(
         &self,
-        request: Request<StripeEvent>,
-    ) -> Result<Response<HandleStripeEventResponse>, Status> {
-        let answer = self.submit(request.into_inner()).await?;
-        Ok(Response::new(answer.await?))
-    }
-
-    async fn handle_stripe_events(
-        &self,
-        request: Request<HandleStripeEventsRequest>,
-    ) -> Result<Response<HandleStripeEventsResponse>, Status> {
-        let events = request.into_inner().events;
-        if events.len() > MAX_EVENTS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_EVENTS_PER_CALL} events per call, got {}",
-                events.len()
-            )));
-        }
-        // Everything is queued before anything is awaited, so the events
-        // share batches.
-        let mut answers = Vec::with_capacity(events.len());
-        for event in events {
-            answers.push(self.submit(event).await);
-        }
-        let mut results = Vec::with_capacity(answers.len());
-        for answer in answers {
-            let result = match answer {
-                Ok(answer) => answer.await,
-                Err(status) => Err(status),
-            };
-            results.push(event_result(result));
-        }
-        Ok(Response::new(HandleStripeEventsResponse { results }))
-    }
-
-    async fn verify_purchase(
-        &self,
-        request: Request<VerifyPurchaseRequest>,
+        request: VerifyPurchaseRequest,
     ) -> Result<Response<VerifyPurchaseResponse>, Status> {
-        let lookup = lookup(request.into_inner())?;
+        let lookup = lookup(request)?;
         let result = verify::verify(&self.db, self.stripe.as_deref(), self.policy, &lookup).await;
         let response = result.map(verify_response);
         let labels = match &response {
@@ -146,6 +122,108 @@ impl Payments for PaymentsService {
         };
         self.metrics.verifications.get_or_create(&labels).inc();
         Ok(Response::new(response.map_err(Error::from)?))
+    }
+
+    async fn handle_all(
+        &self,
+        events: Vec<StripeEvent>,
+        traceparents: Vec<String>,
+    ) -> Result<Response<HandleStripeEventsResponse>, Status> {
+        if events.len() > MAX_EVENTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_EVENTS_PER_CALL} events per call, got {}",
+                events.len()
+            )));
+        }
+        // Everything is queued before anything is awaited, so the events
+        // share batches.
+        let mut answers = Vec::with_capacity(events.len());
+        for (n, event) in events.into_iter().enumerate() {
+            answers.push(self.submit(event, traceparents.get(n).map(String::as_str)).await);
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = match answer {
+                Ok(answer) => answer.await,
+                Err(status) => Err(status),
+            };
+            results.push(event_result(result));
+        }
+        Ok(Response::new(HandleStripeEventsResponse { results }))
+    }
+}
+
+/// The server span of a call to `method`, continuing the caller's trace
+/// (`traceparent` in the metadata).
+fn server_span(method: &'static str, metadata: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        "gRPC call",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+    );
+    if let Some(parent) = traces::metadata_traceparent(metadata).filter(|_| !span.is_disabled()) {
+        traces::continue_from(&span, parent);
+    }
+    span
+}
+
+/// The span of one event's handling, from its arrival to its answer (the
+/// wait for a batch included): under the call's span when the call is its
+/// delivery's, else in its own delivery's trace, linked to the call.
+fn event_span(event: &StripeEvent, traceparent: Option<&str>) -> Span {
+    let span = tracing::info_span!(
+        "handle event",
+        stripe.event.id = event.id.as_str(),
+        stripe.event.type = event.r#type.as_str(),
+        stripe.checkout_session.id = Empty,
+        outcome = Empty,
+        otel.status_code = Empty,
+        error = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    if let Some(session) = event.checkout_session() {
+        span.record("stripe.checkout_session.id", session.id.as_str());
+    }
+    if let Some(traceparent) = traceparent {
+        traces::join_delivery(&span, traceparent);
+    }
+    span
+}
+
+#[tonic::async_trait]
+impl Payments for PaymentsService {
+    async fn handle_stripe_event(
+        &self,
+        request: Request<StripeEvent>,
+    ) -> Result<Response<HandleStripeEventResponse>, Status> {
+        let span = server_span("payments.v1.Payments/HandleStripeEvent", request.metadata());
+        async {
+            let answer = self.submit(request.into_inner(), None).await?;
+            Ok(Response::new(answer.await?))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_stripe_events(
+        &self,
+        request: Request<HandleStripeEventsRequest>,
+    ) -> Result<Response<HandleStripeEventsResponse>, Status> {
+        let span = server_span("payments.v1.Payments/HandleStripeEvents", request.metadata());
+        let HandleStripeEventsRequest { events, traceparents } = request.into_inner();
+        self.handle_all(events, traceparents).instrument(span).await
+    }
+
+    async fn verify_purchase(
+        &self,
+        request: Request<VerifyPurchaseRequest>,
+    ) -> Result<Response<VerifyPurchaseResponse>, Status> {
+        let span = server_span("payments.v1.Payments/VerifyPurchase", request.metadata());
+        self.verify_traced(request.into_inner()).instrument(span).await
     }
 
     type WatchPurchaseChangesStream = ChangeStream;

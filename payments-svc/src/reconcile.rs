@@ -49,6 +49,7 @@ pub enum ReconcileError {
 
 /// Sweeps events created at or after `since`, newest first, `page_size` per
 /// page. Idempotent: a second sweep finds everything already processed.
+#[tracing::instrument(name = "reconcile sweep", skip_all, fields(since = %since))]
 pub async fn sweep(
     db: &DatabaseConnection,
     stripe: &StripeApi,

@@ -64,6 +64,11 @@ async fn refund_due(db: &DatabaseConnection, stripe: &StripeApi, policy: Dispute
 /// One attempt at `request`, if this process can claim it. A purchase that
 /// grants the course by now (its first purchase was refunded or lost a
 /// dispute since) is no duplicate any more and is not refunded.
+#[tracing::instrument(
+    name = "refund duplicate",
+    skip_all,
+    fields(stripe.checkout_session.id = %request.checkout_session_id),
+)]
 pub async fn attempt(
     db: &DatabaseConnection,
     stripe: &StripeApi,

@@ -20,6 +20,8 @@ use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use service_kit::rate::TokenBucket;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 /// At most this many attempts per call, budget permitting.
 const MAX_ATTEMPTS: u32 = 3;
@@ -226,8 +228,32 @@ impl StripeApi {
 
     /// Sends the request `build` makes (given the time left) until it
     /// answers, retrying what Stripe says may be retried, within the budget.
-    /// Each attempt takes its turn within STRIPE_API_MAX_RPS.
+    /// Each attempt takes its turn within STRIPE_API_MAX_RPS. Traced as a
+    /// client span of whatever asked (verify, reconcile, a refund).
     async fn send(
+        &self,
+        path: &str,
+        turn: Turn,
+        build: impl Fn(Duration) -> reqwest::RequestBuilder,
+    ) -> Result<Bytes, StripeError> {
+        let span = tracing::info_span!(
+            "Stripe API",
+            otel.kind = "client",
+            stripe.api_base = self.base.as_str(),
+            url.path = path,
+            http.response.status_code = Empty,
+            otel.status_code = Empty,
+            error = Empty,
+        );
+        let answer = self.attempts(path, turn, build).instrument(span.clone()).await;
+        if let Err(error) = &answer {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(error));
+        }
+        answer
+    }
+
+    async fn attempts(
         &self,
         path: &str,
         turn: Turn,
@@ -247,6 +273,7 @@ impl StripeApi {
             let failure = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
+                    tracing::Span::current().record("http.response.status_code", status.as_u16());
                     let headers = response.headers().clone();
                     let body = response.bytes().await;
                     match (status, body) {

@@ -1,7 +1,7 @@
-//! What webhook-gateway and payments-svc share as processes: how they log,
-//! when they start draining, how they serve their metrics, how they gather
-//! queued work into batches, how they ration what strangers could exhaust,
-//! and how they read the token between them.
+//! What webhook-gateway and payments-svc share as processes: how they log
+//! and trace, when they start draining, how they serve their metrics, how
+//! they gather queued work into batches, how they ration what strangers
+//! could exhaust, and how they read the token between them.
 
 pub mod admin;
 pub mod gather;
@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod rate;
 pub mod shutdown;
 pub mod token;
+pub mod traces;

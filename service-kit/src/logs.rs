@@ -8,13 +8,21 @@
 //! about a tenth of the gateway's CPU. `tracing-appender`'s non-blocking
 //! writer does not help here: it wakes its writer thread for each line.
 
+use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tracing::{Level, Metadata};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::traces::{self, Traces};
 
 /// How long an `info` line may wait for others to be written with.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
@@ -43,18 +51,20 @@ pub enum Output {
 
 /// Installs the global subscriber. Call once, from `main`, and keep the
 /// guard until `main` returns: dropping it writes out the waiting lines.
-pub fn init(format: LogFormat, output: Output) -> FlushOnDrop {
+/// With `traces`, spans are exported and JSON lines carry the `trace_id`
+/// and `span_id` of the span they were written in.
+pub fn init(format: LogFormat, output: Output, traces: Option<&Traces>) -> FlushOnDrop {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     match output {
         Output::Stdout => {
             let colour = wants_colour(io::stdout().is_terminal(), no_color);
             let lines = BufferedLines::start(io::stdout(), FLUSH_INTERVAL);
             flush_on_panic(lines.clone());
-            install(format, colour, lines.clone());
+            install(format, colour, lines.clone(), traces);
             FlushOnDrop(Some(lines))
         }
         Output::Stderr => {
-            install(format, wants_colour(io::stderr().is_terminal(), no_color), io::stderr);
+            install(format, wants_colour(io::stderr().is_terminal(), no_color), io::stderr, traces);
             FlushOnDrop(None)
         }
     }
@@ -68,15 +78,54 @@ fn wants_colour(is_terminal: bool, no_color: bool) -> bool {
 }
 
 /// Installs the global subscriber, writing `format` lines to `writer`.
-fn install<W>(format: LogFormat, colour: bool, writer: W)
+///
+/// Log lines are events only: spans exist for traces, and only the traces
+/// layer takes them, so without it every span is disabled where it is
+/// created.
+fn install<W>(format: LogFormat, colour: bool, writer: W, traces: Option<&Traces>)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    match format {
-        LogFormat::Text => builder.with_ansi(colour).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let events = filter.and(filter_fn(|metadata| metadata.is_event()));
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(colour).with_filter(events).boxed(),
+        LogFormat::Json => {
+            let json = lines.json().flatten_event(true).with_current_span(false).with_span_list(false);
+            json.map_event_format(WithTraceIds).with_filter(events).boxed()
+        }
+    };
+    tracing_subscriber::registry().with(lines).with(traces.map(|traces| traces.layer())).init();
+}
+
+/// A JSON line with the ids of the trace and span it was written in first,
+/// so that a log collector can join it to the trace.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let Some((trace_id, span_id)) = traces::current_ids() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(fields) => {
+                write!(writer, "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{fields}")
+            }
+            None => writer.write_str(&line),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use webhook_gateway::signature::{WebhookSecret, sign};
 
+pub mod collector;
 pub mod sender;
 pub mod services;
 

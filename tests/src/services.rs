@@ -20,14 +20,17 @@ pub struct Services {
 
 impl Services {
     /// Starts both on `database_url`, the gateway verifying with `secret`
-    /// and with `gateway_env` on top of its defaults.
+    /// and with `gateway_env` on top of its defaults, and both with
+    /// `common_env` (tracing, say).
     pub fn start(
         bin_dir: &Path,
         database_url: &str,
         secret: &str,
         gateway_env: &[(&str, &str)],
+        common_env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let mut payments = Command::new(bin_dir.join("payments-svc"))
+            .envs(common_env.iter().map(|(name, value)| (name, value)))
             .env("DATABASE_URL", database_url)
             .env("PAYMENTS_GRPC_ADDR", "127.0.0.1:0")
             .env("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0")
@@ -38,6 +41,7 @@ impl Services {
             .context("starting payments-svc (build it first)")?;
         let (grpc, payments_admin) = listening_addrs(&mut payments)?;
         let mut gateway = Command::new(bin_dir.join("webhook-gateway"))
+            .envs(common_env.iter().map(|(name, value)| (name, value)))
             .env("STRIPE_WEBHOOK_SECRET", secret)
             .env("GATEWAY_ADDR", "127.0.0.1:0")
             .env("GATEWAY_ADMIN_ADDR", "127.0.0.1:0")

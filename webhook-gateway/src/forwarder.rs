@@ -21,8 +21,9 @@ use payments_proto::v1::{
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::{Code, Status};
+use tracing::{Instrument as _, Span};
 
-use service_kit::gather;
+use service_kit::{gather, traces};
 
 use crate::config::ForwardSettings;
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ type Answer = Result<HandleStripeEventResponse, Status>;
 
 struct Job {
     event: StripeEvent,
+    /// The delivery's span, for the trace of the call that carries it.
+    span: Span,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -83,6 +86,9 @@ impl Forwarder {
     /// checking the request, a full queue, every call slot busy, a slow
     /// call): past it, `deadline_exceeded`, and the event is not sent if it
     /// has not left yet. Stripe redelivers it; applying is idempotent.
+    ///
+    /// The span current when this is called is the delivery's: the call
+    /// that carries the event continues its trace.
     pub async fn forward(&self, event: StripeEvent, arrived: Instant) -> Answer {
         let deadline = tokio::time::Instant::from_std(arrived + self.deadline);
         tokio::time::timeout_at(deadline, self.queue_and_wait(event)).await.unwrap_or_else(|_| {
@@ -93,7 +99,7 @@ impl Forwarder {
     async fn queue_and_wait(&self, event: StripeEvent) -> Answer {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { event, reply })
+            .send(Job { event, span: Span::current(), reply })
             .await
             .map_err(|_| Status::unavailable("the gateway is shutting down"))?;
         answer.await.unwrap_or_else(|_| Err(Status::internal("the forwarding call was dropped")))
@@ -145,11 +151,43 @@ fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, max_events: usize) -> (Ve
 }
 
 /// One call for `jobs`; each gets its own answer.
-async fn call(mut client: PaymentsClient, jobs: Vec<Job>, metrics: &Metrics) {
+async fn call(client: PaymentsClient, jobs: Vec<Job>, metrics: &Metrics) {
+    let span = call_span(&jobs);
+    send(client, jobs, metrics).instrument(span).await;
+}
+
+/// The span of a call: in the trace of its first delivery, linked to the
+/// others it carries.
+fn call_span(jobs: &[Job]) -> Span {
+    let parent = jobs.first().map(|job| &job.span).and_then(Span::id);
+    let span = tracing::info_span!(
+        parent: parent,
+        "payments.v1.Payments/HandleStripeEvents",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "payments.v1.Payments",
+        rpc.method = "HandleStripeEvents",
+        batch.size = jobs.len(),
+    );
+    traces::link_all(&span, jobs.iter().skip(1).map(|job| &job.span));
+    span
+}
+
+/// Each delivery's trace context, for payments-svc to continue; none at
+/// all when no delivery is traced.
+fn traceparents(jobs: &[Job]) -> Vec<String> {
+    if jobs.iter().all(|job| job.span.is_disabled()) {
+        return Vec::new();
+    }
+    jobs.iter().map(|job| traces::traceparent(&job.span).unwrap_or_default()).collect()
+}
+
+async fn send(mut client: PaymentsClient, jobs: Vec<Job>, metrics: &Metrics) {
+    let traceparents = traceparents(&jobs);
     let (events, replies): (Vec<StripeEvent>, Vec<_>) = jobs.into_iter().map(|j| (j.event, j.reply)).unzip();
     let count = events.len();
     metrics.forwarded_per_call.observe(count as f64);
-    let request = HandleStripeEventsRequest { events };
+    let request = HandleStripeEventsRequest { events, traceparents };
     let answer = metrics.time_call("HandleStripeEvents", client.handle_stripe_events(request)).await;
     let results = match answer {
         Ok(response) => response.into_inner().results,
@@ -202,7 +240,7 @@ mod tests {
     fn job(payload_bytes: usize) -> (Job, oneshot::Receiver<Answer>) {
         let (reply, answer) = oneshot::channel();
         let event = StripeEvent { raw_payload: vec![b'x'; payload_bytes].into(), ..Default::default() };
-        (Job { event, reply }, answer)
+        (Job { event, span: Span::none(), reply }, answer)
     }
 
     #[test]

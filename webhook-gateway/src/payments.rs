@@ -12,10 +12,12 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use service_kit::traces;
+
 use crate::config::Settings;
 use crate::error::ApiError;
 
-pub type PaymentsClient = payments_client::PaymentsClient<InterceptedService<Channel, BearerToken>>;
+pub type PaymentsClient = payments_client::PaymentsClient<InterceptedService<Channel, CallMetadata>>;
 
 /// The payments-svc connection: its API, and its standard health service
 /// (which needs no token) for readiness.
@@ -48,21 +50,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 pub const HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
 
-/// Adds `authorization: Bearer <PAYMENTS_GRPC_TOKEN>` to every call.
+/// Adds `authorization: Bearer <PAYMENTS_GRPC_TOKEN>` to every call, and
+/// the trace context (`traceparent`) of the span the call is made in.
 #[derive(Clone)]
-pub struct BearerToken(Option<AsciiMetadataValue>);
+pub struct CallMetadata {
+    token: Option<AsciiMetadataValue>,
+}
 
-impl std::fmt::Debug for BearerToken {
+impl std::fmt::Debug for CallMetadata {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BearerToken([redacted])")
+        f.write_str("CallMetadata { token: [redacted] }")
     }
 }
 
-impl Interceptor for BearerToken {
+impl Interceptor for CallMetadata {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.token {
             request.metadata_mut().insert("authorization", value.clone());
         }
+        traces::inject_metadata(&tracing::Span::current(), request.metadata_mut());
         Ok(request)
     }
 }
@@ -101,7 +107,7 @@ pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Payments> {
     };
     let channel = endpoint.connect_lazy();
     Ok(Payments {
-        client: payments_client::PaymentsClient::with_interceptor(channel.clone(), BearerToken(token)),
+        client: payments_client::PaymentsClient::with_interceptor(channel.clone(), CallMetadata { token }),
         health: HealthClient::new(channel),
     })
 }

@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("flood-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let database_url = format!("sqlite://{}/flood.db?mode=rwc", work.display());
-    let services = Services::start(&bin_dir, &database_url, SECRET, &[])?;
+    let services = Services::start(&bin_dir, &database_url, SECRET, &[], &[])?;
     let pid = services.gateway.id();
     let baseline = rss_kib(pid)?;
 

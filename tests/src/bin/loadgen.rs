@@ -1,10 +1,10 @@
 //! Load generator: starts payments-svc and webhook-gateway (the binaries next
 //! to this one), floods the gateway with pre-signed unique events over C
 //! keep-alive connections for a while, reports throughput, latency
-//! percentiles and the services' CPU and memory, then checks the database
-//! holds exactly one event row per distinct event, one purchase per
-//! distinct checkout and one fact per distinct refund or dispute
-//! (`--reversals` mixes those in).
+//! percentiles, the services' CPU and memory and the database's CPU and WAL
+//! per event, then checks the database holds exactly one event row per
+//! distinct event, one purchase per distinct checkout and one fact per
+//! distinct refund or dispute (`--reversals` mixes those in).
 //!
 //! ```text
 //! cargo build --release -p payments-svc -p webhook-gateway -p e2e
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Parser;
+use e2e::collector::{Collector, SpanCount};
 use e2e::services::{self, Services, cpu_seconds, peak_rss_kib};
 use e2e::{fixture, metric_value, replace_once, unix_now, with_fresh_ids};
 use hdrhistogram::Histogram;
@@ -70,6 +71,11 @@ struct Args {
     /// show they cost neither throughput nor memory.
     #[arg(long, default_value_t = 0)]
     stuck_watchers: usize,
+    /// Export traces from both services to a collector started here (OTLP
+    /// over gRPC, counting what arrives), sampling this share of webhooks
+    /// (1.0 all, 0.01 one in a hundred); without it, tracing is off.
+    #[arg(long)]
+    trace_ratio: Option<f64>,
     /// Directory of the payments-svc and webhook-gateway binaries; default:
     /// the one this binary is in.
     #[arg(long)]
@@ -92,11 +98,15 @@ async fn main() -> anyhow::Result<()> {
 
     // Limits well above the load, so that what is measured is throughput.
     let limits = [("GATEWAY_MAX_CONNECTIONS", "4096"), ("GATEWAY_MAX_IN_FLIGHT", "4096")];
-    let stack = Services::start(&bin_dir, &args.database_url, SECRET, &limits)?;
+    let collector = args.trace_ratio.map(traced).transpose()?;
+    let tracing_env = collector.as_ref().map(|(env, _)| env.clone()).unwrap_or_default();
+    let stack = Services::start(&bin_dir, &args.database_url, SECRET, &limits, &tracing_env)?;
     let feed = watch::attach(&stack.payments_grpc, args.watchers, args.stuck_watchers).await?;
+    let database_before = DatabaseCost::read(&args.database_url).await?;
     let before = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
     let report = drive(&stack.gateway_addr, Arc::clone(&events), &args).await;
     let after = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
+    let database_after = DatabaseCost::read(&args.database_url).await?;
     let peak_rss = [peak_rss_kib(stack.payments.id())?, peak_rss_kib(stack.gateway.id())?];
     let batches = batch_sizes(&stack.payments_admin).await.unwrap_or_default();
     let feed = match feed {
@@ -132,10 +142,30 @@ async fn main() -> anyhow::Result<()> {
         peak_rss[1] as f64 / 1024.0,
         (peak_rss[0] + peak_rss[1]) as f64 / 1024.0
     );
+    if let (Some((_, spans)), Some(ratio)) = (&collector, args.trace_ratio) {
+        println!("traces            sampling {ratio}: {} spans exported", spans.get());
+    }
+    if let (Some(before), Some(after)) = (database_before, database_after) {
+        println!("{}", DatabaseCost::line(&before, &after, accepted));
+    }
     if let Some(feed) = feed {
         println!("{feed}");
     }
     check_database(&args.database_url, &report).await
+}
+
+/// A collector for the services' traces, and the variables that make them
+/// export to it, sampling `ratio` of the webhooks (payments-svc follows the
+/// gateway's decision, carried in the trace context).
+fn traced(ratio: f64) -> anyhow::Result<(Vec<(String, String)>, SpanCount)> {
+    ensure!((0.0..=1.0).contains(&ratio), "--trace-ratio is a share from 0.0 to 1.0");
+    let (endpoint, spans) = Collector::counting_on_own_thread()?;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+        ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
+    ];
+    Ok((env.map(|(name, value)| (name.to_owned(), value)).to_vec(), spans))
 }
 
 fn ms(micros: u64) -> f64 {
@@ -387,6 +417,59 @@ async fn batch_sizes(admin: &str) -> anyhow::Result<String> {
 }
 
 /// Empties the database (drops and recreates it on PostgreSQL, deletes the
+/// What the database server spent: its processes' CPU (when it runs on
+/// this machine) and the WAL it wrote. PostgreSQL shares the cores with the
+/// services, so its cost per event is part of theirs; and unlike events/s
+/// it barely moves with the machine's mood, so it shows small changes.
+struct DatabaseCost {
+    cpu_seconds: f64,
+    wal_lsn: i64,
+}
+
+impl DatabaseCost {
+    /// `None` on SQLite, which runs inside payments-svc.
+    async fn read(url: &str) -> anyhow::Result<Option<Self>> {
+        if !url.starts_with("postgres") {
+            return Ok(None);
+        }
+        let db = Database::connect(url).await?;
+        let statement = Statement::from_string(
+            db.get_database_backend(),
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8",
+        );
+        let row = db.query_one_raw(statement).await?.context("the WAL position")?;
+        let wal_lsn = row.try_get_by_index::<i64>(0)?;
+        db.close().await?;
+        Ok(Some(Self { cpu_seconds: postgres_cpu_seconds()?, wal_lsn }))
+    }
+
+    fn line(before: &Self, after: &Self, events: usize) -> String {
+        let events = events.max(1) as f64;
+        format!(
+            "database          {:.2} s CPU ({:.1} µs per event), {:.0} bytes of WAL per event",
+            after.cpu_seconds - before.cpu_seconds,
+            (after.cpu_seconds - before.cpu_seconds) * 1e6 / events,
+            (after.wal_lsn - before.wal_lsn) as f64 / events
+        )
+    }
+}
+
+/// CPU of every process on this machine named `postgres` (0 when the server
+/// runs elsewhere).
+fn postgres_cpu_seconds() -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres");
+        if is_postgres {
+            // A process that ended in between counts as nothing.
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
 /// file on SQLite) so the check afterwards counts this run only.
 async fn reset_database(url: &str) -> anyhow::Result<()> {
     if let Some(rest) = url.strip_prefix("sqlite://") {

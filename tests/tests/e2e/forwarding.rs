@@ -49,7 +49,8 @@ async fn one_invalid_event_in_a_call_is_refused_alone(db: TestDb) {
     let stack = Stack::start(db).await;
     let paid = parse_event(fixture(PAID).expect("fixture")).expect("parses");
     let nameless = StripeEvent { id: String::new(), ..paid.clone() };
-    let request = HandleStripeEventsRequest { events: vec![paid.clone(), nameless, paid] };
+    let request =
+        HandleStripeEventsRequest { events: vec![paid.clone(), nameless, paid], traceparents: Vec::new() };
 
     let results = stack.grpc().await.handle_stripe_events(request).await.expect("call").into_inner().results;
 

@@ -18,6 +18,7 @@ mod refunds;
 mod reversals;
 mod startup;
 mod success_page;
+mod traces;
 mod verify;
 mod verify_flow;
 mod webhook;

@@ -127,7 +127,7 @@ async fn both_paths_end_alike(one_by_one: TestDb, batched: TestDb) {
         }
         let mut answers = Vec::new();
         for event in events {
-            answers.push(batcher.submit(event).await);
+            answers.push(batcher.submit(event, tracing::Span::none()).await);
         }
         for answer in answers {
             answer.await.expect("applied");

@@ -130,6 +130,21 @@ impl Process {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("the process exits")
     }
+
+    /// Waits at most `limit` for the process to exit; `None` if it is
+    /// still running then.
+    pub fn wait_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process can be waited for") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Process {
@@ -148,31 +163,34 @@ pub struct ProcessStack {
     http: HttpClient,
 }
 
-fn start_payments_svc(database_url: &str, grpc_addr: &str, livemode: bool) -> Process {
-    Process::start(
-        "payments-svc",
-        &[
-            ("DATABASE_URL", database_url),
-            ("PAYMENTS_GRPC_ADDR", grpc_addr),
-            ("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0"),
-            ("STRIPE_LIVEMODE", if livemode { "true" } else { "false" }),
-        ],
-    )
+fn start_payments_svc(database_url: &str, grpc_addr: &str, livemode: bool, env: &[(&str, &str)]) -> Process {
+    let mut all = vec![
+        ("DATABASE_URL", database_url),
+        ("PAYMENTS_GRPC_ADDR", grpc_addr),
+        ("PAYMENTS_ADMIN_ADDR", "127.0.0.1:0"),
+        ("STRIPE_LIVEMODE", if livemode { "true" } else { "false" }),
+    ];
+    all.extend_from_slice(env);
+    Process::start("payments-svc", &all)
 }
 
 impl ProcessStack {
     pub fn start(database_url: &str, livemode: bool) -> Self {
-        let payments = start_payments_svc(database_url, "127.0.0.1:0", livemode);
+        Self::start_with(database_url, livemode, &[])
+    }
+
+    /// Both services with `env` on top of their defaults.
+    pub fn start_with(database_url: &str, livemode: bool, env: &[(&str, &str)]) -> Self {
+        let payments = start_payments_svc(database_url, "127.0.0.1:0", livemode, env);
         let payments_url = format!("http://{}", payments.addr);
-        let gateway = Process::start(
-            "webhook-gateway",
-            &[
-                ("STRIPE_WEBHOOK_SECRET", TEST_SECRET),
-                ("GATEWAY_ADDR", "127.0.0.1:0"),
-                ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
-                ("PAYMENTS_SVC_URL", &payments_url),
-            ],
-        );
+        let mut gateway_env = vec![
+            ("STRIPE_WEBHOOK_SECRET", TEST_SECRET),
+            ("GATEWAY_ADDR", "127.0.0.1:0"),
+            ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
+            ("PAYMENTS_SVC_URL", &payments_url),
+        ];
+        gateway_env.extend_from_slice(env);
+        let gateway = Process::start("webhook-gateway", &gateway_env);
         Self { payments, gateway, database_url: database_url.to_owned(), http: HttpClient::default() }
     }
 
@@ -180,7 +198,11 @@ impl ProcessStack {
     pub fn restart_payments_svc(&mut self) {
         let addr = self.payments.addr.clone();
         let _ = self.payments.child.wait();
-        self.payments = start_payments_svc(&self.database_url, &addr, false);
+        self.payments = start_payments_svc(&self.database_url, &addr, false, &[]);
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr)
     }
 
     pub fn webhook_url(&self) -> String {

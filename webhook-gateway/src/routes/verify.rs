@@ -9,6 +9,8 @@ use hyper::{Request, StatusCode};
 use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::{PurchaseStatus, VerifyPurchaseRequest, verify_purchase_request::Lookup};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json, read_body};
@@ -76,9 +78,17 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         };
         return Ok(json(StatusCode::NOT_FOUND, &unknown));
     }
+    let span = tracing::info_span!(
+        "verify",
+        otel.kind = "server",
+        http.route = "/api/payments/verify",
+        stripe.checkout_session.id = session_id.as_str(),
+        status = Empty,
+    );
     let request = VerifyPurchaseRequest { lookup: Some(Lookup::CheckoutSessionId(session_id)) };
     let mut client = state.payments.client.clone();
-    let answer = state.metrics.time_call("VerifyPurchase", client.verify_purchase(request)).await;
+    let call = state.metrics.time_call("VerifyPurchase", client.verify_purchase(request));
+    let answer = call.instrument(span.clone()).await;
     let answer = answer.map_err(payments::api_error)?.into_inner();
 
     let status = answer.status();
@@ -87,6 +97,7 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         return Err(ApiError::Unavailable);
     }
     let name = status.as_str();
+    span.record("status", name);
     let purchase = answer.purchase;
     let verification = Verification {
         status: name,

@@ -8,6 +8,8 @@ use hyper::{Request, StatusCode};
 use payments_proto::stripe;
 use payments_proto::v1::{Outcome, StripeEvent};
 use serde::Serialize;
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, declared_length, json, read_body_within};
@@ -27,8 +29,31 @@ struct Acknowledgement<'a> {
     detail: &'a str,
 }
 
-/// Handles one delivery and logs one line about it, whatever the result.
+/// Handles one delivery and logs one line about it, whatever the result;
+/// traced as the delivery's server span, which the rest of its trace
+/// (the gRPC call, payments-svc's handling) descends from.
 pub async fn receive(
+    state: &AppState,
+    peer: IpAddr,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let span = tracing::info_span!(
+        "POST /api/payments/webhook",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/api/payments/webhook",
+        client.address = %peer,
+        stripe.event.id = Empty,
+        stripe.event.type = Empty,
+        stripe.checkout_session.id = Empty,
+        outcome = Empty,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+    );
+    receive_traced(state, peer, request).instrument(span).await
+}
+
+async fn receive_traced(
     state: &AppState,
     peer: IpAddr,
     request: Request<Incoming>,
@@ -44,6 +69,7 @@ pub async fn receive(
         Err(error) => WebhookLabels { outcome: "rejected", reason: error.code() },
     };
     state.metrics.webhooks.get_or_create(&labels).inc();
+    record_answer(&result);
     let (event_id, event_type, session_id) =
         (seen.event_id.as_deref(), seen.event_type.as_deref(), seen.session_id.as_deref());
     match &result {
@@ -77,6 +103,23 @@ pub async fn receive(
     result.map(|(_, response)| response)
 }
 
+/// The delivery's answer, on its span: an answer other than 200 is an
+/// error in the trace.
+fn record_answer(result: &Result<(&'static str, HttpResponse), ApiError>) {
+    let span = Span::current();
+    match result {
+        Ok((outcome, response)) => {
+            span.record("outcome", *outcome);
+            span.record("http.response.status_code", response.status().as_u16());
+        }
+        Err(error) => {
+            span.record("outcome", "rejected");
+            span.record("http.response.status_code", error.status().as_u16());
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
 /// What is known about a delivery so far, for its log line.
 #[derive(Debug, Default)]
 struct Seen {
@@ -97,10 +140,17 @@ impl Seen {
         Self { declared_bytes, signature_header_bytes, ..Self::default() }
     }
 
+    /// Also on the delivery's span.
     fn saw(&mut self, event: &StripeEvent) {
         self.session_id = event.checkout_session().map(|session| session.id.clone());
         self.event_id = Some(event.id.clone());
         self.event_type = Some(event.r#type.clone());
+        let span = Span::current();
+        if !span.is_disabled() {
+            span.record("stripe.event.id", &event.id);
+            span.record("stripe.event.type", &event.r#type);
+            span.record("stripe.checkout_session.id", self.session_id.as_deref());
+        }
     }
 }
 

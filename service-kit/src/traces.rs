@@ -1,0 +1,277 @@
+//! Distributed traces: the services' `tracing` spans become OpenTelemetry
+//! spans, exported over OTLP/gRPC, and the W3C trace context travels with
+//! each webhook from the gateway to payments-svc.
+//!
+//! Exporting is off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; it then follows the
+//! standard `OTEL_*` variables (`OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
+//! `OTEL_EXPORTER_OTLP_HEADERS`). Off, no layer is interested in spans, so
+//! every span the services create is disabled at its call site and costs
+//! next to nothing.
+//!
+//! Export never holds up a request: a finished span goes into the batch
+//! processor's bounded queue without waiting, and a thread of the SDK sends
+//! full batches. A collector that is down or slow fills that queue, and
+//! what does not fit is dropped.
+
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::registry::LookupSpan;
+
+/// How long a stopping service waits for its last spans to be sent.
+const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
+
+/// Why tracing could not be set up as the `OTEL_*` variables ask.
+#[derive(Debug, thiserror::Error)]
+pub enum TracesError {
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0}: only grpc is supported (OTLP over gRPC, usually port 4317)")]
+    Protocol(String),
+    #[error("cannot export traces to the OTLP endpoint: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// The exporting tracer provider; keep it until the service has stopped,
+/// then [`shutdown`](Self::shutdown) it to send the last spans.
+#[derive(Debug)]
+pub struct Traces {
+    provider: SdkTracerProvider,
+}
+
+impl Traces {
+    /// Exporting as the `OTEL_*` variables say, or `None` when no OTLP
+    /// endpoint is set (or `OTEL_SDK_DISABLED=true`, or
+    /// `OTEL_TRACES_EXPORTER=none`). `service_name` is used unless
+    /// `OTEL_SERVICE_NAME` names the service otherwise. Call from within
+    /// the Tokio runtime: the gRPC channel lives on it.
+    pub fn from_env(service_name: &'static str) -> Result<Option<Self>, TracesError> {
+        if !exporting(|name| std::env::var(name).ok()) {
+            return Ok(None);
+        }
+        if let Ok(protocol) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
+            && protocol != "grpc"
+        {
+            return Err(TracesError::Protocol(protocol));
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name(service_name);
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        Ok(Some(Self { provider }))
+    }
+
+    /// The layer that turns spans (not log events: those stay log lines)
+    /// into OpenTelemetry spans for this provider.
+    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("payments"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_filter(filter_fn(|metadata| metadata.is_span()))
+    }
+
+    /// Sends what is left, waiting at most a couple of seconds: a collector
+    /// that is away must not hold up a stop.
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let flushed =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_AT_EXIT)).await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(%error, "the last spans may not have been exported");
+        }
+    }
+}
+
+/// Whether the variables (read through `var`) ask for traces to be
+/// exported.
+fn exporting(var: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| var(name).is_some_and(|value| !value.trim().is_empty());
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
+    let no_exporter = var("OTEL_TRACES_EXPORTER").is_some_and(|value| value.trim() == "none");
+    (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        && !disabled
+        && !no_exporter
+}
+
+/// The W3C `traceparent` of `span`, or `None` when it is not traced
+/// (tracing off, or a disabled span).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = Traceparent(None);
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.0
+}
+
+/// The span context a `traceparent` names, if it is a valid one.
+pub fn span_context(traceparent: &str) -> Option<SpanContext> {
+    let context = TraceContextPropagator::new().extract(&Traceparent(Some(traceparent.to_owned())));
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+/// Makes `span` a child of the remote span `traceparent` names; a missing
+/// or malformed one leaves `span` where it is.
+pub fn continue_from(span: &tracing::Span, traceparent: &str) {
+    if let Some(parent) = span_context(traceparent) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+}
+
+/// Puts `span`, created in a call that serves many deliveries, into the
+/// trace of the delivery `traceparent` names: unless it is already in that
+/// trace, it becomes a child of the delivery's span and links to the call.
+pub fn join_delivery(span: &tracing::Span, traceparent: &str) {
+    let Some(delivery) = span_context(traceparent) else { return };
+    let call = tracing::Span::current().context().span().span_context().clone();
+    if call.trace_id() == delivery.trace_id() {
+        return;
+    }
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(delivery));
+    span.add_link(call);
+}
+
+/// Puts the trace context of `span` into gRPC request metadata.
+pub fn inject_metadata(span: &tracing::Span, metadata: &mut MetadataMap) {
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut Metadata(metadata));
+    }
+}
+
+/// The `traceparent` a gRPC request carries, if any.
+pub fn metadata_traceparent(metadata: &MetadataMap) -> Option<&str> {
+    metadata.get("traceparent").and_then(|value| value.to_str().ok())
+}
+
+/// The links a span that serves many others (a batch) keeps to each of
+/// them, at most the SDK's 128.
+pub fn link_all<'a>(span: &tracing::Span, served: impl IntoIterator<Item = &'a tracing::Span>) {
+    if span.is_disabled() {
+        return;
+    }
+    for each in served.into_iter().take(128) {
+        let context = each.context();
+        let span_context = context.span().span_context().clone();
+        span.add_link(span_context);
+    }
+}
+
+/// The trace and span ids of the span that is current on this thread, as
+/// hex, for log lines; `None` outside traced spans.
+pub fn current_ids() -> Option<(String, String)> {
+    opentelemetry::Context::map_current(|context| {
+        let span = context.span();
+        let span_context = span.span_context();
+        span_context
+            .is_valid()
+            .then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+    })
+}
+
+/// A carrier of just `traceparent` (the propagator also reads `tracestate`,
+/// which the services neither set nor need).
+struct Traceparent(Option<String>);
+
+impl Injector for Traceparent {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+impl Extractor for Traceparent {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0.as_deref()).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// gRPC metadata as a carrier.
+struct Metadata<'a>(&'a mut MetadataMap);
+
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) =
+            (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value))
+        {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+    }
+
+    #[test]
+    fn exporting_needs_an_endpoint_and_can_be_turned_off() {
+        assert!(!exporting(vars(&[])));
+        assert!(!exporting(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])));
+        assert!(exporting(vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")])));
+        assert!(exporting(vars(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4317")])));
+        assert!(!exporting(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ])));
+        assert!(!exporting(vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ])));
+    }
+
+    #[test]
+    fn a_traceparent_is_read_back_as_the_span_context_it_names() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+        let context = span_context(traceparent).expect("valid");
+
+        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(context.is_sampled() && context.is_remote());
+        assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(span_context("not a traceparent").is_none());
+        assert!(span_context("").is_none());
+    }
+
+    #[test]
+    fn untraced_spans_carry_no_context() {
+        let span = tracing::info_span!("not traced: no subscriber here");
+
+        assert_eq!(traceparent(&span), None);
+        let mut metadata = MetadataMap::new();
+        inject_metadata(&span, &mut metadata);
+        assert!(metadata.is_empty());
+        assert_eq!(current_ids(), None);
+    }
+}
