@@ -136,20 +136,19 @@ async fn work(
     }
 }
 
-/// The span of one transaction: in the trace of its first event, linked to
-/// every other event it applies.
+/// The span of one transaction: in the trace of its first traced event,
+/// linked to every other traced event it applies.
 fn batch_span(jobs: &[Job], backend: DbBackend) -> Span {
-    let parent = jobs.first().map(|job| &job.span).and_then(Span::id);
     let system = if backend == DbBackend::Postgres { "postgresql" } else { "sqlite" };
-    let span = tracing::info_span!(
-        parent: parent,
-        "group commit",
-        db.system = system,
-        batch.size = jobs.len(),
-        outcome = Empty,
-    );
-    traces::link_all(&span, jobs.iter().skip(1).map(|job| &job.span));
-    span
+    traces::serving(jobs.iter().map(|job| &job.span), |first| {
+        tracing::info_span!(
+            parent: first,
+            "group commit",
+            db.system = system,
+            batch.size = jobs.len(),
+            outcome = Empty,
+        )
+    })
 }
 
 /// `first` and whatever else is waiting, within the settings' bounds.

@@ -154,8 +154,10 @@ impl PaymentsService {
 }
 
 /// The server span of a call to `method`, continuing the caller's trace
-/// (`traceparent` in the metadata).
+/// (`traceparent` in the metadata). payments-svc starts no traces of its
+/// own for calls: one that carries no trace context is not traced.
 fn server_span(method: &'static str, metadata: &MetadataMap) -> Span {
+    let Some(parent) = traces::metadata_traceparent(metadata) else { return Span::none() };
     let span = tracing::info_span!(
         "gRPC call",
         otel.name = method,
@@ -163,7 +165,7 @@ fn server_span(method: &'static str, metadata: &MetadataMap) -> Span {
         rpc.system = "grpc",
         rpc.method = method,
     );
-    if let Some(parent) = traces::metadata_traceparent(metadata).filter(|_| !span.is_disabled()) {
+    if !span.is_disabled() {
         traces::continue_from(&span, parent);
     }
     span
@@ -171,8 +173,13 @@ fn server_span(method: &'static str, metadata: &MetadataMap) -> Span {
 
 /// The span of one event's handling, from its arrival to its answer (the
 /// wait for a batch included): under the call's span when the call is its
-/// delivery's, else in its own delivery's trace, linked to the call.
+/// delivery's, else in its own delivery's trace, linked to the call; none
+/// when its delivery is not traced.
 fn event_span(event: &StripeEvent, traceparent: Option<&str>) -> Span {
+    let delivery = traceparent.filter(|traceparent| !traceparent.is_empty());
+    if delivery.is_none() && Span::current().is_disabled() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         "handle event",
         stripe.event.id = event.id.as_str(),
@@ -188,7 +195,7 @@ fn event_span(event: &StripeEvent, traceparent: Option<&str>) -> Span {
     if let Some(session) = event.checkout_session() {
         span.record("stripe.checkout_session.id", session.id.as_str());
     }
-    if let Some(traceparent) = traceparent {
+    if let Some(traceparent) = delivery {
         traces::join_delivery(&span, traceparent);
     }
     span

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tracing::{Event, Level, Metadata, Subscriber};
-use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+use tracing_subscriber::filter::{FilterExt as _, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -87,7 +87,10 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let events = filter.and(filter_fn(|metadata| metadata.is_event()));
+    // The hint keeps the filter's level (not "anything may be on"), so
+    // that disabled `debug!`/`trace!` call sites stay a single comparison.
+    let events =
+        filter.and(filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE));
     let lines = tracing_subscriber::fmt::layer().with_writer(writer);
     let lines = match format {
         LogFormat::Text => lines.with_ansi(colour).with_filter(events).boxed(),
@@ -96,7 +99,14 @@ where
             json.map_event_format(WithTraceIds).with_filter(events).boxed()
         }
     };
-    tracing_subscriber::registry().with(lines).with(traces.map(|traces| traces.layer())).init();
+    // Two arms rather than an `Option` layer: `None` as a layer declares an
+    // interest in every call site, which made each disabled `trace!` of
+    // hyper, h2 and tonic go through the whole dispatch.
+    let subscriber = tracing_subscriber::registry().with(lines);
+    match traces {
+        Some(traces) => subscriber.with(traces.layer()).init(),
+        None => subscriber.init(),
+    }
 }
 
 /// A JSON line with the ids of the trace and span it was written in first,

@@ -16,6 +16,10 @@
 //! full batches. A collector that is down or slow fills that queue, and
 //! what does not fit is dropped.
 
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -24,14 +28,18 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tracing::Subscriber;
+use tracing::{Level, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::registry::LookupSpan;
 
 /// How long a stopping service waits for its last spans to be sent.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
+
+/// The share of new traces to start, as `f64` bits; 0 while tracing is off
+/// (see [`start_trace`]).
+static NEW_TRACES: AtomicU64 = AtomicU64::new(0);
 
 /// Why tracing could not be set up as the `OTEL_*` variables ask.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +81,14 @@ impl Traces {
             .with_batch_exporter(exporter)
             .with_resource(resource.build())
             .build();
+        let share = new_trace_share(|name| std::env::var(name).ok());
+        NEW_TRACES.store(share.to_bits(), Ordering::Relaxed);
         Ok(Some(Self { provider }))
     }
 
     /// The layer that turns spans (not log events: those stay log lines)
-    /// into OpenTelemetry spans for this provider.
+    /// into OpenTelemetry spans for this provider: the services' own, at
+    /// `info`; the libraries' `debug` and `trace` spans (h2, hyper) stay off.
     pub fn layer<S>(&self) -> impl Layer<S> + use<S>
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
@@ -87,7 +98,10 @@ impl Traces {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
-            .with_filter(filter_fn(|metadata| metadata.is_span()))
+            .with_filter(
+                filter_fn(|metadata| metadata.is_span() && *metadata.level() <= Level::INFO)
+                    .with_max_level_hint(LevelFilter::INFO),
+            )
     }
 
     /// Sends what is left, waiting at most a couple of seconds: a collector
@@ -100,6 +114,48 @@ impl Traces {
             tracing::warn!(%error, "the last spans may not have been exported");
         }
     }
+}
+
+/// Whether a request that arrives without a trace context (a webhook from
+/// Stripe, a verify call from a browser) starts a trace: always, never, or
+/// for the share the sampler variables give.
+///
+/// The decision is taken here, before any span exists, rather than only by
+/// the SDK's sampler when the span starts: a span the sampler drops has
+/// still cost its creation, its ids and its context at every hop, which
+/// with one webhook in a hundred sampled was most of what tracing cost.
+/// Requests that are not traced get disabled spans, and so do the calls
+/// and batches that carry only them.
+pub fn start_trace() -> bool {
+    let share = f64::from_bits(NEW_TRACES.load(Ordering::Relaxed));
+    share >= 1.0 || (share > 0.0 && random_unit() < share)
+}
+
+/// The share of new traces the sampler variables ask for: `always_on` and
+/// the default 1, `always_off` 0, the ratio samplers their argument.
+fn new_trace_share(var: impl Fn(&str) -> Option<String>) -> f64 {
+    let ratio = || var("OTEL_TRACES_SAMPLER_ARG").and_then(|arg| arg.trim().parse::<f64>().ok());
+    match var("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+        Some("always_off" | "parentbased_always_off") => 0.0,
+        Some("traceidratio" | "parentbased_traceidratio") => ratio().unwrap_or(1.0).clamp(0.0, 1.0),
+        _ => 1.0,
+    }
+}
+
+/// A number in [0, 1) from a per-thread xorshift generator seeded by the
+/// operating system: cheap, and good enough to pick a share of requests.
+fn random_unit() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().build_hasher().finish() | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// Whether the variables (read through `var`) ask for traces to be
@@ -166,17 +222,21 @@ pub fn metadata_traceparent(metadata: &MetadataMap) -> Option<&str> {
     metadata.get("traceparent").and_then(|value| value.to_str().ok())
 }
 
-/// The links a span that serves many others (a batch) keeps to each of
-/// them, at most the SDK's 128.
-pub fn link_all<'a>(span: &tracing::Span, served: impl IntoIterator<Item = &'a tracing::Span>) {
-    if span.is_disabled() {
-        return;
+/// The span of work that serves many requests at once (a call, a batch):
+/// `make(parent)` in the trace of the first traced one, linked to every
+/// other traced one (at most the SDK's 128 links); disabled when none is
+/// traced.
+pub fn serving<'a>(
+    served: impl IntoIterator<Item = &'a tracing::Span>,
+    make: impl FnOnce(&tracing::Span) -> tracing::Span,
+) -> tracing::Span {
+    let mut traced = served.into_iter().filter(|span| !span.is_disabled());
+    let Some(first) = traced.next() else { return tracing::Span::none() };
+    let span = make(first);
+    for each in traced.take(127) {
+        span.add_link(each.context().span().span_context().clone());
     }
-    for each in served.into_iter().take(128) {
-        let context = each.context();
-        let span_context = context.span().span_context().clone();
-        span.add_link(span_context);
-    }
+    span
 }
 
 /// The trace and span ids of the span that is current on this thread, as
@@ -248,6 +308,25 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
             ("OTEL_TRACES_EXPORTER", "none"),
         ])));
+    }
+
+    #[test]
+    fn the_share_of_new_traces_follows_the_sampler_variables() {
+        assert_eq!(new_trace_share(vars(&[])), 1.0);
+        assert_eq!(new_trace_share(vars(&[("OTEL_TRACES_SAMPLER", "always_off")])), 0.0);
+        assert_eq!(new_trace_share(vars(&[("OTEL_TRACES_SAMPLER", "parentbased_always_on")])), 1.0);
+        let ratio =
+            [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.01")];
+        assert_eq!(new_trace_share(vars(&ratio)), 0.01);
+        assert_eq!(new_trace_share(vars(&[("OTEL_TRACES_SAMPLER", "traceidratio")])), 1.0, "no argument");
+    }
+
+    #[test]
+    fn random_units_are_spread_over_zero_to_one() {
+        let draws: Vec<f64> = (0..10_000).map(|_| random_unit()).collect();
+        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
+        let below_a_tenth = draws.iter().filter(|x| **x < 0.1).count();
+        assert!((700..1300).contains(&below_a_tenth), "{below_a_tenth} of 10,000 below 0.1");
     }
 
     #[test]

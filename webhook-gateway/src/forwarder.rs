@@ -156,21 +156,20 @@ async fn call(client: PaymentsClient, jobs: Vec<Job>, metrics: &Metrics) {
     send(client, jobs, metrics).instrument(span).await;
 }
 
-/// The span of a call: in the trace of its first delivery, linked to the
-/// others it carries.
+/// The span of a call: in the trace of its first traced delivery, linked
+/// to the other traced ones it carries.
 fn call_span(jobs: &[Job]) -> Span {
-    let parent = jobs.first().map(|job| &job.span).and_then(Span::id);
-    let span = tracing::info_span!(
-        parent: parent,
-        "payments.v1.Payments/HandleStripeEvents",
-        otel.kind = "client",
-        rpc.system = "grpc",
-        rpc.service = "payments.v1.Payments",
-        rpc.method = "HandleStripeEvents",
-        batch.size = jobs.len(),
-    );
-    traces::link_all(&span, jobs.iter().skip(1).map(|job| &job.span));
-    span
+    traces::serving(jobs.iter().map(|job| &job.span), |first| {
+        tracing::info_span!(
+            parent: first,
+            "payments.v1.Payments/HandleStripeEvents",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "payments.v1.Payments",
+            rpc.method = "HandleStripeEvents",
+            batch.size = jobs.len(),
+        )
+    })
 }
 
 /// Each delivery's trace context, for payments-svc to continue; none at

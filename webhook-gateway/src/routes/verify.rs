@@ -9,6 +9,7 @@ use hyper::{Request, StatusCode};
 use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::{PurchaseStatus, VerifyPurchaseRequest, verify_purchase_request::Lookup};
 use serde::{Deserialize, Serialize};
+use service_kit::traces;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -78,13 +79,17 @@ async fn verify(state: &AppState, session_id: String) -> Result<HttpResponse, Ap
         };
         return Ok(json(StatusCode::NOT_FOUND, &unknown));
     }
-    let span = tracing::info_span!(
-        "verify",
-        otel.kind = "server",
-        http.route = "/api/payments/verify",
-        stripe.checkout_session.id = session_id.as_str(),
-        status = Empty,
-    );
+    let span = if traces::start_trace() {
+        tracing::info_span!(
+            "verify",
+            otel.kind = "server",
+            http.route = "/api/payments/verify",
+            stripe.checkout_session.id = session_id.as_str(),
+            status = Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
     let request = VerifyPurchaseRequest { lookup: Some(Lookup::CheckoutSessionId(session_id)) };
     let mut client = state.payments.client.clone();
     let call = state.metrics.time_call("VerifyPurchase", client.verify_purchase(request));

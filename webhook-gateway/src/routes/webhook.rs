@@ -8,6 +8,7 @@ use hyper::{Request, StatusCode};
 use payments_proto::stripe;
 use payments_proto::v1::{Outcome, StripeEvent};
 use serde::Serialize;
+use service_kit::traces;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
@@ -30,13 +31,17 @@ struct Acknowledgement<'a> {
 }
 
 /// Handles one delivery and logs one line about it, whatever the result;
-/// traced as the delivery's server span, which the rest of its trace
-/// (the gRPC call, payments-svc's handling) descends from.
+/// traced (when [`traces::start_trace`] picks it) as the delivery's server
+/// span, which the rest of its trace (the gRPC call, payments-svc's
+/// handling) descends from.
 pub async fn receive(
     state: &AppState,
     peer: IpAddr,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
+    if !traces::start_trace() {
+        return receive_traced(state, peer, request).await;
+    }
     let span = tracing::info_span!(
         "POST /api/payments/webhook",
         otel.kind = "server",
