@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use tokio::sync::mpsc;
@@ -250,33 +250,34 @@ async fn relay(
 /// notification is being sent are told by the next one, so there is at
 /// most one in flight and one due.
 ///
-/// Whether any replica listens at all is asked at most once a
-/// [`SAFETY_POLL`], on a commit: while none does, commits cost no round
-/// trip. A replica that starts listening meanwhile is told within that
-/// interval, which its watchers' own look covers.
+/// Whether any replica listens at all is asked once a [`SAFETY_POLL`], and
+/// only if this replica committed since: while none listens, a commit wakes
+/// no task and costs no round trip. A replica that starts listening
+/// meanwhile is told within that interval, which its watchers' own look
+/// covers.
 pub async fn tell_listeners(db: DatabaseConnection, shutdown: CancellationToken) {
     if db.get_database_backend() != DbBackend::Postgres {
         return;
     }
-    let mut commits = feed::commits();
-    let mut listened: Option<(bool, Instant)> = None;
+    let mut asked = tokio::time::interval(SAFETY_POLL);
+    asked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut commits_when_asked = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            changed = commits.changed() => if changed.is_err() { return },
-        }
-        let known = listened.filter(|(_, asked)| asked.elapsed() < SAFETY_POLL);
-        let someone = match known {
-            Some((someone, _)) => someone,
-            None => {
-                // Unknown counts as listening: a notification too many is harmless.
-                let someone = feed::anyone_listening(&db).await.unwrap_or(true);
-                listened = Some((someone, Instant::now()));
-                someone
+            _ = asked.tick() => {
+                let commits = feed::commits_so_far();
+                if commits != commits_when_asked {
+                    commits_when_asked = commits;
+                    // Unknown counts as listening: a notification too many is harmless.
+                    feed::set_listened(feed::anyone_listening(&db).await.unwrap_or(true));
+                }
             }
-        };
-        if someone && let Err(error) = feed::notify_listeners(&db).await {
-            tracing::warn!(%error, "cannot notify other replicas of changes; their watchers look within a second");
+            () = feed::notification_due() => {
+                if let Err(error) = feed::notify_listeners(&db).await {
+                    tracing::warn!(%error, "cannot notify other replicas of changes; their watchers look within a second");
+                }
+            }
         }
     }
 }

@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use payments_proto::v1::ChangeKind;
@@ -41,7 +42,7 @@ use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::entities::{course_purchase, purchase_change, purchase_feed};
 use super::{lease, reversals};
@@ -279,20 +280,30 @@ pub async fn anyone_listening(db: &impl ConnectionTrait) -> Result<bool, DbErr> 
 /// [`notify_listeners`].
 pub const LISTENING_LOCK: i64 = 0x6665_6564_6c69_7374; // "feedlist"
 
-/// Counts commits that published changes in this process (see
-/// [`announce`]); the task that notifies other replicas waits on it.
-static COMMITTED: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+/// Commits that published changes in this process since it started.
+static COMMITTED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether some replica listened when last asked; only then does a commit
+/// wake the task that notifies them ([`crate::watch::tell_listeners`]), so
+/// that without listeners a commit costs no wake-up of another task.
+static LISTENED: AtomicBool = AtomicBool::new(false);
+
+/// Set by a commit while some replica listens; taken by the notifying task.
+static NOTIFICATION_DUE: LazyLock<Notify> = LazyLock::new(Notify::new);
 
 /// Counts wake-ups for this process's readers: its own commits and other
 /// replicas' notifications.
 static WOKEN: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
 
-/// Tells this process's readers, and through [`commits`] the other
+/// Tells this process's readers, and (while some listen) the other
 /// replicas', that a transaction that published changes has committed.
 /// Called after commit, never before: a reader woken earlier would find
 /// nothing and sleep past the change.
 pub fn announce() {
-    COMMITTED.send_modify(|count| *count = count.wrapping_add(1));
+    COMMITTED.fetch_add(1, Ordering::Relaxed);
+    if LISTENED.load(Ordering::Relaxed) {
+        NOTIFICATION_DUE.notify_one();
+    }
     wake_readers();
 }
 
@@ -306,15 +317,24 @@ pub fn announcements() -> watch::Receiver<u64> {
     WOKEN.subscribe()
 }
 
-/// A receiver that sees every later [`announce`] of this process's own
-/// commits.
-pub fn commits() -> watch::Receiver<u64> {
-    COMMITTED.subscribe()
+/// How many commits this process has announced.
+pub fn commits_so_far() -> u64 {
+    COMMITTED.load(Ordering::Relaxed)
+}
+
+/// Records whether some replica listens (as [`anyone_listening`] said).
+pub fn set_listened(listened: bool) {
+    LISTENED.store(listened, Ordering::Relaxed);
+}
+
+/// Waits until a commit made while some replica listens is due to be told.
+pub async fn notification_due() {
+    NOTIFICATION_DUE.notified().await;
 }
 
 /// Whether this process has committed changes since it started.
 pub fn announced_any() -> bool {
-    *COMMITTED.borrow() > 0
+    commits_so_far() > 0
 }
 
 /// Changes after `after`, oldest first, at most `limit`, with their
