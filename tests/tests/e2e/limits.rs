@@ -98,6 +98,12 @@ async fn bodies_beyond_the_byte_budget_get_503_while_webhooks_within_it_are_answ
     let signature = plausible_signature();
 
     let mut holding = start_upload(&stack, Some(&signature), 40_000, 1_000).await;
+    // The first holds its bytes before the second arrives: the two
+    // connections could otherwise be taken up in either order.
+    eventually(Duration::from_secs(5), "the first upload holds its bytes", || async {
+        metric(&stack.gateway_metrics().await, "gateway_in_flight_requests") == 1.0
+    })
+    .await;
     let mut refused = start_upload(&stack, Some(&signature), 40_000, 1_000).await;
     let refused = answer_within(&mut refused, Duration::from_secs(5)).await;
     let within = stack.deliver(&paid()).await;
