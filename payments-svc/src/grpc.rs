@@ -86,8 +86,7 @@ impl PaymentsService {
         let span = event_span(&event, traceparent);
         let event = IncomingEvent::try_from(event).inspect_err(|error| {
             span.record("outcome", "invalid");
-            span.record("otel.status_code", "ERROR");
-            span.record("error", tracing::field::display(error));
+            traces::record_error(&span, error);
         })?;
         let started = Instant::now();
         let answer = self.batcher.submit(event, span.clone()).await;
@@ -99,8 +98,7 @@ impl PaymentsService {
             metrics.events.get_or_create(&OutcomeLabels { outcome }).inc();
             span.record("outcome", outcome);
             if let Err(error) = &result {
-                span.record("otel.status_code", "ERROR");
-                span.record("error", tracing::field::display(error));
+                traces::record_error(&span, error);
             }
             Ok(handle_response(result.map_err(Error::from)?))
         })

@@ -76,7 +76,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         }
     };
     print!("{output}");
-    if db::feed::announced_any() {
+    if db::feed::commits_so_far() > 0 {
         // No task forwards this process's commits (it is about to exit):
         // wake the running replicas' watchers once, for all of them.
         db::feed::notify_listeners(&db).await?;

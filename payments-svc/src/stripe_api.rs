@@ -20,6 +20,7 @@ use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use service_kit::rate::TokenBucket;
+use service_kit::traces;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -247,8 +248,7 @@ impl StripeApi {
         );
         let answer = self.attempts(path, turn, build).instrument(span.clone()).await;
         if let Err(error) = &answer {
-            span.record("otel.status_code", "ERROR");
-            span.record("error", tracing::field::display(error));
+            traces::record_error(&span, error);
         }
         answer
     }

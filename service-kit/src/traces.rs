@@ -192,8 +192,20 @@ pub fn span_context(traceparent: &str) -> Option<SpanContext> {
 /// or malformed one leaves `span` where it is.
 pub fn continue_from(span: &tracing::Span, traceparent: &str) {
     if let Some(parent) = span_context(traceparent) {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+        set_remote_parent(span, parent);
     }
+}
+
+fn set_remote_parent(span: &tracing::Span, parent: SpanContext) {
+    // Fails only for a span already started or disabled: left as it is.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+}
+
+/// Marks `span` as failed, with `error` as its reason (the span declares
+/// `otel.status_code` and `error` fields).
+pub fn record_error(span: &tracing::Span, error: impl std::fmt::Display) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error", tracing::field::display(error));
 }
 
 /// Puts `span`, created in a call that serves many deliveries, into the
@@ -205,7 +217,7 @@ pub fn join_delivery(span: &tracing::Span, traceparent: &str) {
     if call.trace_id() == delivery.trace_id() {
         return;
     }
-    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(delivery));
+    set_remote_parent(span, delivery);
     span.add_link(call);
 }
 

@@ -265,14 +265,11 @@ pub async fn notify_listeners(db: &impl ConnectionTrait) -> Result<(), DbErr> {
 
 /// Whether some replica listens for change notifications now (holds
 /// [`LISTENING_LOCK`]).
-pub async fn anyone_listening(db: &impl ConnectionTrait) -> Result<bool, DbErr> {
-    let statement = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT NOT pg_try_advisory_xact_lock($1) AS listening",
-        [LISTENING_LOCK.into()],
-    );
-    let row = db.query_one_raw(statement).await?;
-    Ok(row.map(|row| row.try_get::<bool>("", "listening")).transpose()?.unwrap_or(true))
+pub async fn anyone_listening(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let nobody = lease::try_lock(&txn, LISTENING_LOCK).await?;
+    txn.commit().await?;
+    Ok(!nobody)
 }
 
 /// The PostgreSQL advisory lock that every replica listening for change
@@ -330,11 +327,6 @@ pub fn set_listened(listened: bool) {
 /// Waits until a commit made while some replica listens is due to be told.
 pub async fn notification_due() {
     NOTIFICATION_DUE.notified().await;
-}
-
-/// Whether this process has committed changes since it started.
-pub fn announced_any() -> bool {
-    commits_so_far() > 0
 }
 
 /// Changes after `after`, oldest first, at most `limit`, with their

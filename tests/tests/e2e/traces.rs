@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e::collector::{self, Collector, ReceivedSpan, Unresponsive};
+use e2e::sender::{RetryPolicy, deliver_all};
 use e2e::{HttpClient, fixture, unique_paid_event, with_fresh_ids};
 use hyper::{Method, StatusCode};
 
 use crate::fake_stripe::{FAKE_STRIPE_KEY, FakeStripe};
-use crate::helpers::{TestDb, on_both_databases};
+use crate::helpers::{TestDb, on_both_databases, secret};
 use crate::processes::ProcessStack;
 
 /// How long the spans of a request may take to reach the collector: the
@@ -110,7 +111,7 @@ async fn a_batch_links_to_every_delivery_it_serves(db: TestDb) {
     let events: Vec<Bytes> = (0..12).map(|n| unique_paid_event(n).expect("event")).collect();
     let ids: Vec<String> = events.iter().map(|event| event_id_of(event)).collect();
 
-    let answers = futures_join(&stack, &events).await;
+    let answers = deliver_at_once(&stack, &events).await;
 
     assert!(answers.iter().all(|status| *status == StatusCode::OK), "{answers:?}");
     let spans = collector
@@ -149,23 +150,12 @@ async fn a_batch_links_to_every_delivery_it_serves(db: TestDb) {
     assert_eq!(carried, ids.len(), "each gateway call is in one delivery's trace and links to the rest");
 }
 
-/// Delivers every event at once; the statuses.
-async fn futures_join(stack: &ProcessStack, events: &[Bytes]) -> Vec<StatusCode> {
-    let mut sends = tokio::task::JoinSet::new();
-    for (n, event) in events.iter().enumerate() {
-        let (url, event) = (stack.gateway_url("/api/payments/webhook"), event.clone());
-        sends.spawn(async move {
-            let signature = e2e::signature_now(&crate::helpers::secret(), &event);
-            let answer = HttpClient::default().post_webhook(&url, event, Some(&signature)).await;
-            (n, answer.expect("HTTP round trip").status)
-        });
-    }
-    let mut statuses = vec![StatusCode::IM_A_TEAPOT; events.len()];
-    while let Some(sent) = sends.join_next().await {
-        let (n, status) = sent.expect("sent");
-        statuses[n] = status;
-    }
-    statuses
+/// Delivers every event at once, each once; the statuses.
+async fn deliver_at_once(stack: &ProcessStack, events: &[Bytes]) -> Vec<StatusCode> {
+    let once = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+    let url = stack.gateway_url("/api/payments/webhook");
+    let deliveries = deliver_all(&url, &secret(), events.to_vec(), events.len(), once).await;
+    deliveries.iter().map(|delivery| delivery.answers[0].expect("HTTP round trip")).collect()
 }
 
 on_both_databases!(verify_asks_stripe_within_the_callers_trace);
@@ -221,7 +211,7 @@ async fn a_collector_that_is_down_or_never_answers_costs_the_webhooks_nothing(db
 
         let started = Instant::now();
         for chunk in events.chunks(20) {
-            let statuses = futures_join(&stack, chunk).await;
+            let statuses = deliver_at_once(&stack, chunk).await;
             assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{endpoint}: {statuses:?}");
         }
         let took = started.elapsed();
