@@ -50,6 +50,14 @@ fn find<'a>(
     })
 }
 
+/// Whether every `(service, name)` has arrived. Spans are exported when
+/// they end, a parent after its children and sometimes in a later export, so
+/// a test waits for each span it inspects, not only for the last one it
+/// expects to end.
+fn arrived(spans: &[ReceivedSpan], expected: &[(&str, &str)]) -> bool {
+    expected.iter().all(|(service, name)| find(spans, service, name, "").is_some())
+}
+
 fn child_of<'a>(spans: &'a [ReceivedSpan], parent: &ReceivedSpan, name: &str) -> Option<&'a ReceivedSpan> {
     spans.iter().find(|span| span.name == name && span.parent_span_id == parent.span_id)
 }
@@ -66,9 +74,16 @@ async fn one_webhook_is_one_trace_across_both_services(db: TestDb) {
     assert_eq!(answer.status, StatusCode::OK);
     let spans = collector
         .wait_for(ARRIVAL, |spans| {
-            let request = find(spans, "webhook-gateway", "POST /api/payments/webhook", &event_id);
-            let handled = find(spans, "payments-svc", "handle event", &event_id);
-            request.is_some() && handled.is_some_and(|h| child_of(spans, h, "group commit").is_some())
+            arrived(
+                spans,
+                &[
+                    ("webhook-gateway", "POST /api/payments/webhook"),
+                    ("webhook-gateway", "payments.v1.Payments/HandleStripeEvents"),
+                    ("payments-svc", "payments.v1.Payments/HandleStripeEvents"),
+                    ("payments-svc", "handle event"),
+                    ("payments-svc", "group commit"),
+                ],
+            )
         })
         .await
         .expect("the webhook's spans");
@@ -179,8 +194,14 @@ async fn verify_asks_stripe_within_the_callers_trace(db: TestDb) {
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     let spans = collector
         .wait_for(ARRIVAL, |spans| {
-            find(spans, "payments-svc", "Stripe API", "").is_some()
-                && find(spans, "webhook-gateway", "verify", "").is_some()
+            arrived(
+                spans,
+                &[
+                    ("webhook-gateway", "verify"),
+                    ("payments-svc", "payments.v1.Payments/VerifyPurchase"),
+                    ("payments-svc", "Stripe API"),
+                ],
+            )
         })
         .await
         .expect("the verify's spans");
