@@ -13,6 +13,7 @@ mod m20261201_000004_create_payment_reversals;
 mod m20261201_000005_create_refund_requests;
 mod m20261201_000006_create_purchase_changes;
 mod m20261202_000007_keep_conflicting_bodies;
+mod m20261202_000008_keep_the_access_cause;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_create_refund_requests::Migration),
             Box::new(m20261201_000006_create_purchase_changes::Migration),
             Box::new(m20261202_000007_keep_conflicting_bodies::Migration),
+            Box::new(m20261202_000008_keep_the_access_cause::Migration),
         ]
     }
 }

@@ -12,11 +12,15 @@
 //! The statement only takes batches of checkouts, whose changes are simple:
 //! a purchase it writes moved up to pending, failed or paid, and is no
 //! second payment (that fails the unique index). It takes the feed's lock
-//! before its change rows take cursors, as `publish` does. The one case it
-//! cannot decide, a purchase whose payment already has refunds or disputes
-//! recorded (they arrived first), makes it fail on purpose, and the batch
-//! goes the per-event way like any other failed batch. Batches with
-//! refunds or disputes are applied by the transaction path in
+//! before its change rows take cursors, as `publish` does. Each change row
+//! takes its cause from the purchase upsert's `RETURNING` (`access_cause`,
+//! set from the candidate written) rather than from a join of the upserted
+//! rows back to the candidates, which cost a batch more than the change rows
+//! themselves. The one case it cannot decide, a purchase whose payment
+//! already has refunds or disputes recorded (they arrived first), makes it
+//! fail on purpose, and the batch goes the per-event way like any other
+//! failed batch. Batches with refunds or disputes are applied by the
+//! transaction path in
 //! [`crate::batch`].
 //!
 //! Columns are bound as arrays and expanded with `unnest`, so the statement
@@ -246,10 +250,10 @@ fn statement() -> String {
         ), written AS (
             INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
                 stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
-                created_at, updated_at, access_status, has_access, amount_refunded)
+                created_at, updated_at, access_status, has_access, amount_refunded, access_cause)
             SELECT c.user_id, c.course_id, c.session_id, c.payment_intent_id, c.amount_total,
                 c.currency, c.status, c.source, false, $11::timestamptz, $11::timestamptz,
-                c.status, c.status = '{paid}', 0
+                c.status, c.status = '{paid}', 0, c.event_id
             FROM chosen c
             ORDER BY c.session_id
             ON CONFLICT (stripe_checkout_session_id) DO UPDATE SET
@@ -259,20 +263,18 @@ fn statement() -> String {
                 amount_total = COALESCE(excluded.amount_total, p.amount_total),
                 currency = COALESCE(excluded.currency, p.currency),
                 access_status = excluded.access_status, has_access = excluded.has_access,
-                amount_refunded = excluded.amount_refunded
+                amount_refunded = excluded.amount_refunded, access_cause = excluded.access_cause
             WHERE {rank_stored} < {rank_excluded}
-            RETURNING id, stripe_checkout_session_id, stripe_payment_intent_id, status, has_access
+            RETURNING id, stripe_payment_intent_id, status, has_access, access_cause
         ), feed_lock AS MATERIALIZED (
             SELECT pg_advisory_xact_lock($22::int8)
         ), changed AS (
             INSERT INTO purchase_changes (purchase_id, kind, status, has_access, amount_refunded,
                 cause_event_id, at)
-            SELECT w.id, CASE w.status{kind_arms} END, w.status, w.has_access, 0, c.event_id,
+            SELECT w.id, CASE w.status{kind_arms} END, w.status, w.has_access, 0, w.access_cause,
                 $11::timestamptz
             FROM written w
-            JOIN chosen c ON c.session_id = w.stripe_checkout_session_id
             CROSS JOIN feed_lock
-            ORDER BY w.id
             RETURNING purchase_id
         ), needs_fold AS MATERIALIZED (
             SELECT CAST('purchase of ' || w.stripe_payment_intent_id

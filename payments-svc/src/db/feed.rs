@@ -210,6 +210,7 @@ async fn write_change(
         .col_expr(course_purchase::Column::AccessStatus, Expr::value(access.status.as_str()))
         .col_expr(course_purchase::Column::HasAccess, Expr::value(access.has_access))
         .col_expr(course_purchase::Column::AmountRefunded, Expr::value(access.amount_refunded))
+        .col_expr(course_purchase::Column::AccessCause, Expr::value(cause))
         .filter(course_purchase::Column::Id.eq(purchase_id))
         .exec(db)
         .await

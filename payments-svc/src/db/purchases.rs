@@ -65,6 +65,7 @@ pub async fn advance_all(
         access_status: NotSet,
         has_access: NotSet,
         amount_refunded: NotSet,
+        access_cause: NotSet,
     });
     let forward_only = OnConflict::column(Column::StripeCheckoutSessionId)
         .update_columns([Column::Status, Column::NeedsRefund, Column::UpdatedAt])

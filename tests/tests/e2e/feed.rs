@@ -321,6 +321,77 @@ async fn two_replicas_writing_while_a_consumer_reads_give_it_every_change_once_i
     stack.shutdown().await;
 }
 
+on_both_databases!(each_change_of_a_batch_names_the_event_that_made_it);
+async fn each_change_of_a_batch_names_the_event_that_made_it(db: TestDb) {
+    let stack = Stack::start(db).await;
+    let settled = variant(PAID, "_settled");
+    stack.deliver(&settled).await;
+    stack.deliver(&own_buyer(UNPAID, "_pair_late")).await;
+    let before = stack.changes().await.len();
+    // One call, so one batch where the database allows: sessions that each
+    // get a pending and a paid event (in both orders), a pending purchase
+    // that is paid now, sessions paid at once, and a redelivery of the
+    // event already applied.
+    let mut bodies = Vec::new();
+    for n in 0..4 {
+        let pair = [own_buyer(UNPAID, &format!("_pair{n}")), own_buyer(SUCCEEDED, &format!("_pair{n}"))];
+        bodies.extend(if n % 2 == 0 { pair.to_vec() } else { pair.into_iter().rev().collect() });
+    }
+    bodies.push(own_buyer(SUCCEEDED, "_pair_late"));
+    bodies.extend((0..4).map(|n| variant(PAID, &format!("_single{n}"))));
+    bodies.push(settled);
+    let events = bodies.iter().map(|body| payments_proto::stripe::parse_event(body.clone()).expect("event"));
+    let request = HandleStripeEventsRequest { events: events.collect(), traceparents: Vec::new() };
+
+    let answer = stack.grpc().await.handle_stripe_events(request).await.expect("handled").into_inner();
+
+    assert_eq!(answer.results.len(), bodies.len());
+    // What each event would make of its session's purchase on its own.
+    let made: BTreeMap<String, (String, &str)> = bodies
+        .iter()
+        .map(|body| {
+            let event: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+            let paid = event["data"]["object"]["payment_status"] == "paid";
+            let session = event["data"]["object"]["id"].as_str().expect("session").to_owned();
+            (event["id"].as_str().expect("id").to_owned(), (session, if paid { "paid" } else { "pending" }))
+        })
+        .collect();
+    let sessions: BTreeMap<i64, course_purchase::Model> =
+        stack.purchases().await.into_iter().map(|purchase| (purchase.id, purchase)).collect();
+    let changes = stack.changes().await.split_off(before);
+    assert!(changes.len() >= 9, "at least one change per session written: {changes:#?}");
+    for change in &changes {
+        let purchase = &sessions[&change.purchase_id];
+        let (session, status) = made.get(&change.cause_event_id).expect("the cause is one of the events");
+        assert_eq!(
+            (session.as_str(), *status),
+            (purchase.stripe_checkout_session_id.as_str(), change.status.as_str()),
+            "a change names the event that made it: {change:?}"
+        );
+    }
+    for purchase in sessions.values() {
+        let last =
+            assert_each_change_is_a_change(&stack, &purchase.stripe_checkout_session_id, "batch").await;
+        assert_eq!(purchase.access_cause.as_deref(), Some(last.cause_event_id.as_str()), "{purchase:?}");
+        assert_eq!(purchase.access_status.as_deref(), Some(last.status.as_str()), "{purchase:?}");
+    }
+    let pairs: Vec<&course_purchase::Model> =
+        sessions.values().filter(|p| p.stripe_checkout_session_id.contains("_pair")).collect();
+    assert_eq!(pairs.len(), 5);
+    assert!(pairs.iter().all(|p| p.has_access), "the paid event wins each pair: {pairs:#?}");
+    stack.shutdown().await;
+}
+
+/// `variant` of an asynchronous payment's event, bought by a buyer of its
+/// own: the fixtures of one asynchronous payment share the buyer and payment.
+fn own_buyer(name: &str, suffix: &str) -> Bytes {
+    const BUYER: &str = "\"1007\"";
+    const PAYMENT: &str = "\"pi_3W0MvBrbFhT8YL4s8sweQJO3\"";
+    let text = String::from_utf8(variant(name, suffix).to_vec()).expect("UTF-8");
+    let own = |id: &str| format!("{}{suffix}\"", id.trim_end_matches('"'));
+    Bytes::from(text.replace(BUYER, &own(BUYER)).replace(PAYMENT, &own(PAYMENT)))
+}
+
 on_both_databases!(a_writer_that_took_a_cursor_first_but_commits_last_is_not_skipped);
 async fn a_writer_that_took_a_cursor_first_but_commits_last_is_not_skipped(db: TestDb) {
     let url = db.url.clone();

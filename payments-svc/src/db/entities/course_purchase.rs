@@ -30,8 +30,11 @@ pub struct Model {
     pub access_status: Option<String>,
     /// ... whether it granted the course ...
     pub has_access: bool,
-    /// ... and the amount refunded.
+    /// ... the amount refunded ...
     pub amount_refunded: i64,
+    /// ... and what caused that change, its `cause_event_id` (null for
+    /// purchases last published before this column existed).
+    pub access_cause: Option<String>,
 }
 
 /// Where a purchase stands. It only ever moves up in [`PurchaseStatus::rank`]:
