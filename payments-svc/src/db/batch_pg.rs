@@ -20,8 +20,7 @@
 //! already has refunds or disputes recorded (they arrived first), makes it
 //! fail on purpose, and the batch goes the per-event way like any other
 //! failed batch. Batches with refunds or disputes are applied by the
-//! transaction path in
-//! [`crate::batch`].
+//! transaction path in [`crate::batch`].
 //!
 //! Columns are bound as arrays and expanded with `unnest`, so the statement
 //! text never changes with the batch size: it is built once per process and

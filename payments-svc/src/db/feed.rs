@@ -266,11 +266,8 @@ pub async fn notify_listeners(db: &impl ConnectionTrait) -> Result<(), DbErr> {
 
 /// Whether some replica listens for change notifications now (holds
 /// [`LISTENING_LOCK`]).
-pub async fn anyone_listening(db: &DatabaseConnection) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
-    let nobody = lease::try_lock(&txn, LISTENING_LOCK).await?;
-    txn.commit().await?;
-    Ok(!nobody)
+pub async fn anyone_listening(db: &impl ConnectionTrait) -> Result<bool, DbErr> {
+    Ok(!lease::try_lock(db, LISTENING_LOCK).await?)
 }
 
 /// The PostgreSQL advisory lock that every replica listening for change

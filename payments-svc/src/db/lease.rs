@@ -38,10 +38,12 @@ pub async fn try_take(db: &DatabaseConnection, key: i64) -> Result<Option<Lease>
     Ok(try_lock(&txn, key).await?.then_some(Lease::Postgres(txn)))
 }
 
-/// Takes PostgreSQL advisory lock `key` for the rest of `txn`, if no other
-/// transaction holds it: whether it did.
-pub async fn try_lock(txn: &DatabaseTransaction, key: i64) -> Result<bool, DbErr> {
-    let locked = txn
+/// Takes PostgreSQL advisory lock `key` for the rest of `db`'s transaction,
+/// if no other transaction holds it: whether it did. Outside a transaction
+/// the lock ends with the statement, which makes the call a probe: whether
+/// anyone else holds `key` now.
+pub async fn try_lock(db: &impl ConnectionTrait, key: i64) -> Result<bool, DbErr> {
+    let locked = db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_try_advisory_xact_lock($1) AS locked",
