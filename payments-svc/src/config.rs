@@ -7,19 +7,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use service_kit::logs::LogFormat;
 use service_kit::token::{self, TokenError};
 
-use crate::batch::BatchSettings;
-use crate::reversals::DisputeAccess;
-use crate::rules::Policy;
-use crate::stripe_api::{SecretKey, StripeSettings};
+use crate::fulfil::batch::BatchSettings;
+use crate::stripe::{SecretKey, StripeSettings};
+use payments_domain::reversals::DisputeAccess;
+use payments_domain::rules::Policy;
 
 /// The gRPC service that owns purchases and applies Stripe events. Without a
 /// subcommand it serves; `events` inspects and replays stored events.
 #[derive(Debug, Parser)]
-#[command(name = "payments-svc", version, about)]
+#[command(name = "payments-svc", version, about, after_help = service_kit::traces::ENVIRONMENT_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub args: Args,
@@ -265,7 +266,7 @@ pub struct Args {
     /// Whether a buyer keeps the course while a chargeback is open:
     /// `suspend` (the default) takes access away until the dispute is won,
     /// `keep` leaves it. A lost dispute revokes access either way.
-    #[arg(long, env = "DISPUTE_ACCESS", value_enum, default_value_t = DisputeAccess::Suspend, global = true)]
+    #[arg(long, env = "DISPUTE_ACCESS", value_parser = dispute_access(), default_value = "suspend", global = true)]
     pub dispute_access: DisputeAccess,
 
     /// Stripe secret API key (`sk_...`, or a restricted `rk_...` key that can
@@ -512,6 +513,12 @@ fn stripe(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
         budget: Duration::from_millis(args.stripe_api_timeout_ms),
         max_rps: args.stripe_api_max_rps,
     }))
+}
+
+/// DISPUTE_ACCESS's values: the domain's names for [`DisputeAccess`].
+fn dispute_access() -> impl TypedValueParser<Value = DisputeAccess> {
+    PossibleValuesParser::new(DisputeAccess::ALL.iter().map(|access| access.as_str()))
+        .try_map(|name| name.parse::<DisputeAccess>())
 }
 
 #[cfg(test)]

@@ -1,32 +1,25 @@
 //! payments-svc: owns the purchases database and applies verified Stripe
 //! events to it idempotently, behind the `payments.v1.Payments` gRPC service.
 //!
-//! The flow of one event: [`grpc`] validates the request into an
-//! [`event::IncomingEvent`], [`rules`] decides what it means (pure, no I/O),
-//! [`batch`] applies it with others in one transaction (group commit), with
-//! [`apply`] as the per-event reference path; [`db`] holds the queries.
-//! Every change of access that makes is published to the change feed in the
-//! same transaction ([`db::feed`]) and served to watchers by [`watch`].
-//! [`startup::Application`] is what `main` and the tests run.
+//! What an event means is decided in the `payments-domain` crate, without
+//! I/O. Here, from the bottom up:
+//! - [`error`], [`metrics`], [`stripe`]: the service's errors, its metrics,
+//!   and Stripe's API within a rate and time budget.
+//! - [`store`]: the database: entities, the queries fulfilment composes in
+//!   its transactions, the change feed's outbox and its wake-ups.
+//! - [`fulfil`]: carrying decisions out: group commit ([`fulfil::batch`])
+//!   with [`fulfil::apply`] as the per-event path, verify, reconcile,
+//!   refunds owed, retention.
+//! - [`api`]: the gRPC service, its auth, and serving the change feed.
+//! - [`config`], [`ops`] (the operator commands), [`startup`] (what `main`
+//!   and the tests run).
 
-pub mod apply;
-pub mod auth;
-pub mod batch;
-pub mod changes;
+pub mod api;
 pub mod config;
-pub mod db;
 pub mod error;
-pub mod event;
-pub mod grpc;
+pub mod fulfil;
 pub mod metrics;
-pub mod operator;
-pub mod reconcile;
-pub mod refunds;
-pub mod retention;
-pub mod reversals;
-pub mod rules;
-pub mod session_lookups;
+pub mod ops;
 pub mod startup;
-pub mod stripe_api;
-pub mod verify;
-pub mod watch;
+pub mod store;
+pub mod stripe;

@@ -1,6 +1,6 @@
 use clap::Parser;
 use payments_svc::config::{Cli, Command, Settings};
-use payments_svc::{operator, startup::Application};
+use payments_svc::{ops, startup::Application};
 use service_kit::logs::{self, Output};
 use service_kit::shutdown;
 use service_kit::traces::Traces;
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(command) => {
             let _logs = logs::init(cli.args.log_format, Output::Stderr, None);
-            operator::run(command, &Settings::try_from(cli.args)?).await
+            ops::run(command, &Settings::try_from(cli.args)?).await
         }
     }
 }

@@ -16,16 +16,18 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
-use crate::auth::RequireToken;
-use crate::batch::BatchSettings;
+use payments_domain::rules::Policy;
+
+use crate::api::auth::RequireToken;
+use crate::api::grpc::PaymentsService;
+use crate::api::watch::{self, Watchers};
 use crate::config::{Settings, TlsFiles};
-use crate::grpc::PaymentsService;
+use crate::fulfil::batch::BatchSettings;
+use crate::fulfil::retention::{self, Retention};
+use crate::fulfil::{reconcile, refunds};
 use crate::metrics::Metrics;
-use crate::retention::Retention;
-use crate::rules::Policy;
-use crate::stripe_api::StripeApi;
-use crate::watch::{self, Watchers};
-use crate::{db, reconcile, refunds, retention};
+use crate::store::{self, signals::FeedSignals};
+use crate::stripe::StripeApi;
 
 /// HTTP/2 flow-control windows for callers, in bytes.
 const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
@@ -78,11 +80,11 @@ impl Application {
         if stripe.is_none() {
             tracing::info!("STRIPE_SECRET_KEY is not set: verify answers from the database only");
         }
-        let db = db::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
+        let db = store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
         if settings.skip_migrations {
             tracing::info!("skipping migrations, as configured");
         } else {
-            db::migrate(&db).await.context("applying migrations")?;
+            store::migrate(&db).await.context("applying migrations")?;
         }
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -138,6 +140,7 @@ impl Application {
             }
         });
         let metrics = Arc::new(Metrics::default());
+        let signals = FeedSignals::default();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PaymentsServer<PaymentsService>>().await;
         tokio::spawn(watch_database(self.db.clone(), health.clone(), stop.clone()));
@@ -156,6 +159,7 @@ impl Application {
         if let (Some(interval), Some(stripe)) = (self.reconcile_interval, &self.stripe) {
             tokio::spawn(reconcile::run(
                 self.db.clone(),
+                signals.clone(),
                 stripe.clone(),
                 self.policy,
                 interval,
@@ -169,9 +173,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let watchers = Arc::new(Watchers::new(stop.clone()));
+        let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone()));
         tokio::spawn(watch::listen(self.db.clone(), Arc::clone(&watchers), stop.clone()));
-        tokio::spawn(watch::tell_listeners(self.db.clone(), stop.clone()));
+        tokio::spawn(watch::tell_listeners(self.db.clone(), signals.clone(), stop.clone()));
         tokio::spawn(watch::sample(
             self.db.clone(),
             Arc::clone(&watchers),
@@ -180,13 +184,21 @@ impl Application {
         ));
         tokio::spawn(retention::run(
             self.db.clone(),
+            signals.clone(),
             self.retention,
             self.policy.dispute_access,
             Arc::clone(&metrics),
             stop.clone(),
         ));
-        let payments =
-            PaymentsService::new(self.db.clone(), self.policy, self.batching, self.stripe, metrics, watchers);
+        let payments = PaymentsService::new(
+            self.db.clone(),
+            signals,
+            self.policy,
+            self.batching,
+            self.stripe,
+            metrics,
+            watchers,
+        );
 
         // Each call carries a ~5 KB payload; HTTP/2's default 64 KiB windows
         // would stall the gateway's concurrent calls on its one connection.

@@ -52,7 +52,15 @@ fn starts_on_a_new_sqlite_file_and_exits_cleanly_on_sigterm() {
 fn help_documents_every_setting_with_its_variable() {
     let output = Command::new(env!("CARGO_BIN_EXE_payments-svc")).arg("--help").output().expect("runs");
     let help = String::from_utf8_lossy(&output.stdout);
-    for variable in ["DATABASE_URL", "PAYMENTS_GRPC_ADDR", "PAYMENTS_SKIP_MIGRATIONS", "LOG_FORMAT"] {
+    for variable in [
+        "DATABASE_URL",
+        "PAYMENTS_GRPC_ADDR",
+        "PAYMENTS_SKIP_MIGRATIONS",
+        "LOG_FORMAT",
+        "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER",
+    ] {
         assert!(help.contains(variable), "--help should mention {variable}:\n{help}");
     }
 }

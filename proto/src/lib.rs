@@ -1,7 +1,9 @@
 //! The `payments.v1` contract shared by webhook-gateway and payments-svc,
-//! [`stripe`], the one place Stripe's JSON is turned into it, and [`names`],
-//! the one string form of each of its enums.
+//! [`stripe`], the one place Stripe's JSON is turned into it, [`names`],
+//! the one string form of each of its enums, and [`domain`], the one mapping
+//! between its messages and the domain's types.
 
+pub mod domain;
 pub mod names;
 pub mod stripe;
 

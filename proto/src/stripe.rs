@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use payments_domain::event::{is_checkout_session_event, reversal_kind_of};
+use payments_domain::reversals::ReversalKind;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -16,9 +18,6 @@ use crate::v1::{
     Charge, CheckoutSession, Dispute, DisputeStatus, PaymentStatus, Refund, RefundStatus, SessionStatus,
     StripeEvent, stripe_event,
 };
-
-/// Event types whose `data.object` is a Checkout Session.
-const CHECKOUT_SESSION_EVENT_PREFIX: &str = "checkout.session.";
 
 /// Why a body is not a Stripe event this service can read.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +156,7 @@ pub fn parse_event(payload: Bytes) -> Result<StripeEvent, ParseError> {
 fn parse_in_one_pass(payload: &[u8]) -> Option<StripeEvent> {
     let envelope: Envelope<'_, SessionJson> = serde_json::from_slice(payload).ok()?;
     let (mut event, session) = envelope.into_parts().ok()?;
-    if reversal_object(&event.r#type).is_some() {
+    if reversal_kind_of(&event.r#type).is_some() {
         // Rare, and their object is no session: read them the reference way.
         return None;
     }
@@ -175,14 +174,14 @@ fn parse_in_two_passes(payload: &[u8]) -> Result<StripeEvent, ParseError> {
     let envelope: Envelope<'_, &RawValue> = serde_json::from_slice(payload)?;
     let (mut event, data_object) = envelope.into_parts()?;
     let json = data_object.get().as_bytes();
-    event.object = match reversal_object(&event.r#type) {
-        Some(ReversalObject::Charge) => {
+    event.object = match reversal_kind_of(&event.r#type) {
+        Some(ReversalKind::Charge) => {
             Some(stripe_event::Object::Charge(charge(serde_json::from_slice(json)?)?))
         }
-        Some(ReversalObject::Refund) => {
+        Some(ReversalKind::Refund) => {
             Some(stripe_event::Object::Refund(refund(serde_json::from_slice(json)?)?))
         }
-        Some(ReversalObject::Dispute) => {
+        Some(ReversalKind::Dispute) => {
             Some(stripe_event::Object::Dispute(dispute(serde_json::from_slice(json)?)?))
         }
         None if is_checkout_session_event(&event.r#type) => {
@@ -196,28 +195,6 @@ fn parse_in_two_passes(payload: &[u8]) -> Result<StripeEvent, ParseError> {
 /// Parses a Refund object, as `POST /v1/refunds` returns it.
 pub fn parse_refund(json: &[u8]) -> Result<Refund, ParseError> {
     refund(serde_json::from_slice(json)?)
-}
-
-/// The object of an event that may take money back from a purchase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReversalObject {
-    Charge,
-    Refund,
-    Dispute,
-}
-
-/// What `data.object` is for the event types that reverse money: refunds
-/// (`charge.refunded`, `refund.*`, and `charge.refund.updated` of older API
-/// versions) and disputes (`charge.dispute.*`). `None` for every other type.
-pub fn reversal_object(kind: &str) -> Option<ReversalObject> {
-    match kind {
-        "charge.refunded" => Some(ReversalObject::Charge),
-        "refund.created" | "refund.updated" | "refund.failed" | "charge.refund.updated" => {
-            Some(ReversalObject::Refund)
-        }
-        _ if kind.starts_with("charge.dispute.") => Some(ReversalObject::Dispute),
-        _ => None,
-    }
 }
 
 #[derive(Deserialize)]
@@ -298,11 +275,6 @@ fn dispute(json: DisputeJson) -> Result<Dispute, ParseError> {
         status: status.into(),
         livemode: json.livemode.unwrap_or_default(),
     })
-}
-
-/// Whether events of type `kind` carry a Checkout Session in `data.object`.
-pub fn is_checkout_session_event(kind: &str) -> bool {
-    kind.starts_with(CHECKOUT_SESSION_EVENT_PREFIX)
 }
 
 /// Parses a Checkout Session object, as found in an event's `data.object` or

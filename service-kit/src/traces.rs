@@ -16,6 +16,22 @@
 //! full batches. A collector that is down or slow fills that queue, and
 //! what does not fit is dropped.
 
+/// The variables both services read outside their own flags, for their
+/// `--help`: the log filter and the OpenTelemetry settings this module
+/// honours.
+pub const ENVIRONMENT_HELP: &str = "\
+Also read from the environment:
+  RUST_LOG                            log filter, e.g. info or payments_svc=debug (default: info)
+  NO_COLOR                            no colour in text logs, even on a terminal
+  OTEL_EXPORTER_OTLP_ENDPOINT         export traces over OTLP to this collector (off when unset)
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  the same, for traces only
+  OTEL_EXPORTER_OTLP_PROTOCOL         grpc (the only one supported)
+  OTEL_SERVICE_NAME                   the service name on exported spans
+  OTEL_TRACES_SAMPLER                 always_on, always_off, traceidratio, parentbased_* (default: parentbased_always_on)
+  OTEL_TRACES_SAMPLER_ARG             the ratio for traceidratio samplers, e.g. 0.01
+  OTEL_TRACES_EXPORTER                none turns export off
+  OTEL_SDK_DISABLED                   true turns export off";
+
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher as _, Hasher as _};

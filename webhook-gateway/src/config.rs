@@ -14,7 +14,7 @@ use crate::signature::WebhookSecret;
 /// Receives Stripe webhooks, verifies their signatures and forwards them to
 /// payments-svc; also answers the frontend's purchase verification.
 #[derive(Clone, Parser)]
-#[command(name = "webhook-gateway", version, about)]
+#[command(name = "webhook-gateway", version, about, after_help = service_kit::traces::ENVIRONMENT_HELP)]
 pub struct Cli {
     /// Webhook signing secret(s) from the Stripe dashboard or `stripe listen`
     /// (`whsec_...`). Required. Several, comma-separated, while a secret is

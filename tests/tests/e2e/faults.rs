@@ -11,8 +11,8 @@ use bytes::Bytes;
 use e2e::sender::{Delivery, RetryPolicy, deliver_all};
 use e2e::{metric_value, unique_paid_event};
 use hyper::StatusCode;
-use payments_svc::db::entities::stripe_webhook_event::EventStatus;
-use payments_svc::db::entities::{course_purchase, stripe_webhook_event};
+use payments_svc::store::entities::stripe_webhook_event::EventStatus;
+use payments_svc::store::entities::{course_purchase, stripe_webhook_event};
 use sea_orm::{Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases, secret};

@@ -11,16 +11,15 @@ use bytes::Bytes;
 use chrono::Utc;
 use e2e::{fixture, with_fresh_ids};
 use hyper::StatusCode;
+use payments_domain::purchase::{NewPurchase, PurchaseSource, PurchaseStatus as CheckoutStatus};
+use payments_domain::reversals::DisputeAccess;
 use payments_proto::v1::payments_client::PaymentsClient;
 use payments_proto::v1::{
     ChangeKind, HandleStripeEventsRequest, ListPurchasesRequest, Outcome, PurchaseChange, PurchaseStatus,
     WatchPurchaseChangesRequest,
 };
-use payments_svc::db::entities::course_purchase::{PurchaseSource, PurchaseStatus as StoredStatus};
-use payments_svc::db::entities::{course_purchase, purchase_change};
-use payments_svc::db::{feed, purchases};
-use payments_svc::reversals::DisputeAccess;
-use payments_svc::rules::NewPurchase;
+use payments_svc::store::entities::{course_purchase, purchase_change};
+use payments_svc::store::{feed, purchases, signals};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, Database, DbBackend, EntityTrait, QueryFilter, TransactionTrait,
 };
@@ -72,7 +71,7 @@ pub(crate) async fn assert_each_change_is_a_change(
         stack.changes().await.into_iter().filter(|change| change.purchase_id == purchase.id).collect();
     assert!(!changes.is_empty(), "{context}: {session} was never published");
     for pair in changes.windows(2) {
-        let state = |c: &purchase_change::Model| (c.status.clone(), c.has_access, c.amount_refunded);
+        let state = |c: &purchase_change::Model| (c.status, c.has_access, c.amount_refunded);
         assert_ne!(state(&pair[0]), state(&pair[1]), "{context}: a change that changed nothing");
     }
     changes.last().cloned().expect("non-empty")
@@ -373,7 +372,7 @@ async fn each_change_of_a_batch_names_the_event_that_made_it(db: TestDb) {
         let last =
             assert_each_change_is_a_change(&stack, &purchase.stripe_checkout_session_id, "batch").await;
         assert_eq!(purchase.access_cause.as_deref(), Some(last.cause_event_id.as_str()), "{purchase:?}");
-        assert_eq!(purchase.access_status.as_deref(), Some(last.status.as_str()), "{purchase:?}");
+        assert_eq!(purchase.access_status, Some(last.status), "{purchase:?}");
     }
     let pairs: Vec<&course_purchase::Model> =
         sessions.values().filter(|p| p.stripe_checkout_session_id.contains("_pair")).collect();
@@ -414,7 +413,7 @@ async fn a_writer_that_took_a_cursor_first_but_commits_last_is_not_skipped(db: T
         currency: Some("usd".into()),
     };
     let now = Utc::now();
-    purchases::advance(&txn, &purchase, StoredStatus::Paid, false, now).await.expect("writes");
+    purchases::advance(&txn, &purchase, CheckoutStatus::Paid, false, now).await.expect("writes");
     let touched = feed::Touched { touch: feed::Touch::Session("cs_held"), cause: "evt_held" };
     assert_eq!(feed::publish(&txn, &[touched], DisputeAccess::Suspend, now).await.expect("publishes"), 1);
 
@@ -561,17 +560,17 @@ async fn other_replicas_are_notified_only_while_one_listens() {
     let test_db = TestDb::postgres().await;
     let db = Database::connect(&test_db.url).await.expect("connect");
     let mut listener = PgListener::connect(&test_db.url).await.expect("a listening connection");
-    listener.listen(feed::CHANNEL).await.expect("LISTEN");
+    listener.listen(signals::CHANNEL).await.expect("LISTEN");
 
-    feed::notify_listeners(&db).await.expect("no replica listens: skipped");
-    db.execute_unprepared(&format!("NOTIFY {}, 'marker'", feed::CHANNEL)).await.expect("marker");
+    signals::notify_listeners(&db).await.expect("no replica listens: skipped");
+    db.execute_unprepared(&format!("NOTIFY {}, 'marker'", signals::CHANNEL)).await.expect("marker");
     let first = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("in time").expect("received");
     assert_eq!(first.payload(), "marker", "nothing was sent while nobody held the listening lock");
 
     let holder = db.begin().await.expect("a connection holding the lock, as a listening replica does");
-    let statement = format!("SELECT pg_advisory_xact_lock_shared({})", feed::LISTENING_LOCK);
+    let statement = format!("SELECT pg_advisory_xact_lock_shared({})", signals::LISTENING_LOCK);
     holder.execute_unprepared(&statement).await.expect("shared lock");
-    feed::notify_listeners(&db).await.expect("notified");
+    signals::notify_listeners(&db).await.expect("notified");
     let woken = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("in time").expect("received");
     assert_eq!(woken.payload(), "", "a replica listens: its watchers are woken");
     holder.rollback().await.expect("released");

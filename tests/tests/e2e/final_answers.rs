@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use e2e::{fixture, replace_once, unique_paid_event};
 use hyper::StatusCode;
-use payments_svc::db::entities::course_purchase::PurchaseStatus;
-use payments_svc::db::entities::stripe_webhook_event::EventStatus;
+use payments_svc::store::entities::course_purchase::PurchaseStatus;
+use payments_svc::store::entities::stripe_webhook_event::EventStatus;
 
 use crate::helpers::{Stack, TestDb, on_both_databases, outcome};
 use crate::processes::payments_cli;

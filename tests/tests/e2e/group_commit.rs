@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::{fixture, unique_paid_event, with_fresh_ids};
-use payments_svc::db::entities::course_purchase::PurchaseStatus;
+use payments_svc::store::entities::course_purchase::PurchaseStatus;
 
 use crate::helpers::{
     Stack, StackOptions, TestDb, metric, on_both_databases, outcome, outcomes_around_one_event_sent_twice,
@@ -134,7 +134,8 @@ async fn a_connection_lost_while_idle_is_replaced_before_the_next_batch() {
     assert_eq!(outcome(&first), "processed");
 
     stack.cut_database_connections().await;
-    tokio::time::sleep(payments_svc::db::batch_pg::IDLE_CHECK + std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(payments_svc::store::batch_pg::IDLE_CHECK + std::time::Duration::from_millis(200))
+        .await;
     let second = stack.deliver(&unique_paid_event(2).expect("event")).await;
 
     assert_eq!(outcome(&second), "processed");

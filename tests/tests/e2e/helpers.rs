@@ -11,7 +11,7 @@ use bytes::Bytes;
 use e2e::{HttpAnswer, HttpClient, metric_value, signature_now};
 use hyper::{Method, StatusCode};
 use payments_proto::v1::payments_client::PaymentsClient;
-use payments_svc::db::entities::{course_purchase, purchase_change, stripe_webhook_event};
+use payments_svc::store::entities::{course_purchase, purchase_change, stripe_webhook_event};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait, QueryOrder};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -8,8 +8,8 @@ use hyper::StatusCode;
 use payments_proto::v1::{
     PurchaseStatus as Answer, UserCourse, VerifyPurchaseRequest, verify_purchase_request::Lookup,
 };
-use payments_svc::db::entities::course_purchase::PurchaseStatus;
-use payments_svc::db::entities::stripe_webhook_event::EventStatus;
+use payments_svc::store::entities::course_purchase::PurchaseStatus;
+use payments_svc::store::entities::stripe_webhook_event::EventStatus;
 
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
 
@@ -40,7 +40,10 @@ fn failed() -> Bytes {
 
 /// Delivers `events` in order, each expected to be acknowledged, and
 /// returns the one purchase they made.
-async fn deliver_all(stack: &Stack, events: &[Bytes]) -> payments_svc::db::entities::course_purchase::Model {
+async fn deliver_all(
+    stack: &Stack,
+    events: &[Bytes],
+) -> payments_svc::store::entities::course_purchase::Model {
     for event in events {
         let answer = stack.deliver(event).await;
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::{fixture, unix_now};
 use hyper::StatusCode;
-use payments_svc::db::entities::stripe_webhook_event::{self, EventStatus};
+use payments_svc::store::entities::stripe_webhook_event::{self, EventStatus};
 use sea_orm::EntityTrait;
 use sea_orm::sea_query::Expr;
 use webhook_gateway::signature::{WebhookSecret, sign};

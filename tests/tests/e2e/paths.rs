@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use e2e::{fixture, replace_once, with_fresh_ids};
+use payments_domain::event::IncomingEvent;
+use payments_domain::reversals::DisputeAccess;
+use payments_domain::rules::Policy;
 use payments_proto::stripe::parse_event;
-use payments_svc::batch::{BatchSettings, EventBatcher};
-use payments_svc::db::{self, reversals};
-use payments_svc::event::IncomingEvent;
+use payments_svc::fulfil::batch::{BatchSettings, EventBatcher};
 use payments_svc::metrics::Metrics;
-use payments_svc::reversals::DisputeAccess;
-use payments_svc::rules::Policy;
+use payments_svc::store::signals::FeedSignals;
+use payments_svc::store::{self, reversals};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -80,18 +81,18 @@ fn sequences() -> Vec<Vec<usize>> {
 }
 
 fn incoming(body: &Bytes) -> IncomingEvent {
-    IncomingEvent::try_from(parse_event(body.clone()).expect("parses")).expect("valid")
+    payments_proto::domain::incoming(parse_event(body.clone()).expect("parses")).expect("valid")
 }
 
 async fn open(test_db: &TestDb) -> DatabaseConnection {
-    let db = db::connect(&test_db.url).await.expect("connects");
-    db::migrate(&db).await.expect("migrates");
+    let db = store::connect(&test_db.url).await.expect("connects");
+    store::migrate(&db).await.expect("migrates");
     db
 }
 
 /// Everything an outcome can be judged by, in a comparable form.
 async fn end_state(db: &DatabaseConnection) -> BTreeSet<String> {
-    use payments_svc::db::entities::{course_purchase, payment_reversal, stripe_webhook_event};
+    use payments_svc::store::entities::{course_purchase, payment_reversal, stripe_webhook_event};
     let mut state = BTreeSet::new();
     for p in course_purchase::Entity::find().all(db).await.expect("purchases") {
         let access = reversals::access_of(db, &p, POLICY.dispute_access).await.expect("access");
@@ -117,13 +118,17 @@ async fn end_state(db: &DatabaseConnection) -> BTreeSet<String> {
 async fn both_paths_end_alike(one_by_one: TestDb, batched: TestDb) {
     let (single, group) = (open(&one_by_one).await, open(&batched).await);
     let settings = BatchSettings { max_size: 128, max_wait: Duration::from_millis(5), workers: 1 };
-    let batcher = EventBatcher::start(group.clone(), POLICY, settings, Arc::new(Metrics::default()));
+    let signals = FeedSignals::default();
+    let batcher =
+        EventBatcher::start(group.clone(), signals.clone(), POLICY, settings, Arc::new(Metrics::default()));
     let sequences = sequences();
     for (case, sequence) in sequences.iter().enumerate() {
         let pool = pool(case);
         let events: Vec<IncomingEvent> = sequence.iter().map(|n| incoming(&pool[*n])).collect();
         for event in &events {
-            payments_svc::apply::handle_event(&single, event, POLICY).await.expect("applied");
+            payments_svc::fulfil::apply::handle_event(&single, &signals, event, POLICY)
+                .await
+                .expect("applied");
         }
         let mut answers = Vec::new();
         for event in events {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use e2e::{fixture, with_fresh_ids};
 use hyper::StatusCode;
-use payments_svc::db::entities::refund_request::{self, RefundRequestStatus};
+use payments_svc::store::entities::refund_request::{self, RefundRequestStatus};
 use sea_orm::EntityTrait;
 
 use crate::fake_stripe::{FAKE_STRIPE_KEY, FakeStripe, Fault};

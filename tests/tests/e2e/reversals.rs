@@ -7,10 +7,10 @@
 use bytes::Bytes;
 use e2e::fixture;
 use hyper::StatusCode;
+use payments_domain::reversals::DisputeAccess;
 use payments_proto::v1::{
     PurchaseStatus, UserCourse, VerifyPurchaseRequest, verify_purchase_request::Lookup,
 };
-use payments_svc::reversals::DisputeAccess;
 
 use crate::feed;
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
@@ -281,7 +281,7 @@ async fn a_session_stripe_still_reports_paid_stays_refunded_when_verify_records_
 
     let purchases = stack.purchases().await;
     assert_eq!(purchases.len(), 1, "verify recorded the purchase from Stripe");
-    assert_eq!(purchases[0].source, payments_svc::db::entities::course_purchase::PurchaseSource::Verify);
+    assert_eq!(purchases[0].source, payments_svc::store::entities::course_purchase::PurchaseSource::Verify);
     for answer in [first, again] {
         assert_eq!(
             (answer["status"].as_str(), answer["hasAccess"].as_bool()),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use e2e::{fixture, replace_once, unix_now, with_created, with_fresh_ids};
 use hyper::StatusCode;
-use payments_svc::db::entities::course_purchase::{PurchaseSource, PurchaseStatus};
-use payments_svc::db::entities::stripe_webhook_event::EventStatus;
+use payments_svc::store::entities::course_purchase::{PurchaseSource, PurchaseStatus};
+use payments_svc::store::entities::stripe_webhook_event::EventStatus;
 use sea_orm::{Database, EntityTrait};
 
 use crate::fake_stripe::{FAKE_STRIPE_KEY, FakeStripe, Fault};
@@ -236,7 +236,7 @@ async fn two_payments_services_sharing_a_database_record_each_session_once(db: T
 
     let db = Database::connect(&db.url).await.expect("connect");
     let purchases =
-        payments_svc::db::entities::course_purchase::Entity::find().all(&db).await.expect("query");
+        payments_svc::store::entities::course_purchase::Entity::find().all(&db).await.expect("query");
     assert_eq!(purchases.len(), 20);
     assert_eq!(
         purchases.iter().filter(|p| !p.needs_refund).count(),
@@ -244,7 +244,7 @@ async fn two_payments_services_sharing_a_database_record_each_session_once(db: T
         "one course, paid 20 times, grants access once"
     );
     let events =
-        payments_svc::db::entities::stripe_webhook_event::Entity::find().all(&db).await.expect("query");
+        payments_svc::store::entities::stripe_webhook_event::Entity::find().all(&db).await.expect("query");
     assert_eq!(events.len(), 20);
     assert!(events.iter().all(|e| e.delivery_count == 2 && e.status == EventStatus::Processed));
 }
@@ -286,7 +286,7 @@ async fn reconcile_applies_missed_events_across_pages_once(db: TestDb) {
     assert_eq!(stripe.request_count(), 6, "three pages of two, twice");
     let db = Database::connect(&db.url).await.expect("connect");
     let purchases =
-        payments_svc::db::entities::course_purchase::Entity::find().all(&db).await.expect("query");
+        payments_svc::store::entities::course_purchase::Entity::find().all(&db).await.expect("query");
     assert_eq!(purchases.len(), 4, "the delivered one and the three missed; not the one before the window");
 }
 

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use e2e::{fixture, signature_now, unix_now};
 use hyper::StatusCode;
-use payments_svc::db::entities::course_purchase::{PurchaseSource, PurchaseStatus};
-use payments_svc::db::entities::stripe_webhook_event::EventStatus;
+use payments_svc::store::entities::course_purchase::{PurchaseSource, PurchaseStatus};
+use payments_svc::store::entities::stripe_webhook_event::EventStatus;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use webhook_gateway::signature::{WebhookSecret, sign};
 

@@ -1,0 +1,7 @@
+//! The `payments.v1.Payments` gRPC service: [`grpc`] validates requests,
+//! calls fulfilment and converts back; [`auth`] checks the bearer token;
+//! [`watch`] serves the change feed to watchers.
+
+pub mod auth;
+pub mod grpc;
+pub mod watch;

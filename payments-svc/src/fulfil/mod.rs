@@ -1,0 +1,16 @@
+//! Carrying out what the domain decides: every path that writes purchases,
+//! reversal facts or refunds owed.
+//!
+//! [`batch`] gathers incoming events into one transaction (group commit),
+//! with [`apply`] as the per-event path it falls back to; [`verify`] and
+//! [`reconcile`] fulfil from sessions fetched from Stripe
+//! ([`session_lookups`] shares verify's asks); [`refunds`] refunds duplicate
+//! payments; [`retention`] prunes what is kept for a limited time.
+
+pub mod apply;
+pub mod batch;
+pub mod reconcile;
+pub mod refunds;
+pub mod retention;
+pub mod session_lookups;
+pub mod verify;

@@ -1,0 +1,124 @@
+//! Keeping stored data to its retention, by itself, a small chunk per
+//! statement so that writers never wait long, once at start-up and then
+//! every hour: changes older than `PURCHASE_CHANGES_RETENTION_DAYS` are
+//! removed, and the payloads of settled events older than
+//! `WEBHOOK_EVENTS_RETENTION_DAYS` dropped (their rows stay, so a late
+//! redelivery is still a duplicate; failed events stay whole until
+//! resolved). Also publishes, once, purchases recorded before the feed
+//! existed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::signals::FeedSignals;
+use crate::store::{events, feed, lease};
+use payments_domain::reversals::DisputeAccess;
+
+/// Changes removed per transaction.
+const CHUNK: u64 = 1000;
+/// How often the feed is pruned.
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes every change older than `retention` now; returns how many.
+pub async fn prune(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
+    let cutoff = cutoff(retention);
+    in_chunks(|| feed::prune(db, cutoff, CHUNK)).await
+}
+
+/// Runs `chunk` until it handles fewer than [`CHUNK`] rows; the total.
+async fn in_chunks<F>(mut chunk: impl FnMut() -> F) -> Result<u64, DbErr>
+where
+    F: Future<Output = Result<u64, DbErr>>,
+{
+    let mut total = 0;
+    loop {
+        let handled = chunk().await?;
+        total += handled;
+        if handled < CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
+/// The time `retention` before now.
+fn cutoff(retention: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+}
+
+/// How many stored events' payloads [`prune_events`] would drop now.
+pub async fn prunable_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
+    events::count_prunable(db, cutoff(retention)).await
+}
+
+/// Drops the payloads of every settled event older than `retention` now, one
+/// replica at a time; returns how many (0 when another replica is at it).
+pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
+    let Some(held) = lease::try_take(db, lease::EVENTS_PRUNE).await? else { return Ok(0) };
+    let cutoff = cutoff(retention);
+    let pruned = in_chunks(|| events::prune_payloads(db, cutoff, CHUNK)).await?;
+    held.release().await?;
+    Ok(pruned)
+}
+
+/// Publishes every purchase the feed has not published yet.
+pub async fn backfill(
+    db: &DatabaseConnection,
+    signals: &FeedSignals,
+    dispute_access: DisputeAccess,
+) -> Result<(), DbErr> {
+    while feed::backfill(db, signals, dispute_access, CHUNK).await? as u64 == CHUNK {}
+    Ok(())
+}
+
+/// How long each kind of stored data is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Changes of the purchase change feed.
+    pub changes: Duration,
+    /// Payloads of settled webhook events.
+    pub events: Duration,
+}
+
+/// Backfills, then prunes now and every hour, until `shutdown`.
+pub async fn run(
+    db: DatabaseConnection,
+    signals: FeedSignals,
+    retention: Retention,
+    dispute_access: DisputeAccess,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    if let Err(error) = backfill(&db, &signals, dispute_access).await {
+        tracing::warn!(%error, "publishing purchases recorded before the change feed failed; retrying at the next start");
+    }
+    loop {
+        match prune_events(&db, retention.events).await {
+            Ok(0) => {}
+            Ok(pruned) => {
+                metrics.events_pruned.inc_by(pruned);
+                tracing::info!(
+                    pruned,
+                    "dropped the payloads of events older than WEBHOOK_EVENTS_RETENTION_DAYS"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "pruning stored events failed; retrying in an hour"),
+        }
+        match prune(&db, retention.changes).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                metrics.feed_pruned.inc_by(removed);
+                tracing::info!(removed, "pruned changes older than PURCHASE_CHANGES_RETENTION_DAYS");
+            }
+            Err(error) => tracing::warn!(%error, "pruning the change feed failed; retrying in an hour"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The database: connecting, migrating, and the queries that fulfilment
+//! composes inside its transactions.
+
+pub mod batch_pg;
+pub mod entities;
+pub mod events;
+pub mod feed;
+pub mod lease;
+pub mod purchases;
+pub mod refund_requests;
+pub mod reversals;
+pub mod signals;
+
+use std::time::{Duration, Instant};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::error::DatabaseError;
+use sea_orm::sqlx::sqlite::{SqliteError, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    TransactionTrait,
+};
+
+/// How long a SQLite writer waits for the file lock before giving up. The
+/// embedded database has one writer at a time; this is how long a burst of
+/// concurrent webhooks may queue behind each other.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the pool. SQLite files are created if missing and run in WAL mode
+/// with `synchronous=FULL`, so an acknowledged event survives a power cut.
+///
+/// A new SQLite file set up by several replicas at once can answer
+/// "database is locked" to a first connection without waiting on the busy
+/// timeout (switching the file to WAL needs it to itself), so connecting is
+/// retried on that error for as long as the busy timeout.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
+    loop {
+        match Database::connect(options(url)).await {
+            Err(error) if is_sqlite_busy(&error) && Instant::now() < deadline => {
+                tracing::info!(%error, "database file busy while connecting; retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn options(url: &str) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url);
+    options
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+        });
+    options
+}
+
+/// Whether `error` is SQLite's `SQLITE_BUSY` (primary result code 5; sqlx
+/// reports the extended code).
+fn is_sqlite_busy(error: &DbErr) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    let (DbErr::Conn(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error))) = error
+    else {
+        return false;
+    };
+    error
+        .as_database_error()
+        .and_then(|error| error.try_downcast_ref::<SqliteError>())
+        .and_then(|error| error.code()?.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+}
+
+/// Key of the PostgreSQL advisory lock held while migrating.
+const MIGRATION_LOCK_KEY: i64 = 0x7061_796d_656e_7473; // "payments"
+
+/// Applies every pending migration, in one transaction that first takes an
+/// exclusive lock, so that several replicas starting at once migrate one
+/// after the other instead of racing: an advisory lock on PostgreSQL, the
+/// database's write lock (taken by a write that changes nothing) on SQLite.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let lock = match db.get_database_backend() {
+        DbBackend::Postgres => format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"),
+        _ => {
+            Migrator::install(db).await?;
+            "DELETE FROM seaql_migrations WHERE 0 = 1".to_owned()
+        }
+    };
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&lock).await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::Statement;
+
+    fn sqlite_pool(path: &std::path::Path, busy_timeout: Duration) -> ConnectOptions {
+        let mut options = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
+        options
+            .max_connections(1)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(move |opts| opts.create_if_missing(true).busy_timeout(busy_timeout));
+        options
+    }
+
+    #[tokio::test]
+    async fn a_locked_sqlite_file_is_told_apart_from_other_errors() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("busy.db");
+        let holder = Database::connect(sqlite_pool(&path, SQLITE_BUSY_TIMEOUT)).await.expect("connects");
+        holder.execute_unprepared("CREATE TABLE t (x INTEGER); BEGIN EXCLUSIVE").await.expect("locks");
+
+        let locked = Database::connect(sqlite_pool(&path, Duration::ZERO)).await.expect_err("file is locked");
+        let invalid = holder
+            .query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT FROM"))
+            .await
+            .expect_err("not SQL");
+
+        assert!(is_sqlite_busy(&locked), "{locked}");
+        assert!(!is_sqlite_busy(&invalid), "{invalid}");
+    }
+}
