@@ -1,6 +1,5 @@
-//! payments-svc's command line: flags with environment fallbacks ([`Args`]),
-//! validated once into the [`Settings`] the service runs with, and the
-//! operator subcommands.
+//! payments-svc's settings: flags with environment fallbacks ([`Args`]),
+//! validated once into the [`Settings`] the service runs with.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -8,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser};
 use service_kit::logs::LogFormat;
 use service_kit::token::{self, TokenError};
 
@@ -16,168 +15,6 @@ use crate::fulfil::batch::BatchSettings;
 use crate::stripe::{SecretKey, StripeSettings};
 use payments_domain::reversals::DisputeAccess;
 use payments_domain::rules::Policy;
-
-/// The gRPC service that owns purchases and applies Stripe events. Without a
-/// subcommand it serves; `events` inspects and replays stored events.
-#[derive(Debug, Parser)]
-#[command(name = "payments-svc", version, about, after_help = service_kit::traces::ENVIRONMENT_HELP)]
-pub struct Cli {
-    #[command(flatten)]
-    pub args: Args,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve gRPC (the default).
-    Serve,
-    /// Inspect and replay stored Stripe events.
-    #[command(subcommand)]
-    Events(EventsCommand),
-    /// Inspect refunds and disputes.
-    #[command(subcommand)]
-    Reversals(ReversalsCommand),
-    /// Inspect purchases: why has this user access, or none?
-    #[command(subcommand)]
-    Purchases(PurchasesCommand),
-    /// Follow and maintain the purchase change feed.
-    #[command(subcommand)]
-    Changes(ChangesCommand),
-    /// Apply every checkout.session.* event Stripe sent in a recent window
-    /// that is not processed here yet: recovers webhooks lost in an outage.
-    /// Needs STRIPE_SECRET_KEY.
-    Reconcile {
-        /// How far back: `30m`, `24h`, `7d` (Stripe keeps events for 30
-        /// days), or an RFC 3339 time.
-        #[arg(long)]
-        since: String,
-        /// Events per page requested from Stripe (1 to 100).
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
-        page_size: u8,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PurchasesCommand {
-    /// One purchase and its timeline: every event that touched it, in the
-    /// order they arrived, with what each did.
-    Show {
-        /// The Checkout Session id (`cs_...`) or payment intent id (`pi_...`).
-        id: String,
-    },
-    /// Refund a second payment for a course the buyer already owned
-    /// through Stripe's Refunds API; repeating it never refunds twice.
-    /// Needs STRIPE_SECRET_KEY.
-    Refund {
-        /// The duplicate purchase's Checkout Session id (`cs_...`).
-        checkout_session_id: String,
-    },
-    /// Purchases, newest first.
-    List {
-        /// Only second payments for a course the buyer already owned, which
-        /// are owed a refund.
-        #[arg(long)]
-        needs_refund: bool,
-        /// At most this many rows.
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ChangesCommand {
-    /// Print every change after a cursor, then each new one as it commits,
-    /// until interrupted: what a consumer of WatchPurchaseChanges receives.
-    Tail {
-        /// The cursor of the last change already seen; 0 starts from the
-        /// oldest change kept.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove the changes older than PURCHASE_CHANGES_RETENTION_DAYS now
-    /// (payments-svc also does it by itself every hour).
-    Prune,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ReversalsCommand {
-    /// Refunds and disputes that reach no course purchase: payments made
-    /// outside course checkout, or purchases not recorded here (yet).
-    Unmatched {
-        /// At most this many rows.
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum EventsCommand {
-    /// List stored events, newest first.
-    List {
-        /// Only events with this status.
-        #[arg(long, value_enum)]
-        status: Option<StatusFilter>,
-        /// Only events of this type, e.g. checkout.session.completed.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Only events received since then: a duration back from now
-        /// (`30m`, `24h`, `7d`) or an RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// At most this many rows.
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
-    },
-    /// Show one event: status, error, deliveries, timestamps and payload.
-    Show {
-        /// The Stripe event id (`evt_...`).
-        event_id: String,
-    },
-    /// Apply stored events again through the same fulfilment as a delivery:
-    /// one, or every failed one (oldest first, optionally only some), with a
-    /// summary of what became of them.
-    Replay {
-        /// The Stripe event id (`evt_...`) to replay.
-        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
-        event_id: Option<String>,
-        /// Replay every event whose status is failed.
-        #[arg(long)]
-        failed: bool,
-        /// With --failed: only events of this type.
-        #[arg(long = "type", requires = "failed")]
-        event_type: Option<String>,
-        /// With --failed: only events received since then (`24h`, `7d`, or
-        /// an RFC 3339 time).
-        #[arg(long, requires = "failed")]
-        since: Option<String>,
-        /// With --failed: only events received before then (same forms).
-        #[arg(long, requires = "failed")]
-        until: Option<String>,
-        /// Say what would be replayed, by reason, and change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Drop the payloads of processed and ignored events older than
-    /// WEBHOOK_EVENTS_RETENTION_DAYS now (payments-svc also does it by
-    /// itself every hour); their rows stay.
-    Prune {
-        /// Say how many would go, and change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-/// The statuses an operator can filter on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StatusFilter {
-    Processed,
-    Ignored,
-    Failed,
-}
 
 /// The flags shared by serving and the operator commands, as given; see
 /// [`Settings`] for what they become.
@@ -324,9 +161,16 @@ impl Args {
     pub fn local(database_url: &str) -> Self {
         let loopback = "127.0.0.1:0";
         let flags = ["--database-url", database_url, "--grpc-addr", loopback, "--admin-addr", loopback];
-        let cli = Cli::try_parse_from(std::iter::once("payments-svc").chain(flags));
+        let cli = ArgsOnly::try_parse_from(std::iter::once("payments-svc").chain(flags));
         cli.unwrap_or_else(|error| panic!("the local flags do not parse: {error}")).args
     }
+}
+
+/// The flags alone, without the operator commands, for [`Args::local`].
+#[derive(Parser)]
+struct ArgsOnly {
+    #[command(flatten)]
+    args: Args,
 }
 
 impl fmt::Debug for Args {
@@ -537,7 +381,7 @@ mod tests {
     fn args(flags: &[&str]) -> Args {
         let all =
             ["payments-svc", "--database-url", "sqlite::memory:"].into_iter().chain(flags.iter().copied());
-        Cli::try_parse_from(all).expect("parses").args
+        ArgsOnly::try_parse_from(all).expect("parses").args
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   and the tests run).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fulfil;

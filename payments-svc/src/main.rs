@@ -1,5 +1,7 @@
 use clap::Parser;
-use payments_svc::config::{Cli, Command, Settings};
+use payments_svc::cli::Cli;
+use payments_svc::config::Settings;
+use payments_svc::ops::Command;
 use payments_svc::{ops, startup::Application};
 use service_kit::logs::{self, Output};
 use service_kit::shutdown;

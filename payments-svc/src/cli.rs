@@ -1,0 +1,17 @@
+//! The command line: the service's flags, and the operator commands.
+
+use clap::Parser;
+
+use crate::config::Args;
+use crate::ops::Command;
+
+/// The gRPC service that owns purchases and applies Stripe events. Without a
+/// subcommand it serves; `events` inspects and replays stored events.
+#[derive(Debug, Parser)]
+#[command(name = "payments-svc", version, about, after_help = service_kit::traces::ENVIRONMENT_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
