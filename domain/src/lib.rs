@@ -16,6 +16,8 @@
 //! - [`changes`]: what counts as a change of access, and its kind.
 //! - [`event`]: an event as delivered, checked into an [`event::IncomingEvent`].
 //! - [`rules`]: what an event means ([`rules::plan`]) and what became of it.
+//! - [`write`]: the one write path: everything a batch writes, decided from
+//!   the inputs and the stored state they touch.
 
 pub mod changes;
 pub mod event;
@@ -23,3 +25,4 @@ pub mod names;
 pub mod purchase;
 pub mod reversals;
 pub mod rules;
+pub mod write;

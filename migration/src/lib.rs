@@ -14,6 +14,7 @@ mod m20261201_000005_create_refund_requests;
 mod m20261201_000006_create_purchase_changes;
 mod m20261202_000007_keep_conflicting_bodies;
 mod m20261202_000008_keep_the_access_cause;
+mod m20261203_000009_second_payments_decided_by_the_rules;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_create_purchase_changes::Migration),
             Box::new(m20261202_000007_keep_conflicting_bodies::Migration),
             Box::new(m20261202_000008_keep_the_access_cause::Migration),
+            Box::new(m20261203_000009_second_payments_decided_by_the_rules::Migration),
         ]
     }
 }

@@ -186,7 +186,7 @@ impl Application {
             self.db.clone(),
             signals.clone(),
             self.retention,
-            self.policy.dispute_access,
+            self.policy,
             Arc::clone(&metrics),
             stop.clone(),
         ));

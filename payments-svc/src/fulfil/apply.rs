@@ -1,61 +1,55 @@
-//! Applying events: the per-event path that records a delivery and carries
-//! out its [`Plan`] in one transaction, exactly once, and replays of stored
-//! events. The group-commit paths in [`crate::fulfil::batch`] must decide exactly as
-//! [`handle_event`] does; it stays the reference.
-
-use chrono::{DateTime, Utc};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
+//! Applying one event, or a stored one again, as a batch of one through
+//! the one write path ([`crate::store::write`]), and what every path logs of
+//! the decisions it made.
 
 use payments_domain::event::IncomingEvent;
-use payments_domain::purchase::{NewPurchase, PurchaseStatus};
-use payments_domain::reversals::DisputeAccess;
-use payments_domain::rules::{self, FailureCode, Outcome, Plan, Policy};
+use payments_domain::rules::{FailureCode, Outcome, Policy};
+use payments_domain::write::{Decision, Input};
+use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::error::Error;
 use crate::store::entities::stripe_webhook_event::{self, EventStatus};
-use crate::store::feed::{self, Touch, Touched};
-use crate::store::reversals::{self, Fact};
 use crate::store::signals::FeedSignals;
-use crate::store::{events, purchases, refund_requests};
+use crate::store::write;
 
 /// Records the delivery and applies the event, all in one transaction.
-///
-/// The first statement inserts (or, for a redelivery, updates) the event's
-/// row, which takes the row lock on PostgreSQL and the write lock on SQLite
-/// before anything is read. Concurrent deliveries of one event therefore run
-/// one after the other: the first applies it, the rest find it settled and
-/// answer [`Outcome::Duplicate`]. A redelivery of a failed event is applied
-/// again. Any database error rolls the whole transaction back, so nothing is
-/// left marked processed without its effects.
+/// A redelivery of an event already processed or ignored answers
+/// [`Outcome::Duplicate`]; a failed one is applied again. Any database
+/// error rolls the whole transaction back, so nothing is left marked
+/// processed without its effects.
 pub async fn handle_event(
     db: &DatabaseConnection,
     signals: &FeedSignals,
     event: &IncomingEvent,
     policy: Policy,
 ) -> Result<Outcome, DbErr> {
-    let now = Utc::now();
-    let plan = rules::plan(event, policy);
+    let decision = write::apply(db, signals, &[Input::Event { event, deliveries: 1 }], policy).await?;
+    log_decision(&decision);
+    Ok(outcome_of(&decision, &event.id))
+}
 
-    let txn = db.begin().await?;
-    if plan.records_facts() {
-        feed::lock_for_facts(&txn).await?;
+/// What became of `event_id` in `decision`.
+pub fn outcome_of(decision: &Decision<'_>, event_id: &str) -> Outcome {
+    decision.outcomes.get(event_id).cloned().unwrap_or(Outcome::Duplicate)
+}
+
+/// Logs each event applied now and each second payment found.
+pub fn log_decision(decision: &Decision<'_>) {
+    for write in decision.events.iter().filter(|write| write.settle.is_some()) {
+        log_outcome(write.event, &outcome_of(decision, &write.event.id));
     }
-    let row = events::record_delivery(&txn, event, now).await?;
-    if row.status.is_settled() {
-        txn.commit().await?;
-        return Ok(Outcome::Duplicate);
+    for owed in &decision.refunds_owed {
+        tracing::warn!(
+            session_id = %owed.checkout_session_id,
+            payment_intent_id = %owed.payment_intent_id,
+            "course paid again while another purchase grants it; recorded with needs_refund, refund owed"
+        );
     }
-    let applied = apply(&txn, plan, &event.id, policy.dispute_access, now).await?;
-    let (status, error) = applied.outcome.settled_as();
-    events::settle(&txn, row.id, status, error, now).await?;
-    applied.commit(txn, signals).await?;
-    log_outcome(event, &applied.outcome);
-    Ok(applied.outcome)
 }
 
 /// One line per event, and a distinct warning for each reason an event is
 /// not applied, so each can be grepped and alerted on.
-pub(crate) fn log_outcome(event: &IncomingEvent, outcome: &Outcome) {
+fn log_outcome(event: &IncomingEvent, outcome: &Outcome) {
     let (event_id, event_type, session_id) = (&event.id, &event.event_type, event.session_id());
     match outcome {
         Outcome::Ignored { reason } if reason.code == FailureCode::UnhandledEventType => {
@@ -109,103 +103,11 @@ pub async fn replay(
     let parsed = payments_proto::stripe::parse_event(stored.payload.clone().into())
         .map_err(|_| Error::invalid("payload", "no longer parses as a Stripe event"))?;
     let event = payments_proto::domain::incoming(parsed)?;
-    let now = Utc::now();
-    let plan = rules::plan(&event, policy);
-    let txn = db.begin().await?;
-    if plan.records_facts() {
-        feed::lock_for_facts(&txn).await?;
-    }
-    let applied = apply(&txn, plan, &event.id, policy.dispute_access, now).await?;
-    let (status, error) = applied.outcome.settled_as();
-    events::settle(&txn, stored.id, status, error, now).await?;
-    applied.commit(txn, signals).await?;
-    log_outcome(&event, &applied.outcome);
-    Ok(Replay { event_id: event.id, before: stored.status, after: status.into(), outcome: applied.outcome })
-}
-
-/// What [`apply`] did: the outcome, and how many changes it published.
-#[derive(Debug)]
-pub struct Applied {
-    pub outcome: Outcome,
-    pub published: usize,
-}
-
-impl Applied {
-    /// Commits `txn` and, if it published changes, wakes the application's
-    /// watchers.
-    pub async fn commit(&self, txn: DatabaseTransaction, signals: &FeedSignals) -> Result<(), DbErr> {
-        txn.commit().await?;
-        if self.published > 0 {
-            signals.announce();
-        }
-        Ok(())
-    }
-}
-
-/// Carries out `plan` inside the caller's transaction, and publishes the
-/// changes of access it makes, caused by `cause` (an event id, `verify`).
-/// The webhook path, the verify path and replays all write purchases
-/// through here. A plan that records facts needs [`feed::lock_for_facts`]
-/// taken first.
-pub async fn apply(
-    db: &DatabaseTransaction,
-    plan: Plan,
-    cause: &str,
-    dispute_access: DisputeAccess,
-    now: DateTime<Utc>,
-) -> Result<Applied, DbErr> {
-    let (outcome, published) = match plan {
-        Plan::Record(purchase, status) => {
-            record(db, &purchase, status, now).await?;
-            let touched = Touched { touch: Touch::Session(&purchase.checkout_session_id), cause };
-            (Outcome::Processed, feed::publish(db, &[touched], dispute_access, now).await?)
-        }
-        Plan::Reverse { reversal, event_id, created } => {
-            reversals::record(db, &[Fact { reversal: &reversal, event_id: &event_id, created }], now).await?;
-            let touch = Touch::Payment {
-                payment_intent_id: reversal.payment_intent_id.as_deref(),
-                charge_id: reversal.charge_id.as_deref(),
-            };
-            (Outcome::Processed, feed::publish(db, &[Touched { touch, cause }], dispute_access, now).await?)
-        }
-        Plan::Acknowledge => (Outcome::Processed, 0),
-        Plan::Ignore(reason) => (Outcome::Ignored { reason }, 0),
-        Plan::Fail(error) => (Outcome::Failed { error }, 0),
-    };
-    Ok(Applied { outcome, published })
-}
-
-/// Writes the purchase. When it is a second paid purchase of a course the
-/// user already owns, the database refuses it (a partial unique index allows
-/// one paid, unflagged purchase per user and course); it is then recorded
-/// with `needs_refund`, inside a savepoint so the transaction stays usable,
-/// and the refund it is owed is recorded in the same transaction (see
-/// [`crate::fulfil::refunds`]).
-async fn record(
-    db: &DatabaseTransaction,
-    purchase: &NewPurchase,
-    status: PurchaseStatus,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    let savepoint = db.begin().await?;
-    match purchases::advance(&savepoint, purchase, status, false, now).await {
-        Ok(_) => savepoint.commit().await,
-        Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            savepoint.rollback().await?;
-            tracing::warn!(
-                user_id = %purchase.user_id,
-                course_id = %purchase.course_id,
-                session_id = %purchase.checkout_session_id,
-                "course paid twice; second payment recorded with needs_refund"
-            );
-            purchases::advance(db, purchase, status, true, now).await?;
-            match &purchase.payment_intent_id {
-                Some(payment_intent_id) => {
-                    refund_requests::owe(db, &purchase.checkout_session_id, payment_intent_id, now).await
-                }
-                None => Ok(()),
-            }
-        }
-        Err(error) => Err(error),
-    }
+    let decision =
+        write::apply(db, signals, &[Input::Event { event: &event, deliveries: 0 }], policy).await?;
+    log_decision(&decision);
+    let after =
+        decision.events.first().and_then(|write| write.settle.as_ref()).map_or(stored.status, |s| s.0.into());
+    let outcome = outcome_of(&decision, &event.id);
+    Ok(Replay { event_id: event.id, before: stored.status, after, outcome })
 }

@@ -7,46 +7,33 @@
 //! whatever calls are waiting when a worker is free, up to
 //! `PAYMENTS_BATCH_MAX`, optionally waiting `PAYMENTS_BATCH_WAIT_US` for more.
 //!
-//! The guarantees are those of [`apply::handle_event`], which stays the
-//! reference: the same rows, the same outcomes. Within a batch an event
-//! delivered several times is applied once (the later copies answer
-//! duplicate), and the events and sessions are written in sorted order so
-//! that concurrent batches take their row locks in the same order. If any
-//! statement of a batch fails (a second paid purchase of one course, which
-//! needs the flagged path; a lost connection) the whole transaction rolls
-//! back and its events are applied one by one through `handle_event`: one
-//! bad event never fails its batch-mates, and a database outage fails only
-//! the calls it touches, which Stripe retries.
+//! A batch goes through the one write path ([`crate::store::write`]) like
+//! every other: its events are applied in the order they arrived, exactly
+//! as batches of one would be, so it ends in the same rows and the same
+//! change feed. Within a batch an event delivered several times is applied
+//! once (the later copies answer duplicate). If the transaction fails (a
+//! lost connection, say), its events are applied one by one through
+//! [`apply::handle_event`]: one bad event never fails its batch-mates, and
+//! a database outage fails only the calls it touches, which Stripe retries.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use sea_orm::{DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use payments_domain::event::IncomingEvent;
+use payments_domain::rules::{Outcome, Policy};
+use payments_domain::write::Input;
+use sea_orm::{DatabaseConnection, DbBackend};
 use service_kit::{gather, traces};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 
-use payments_domain::event::{EventStatus, IncomingEvent};
-use payments_domain::purchase::{NewPurchase, PurchaseStatus};
-use payments_domain::reversals::Reversal;
-use payments_domain::rules::{self, Outcome, Plan, Policy};
-
 use crate::error::Error;
 use crate::fulfil::apply;
 use crate::metrics::Metrics;
-use crate::store::batch_pg::{self, Candidate};
-use crate::store::events::{Settled, SettledRow};
-use crate::store::feed::{self, Touch, Touched};
-use crate::store::purchases::PurchaseWrite;
-use crate::store::reversals::{self, Fact};
 use crate::store::signals::FeedSignals;
-use crate::store::{events, purchases};
+use crate::store::write;
 
 /// How calls are gathered into transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +116,6 @@ struct Worker {
 
 impl Worker {
     async fn work(self, settings: BatchSettings, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
-        let mut writer = match self.db.get_database_backend() {
-            DbBackend::Postgres => {
-                Some(batch_pg::Writer::new(self.db.get_postgres_connection_pool().clone()))
-            }
-            _ => None,
-        };
         loop {
             let jobs = {
                 let mut queue = queue.lock().await;
@@ -143,25 +124,28 @@ impl Worker {
             };
             self.metrics.batch_size.observe(jobs.len() as f64);
             let span = batch_span(&jobs, self.db.get_database_backend());
-            self.run(writer.as_mut(), jobs).instrument(span).await;
+            self.run(jobs).instrument(span).await;
         }
     }
 
-    /// Applies `jobs` as one batch, through `writer` on PostgreSQL, and
-    /// answers each of them.
-    async fn run(&self, writer: Option<&mut batch_pg::Writer>, jobs: Vec<Job>) {
-        let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
-        match apply_batch(&self.db, writer, self.policy, &events).await {
-            Ok((outcomes, published)) => {
-                if published > 0 {
-                    self.signals.announce();
-                }
+    /// Applies `jobs` as one batch and answers each of them.
+    async fn run(&self, jobs: Vec<Job>) {
+        let inputs: Vec<Input<'_>> =
+            jobs.iter().map(|job| Input::Event { event: &job.event, deliveries: 1 }).collect();
+        match write::apply(&self.db, &self.signals, &inputs, self.policy).await {
+            Ok(decision) => {
+                apply::log_decision(&decision);
                 Span::current().record("outcome", "committed");
+                let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();
+                let outcomes = answers(&events, &decision.outcomes);
+                drop(decision);
+                drop(inputs);
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));
                 }
             }
             Err(error) => {
+                drop(inputs);
                 self.metrics.batch_fallbacks.inc();
                 Span::current().record("outcome", "rolled back; applied one by one");
                 tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");
@@ -205,186 +189,6 @@ async fn gather(queue: &mut mpsc::Receiver<Job>, first: Job, settings: BatchSett
     jobs
 }
 
-/// One transaction for every event; the outcome of each, in order, and how
-/// many changes it published.
-///
-/// It records and settles every event (see [`events::record_settled`]),
-/// learning which this batch applied and which were settled before, and
-/// writes the purchases and reversal facts of the applied ones, and
-/// publishes the changes they make to the feed. A batch of checkouts on
-/// PostgreSQL is one statement through the worker's `writer`
-/// ([`batch_pg`]); anything else is statements in a transaction.
-async fn apply_batch(
-    db: &DatabaseConnection,
-    writer: Option<&mut batch_pg::Writer>,
-    policy: Policy,
-    events: &[&IncomingEvent],
-) -> Result<(Vec<Outcome>, u64), DbErr> {
-    let (token, now) = (batch_token(), Utc::now());
-    let mut deliveries: BTreeMap<&str, (&IncomingEvent, i32)> = BTreeMap::new();
-    for event in events {
-        deliveries.entry(event.id.as_str()).or_insert((event, 0)).1 += 1;
-    }
-    let planned: Vec<(&IncomingEvent, i32, Planned)> = deliveries
-        .values()
-        .map(|(event, count)| (*event, *count, Planned::from(rules::plan(event, policy))))
-        .collect();
-    let settled: Vec<Settled<'_>> = planned
-        .iter()
-        .map(|(event, deliveries, plan)| Settled {
-            event,
-            deliveries: *deliveries,
-            status: plan.status,
-            error: plan.error.as_ref(),
-        })
-        .collect();
-    let candidates: Vec<Candidate<'_>> = planned
-        .iter()
-        .filter_map(|(event, _, plan)| {
-            let (purchase, status) = plan.purchase.as_ref()?;
-            Some(Candidate { event_id: &event.id, purchase, status: *status })
-        })
-        .collect();
-    let facts: Vec<Fact<'_>> = planned
-        .iter()
-        .filter_map(|(event, _, plan)| {
-            Some(Fact { event_id: &event.id, reversal: plan.reversal.as_ref()?, created: event.created })
-        })
-        .collect();
-
-    let (rows, published) = match writer {
-        Some(writer) if facts.is_empty() => {
-            writer.settle_and_fulfil(&settled, &candidates, token, now).await?
-        }
-        _ => settle_and_fulfil(db, &settled, &candidates, &facts, policy, token, now).await?,
-    };
-    let applied_now = applied_by(&rows, token);
-    let mut outcomes = HashMap::new();
-    for (event, _, plan) in &planned {
-        let applied = applied_now.contains(event.id.as_str());
-        let outcome = if applied { plan.outcome.clone() } else { Outcome::Duplicate };
-        if applied {
-            apply::log_outcome(event, &outcome);
-        }
-        outcomes.insert(event.id.as_str(), outcome);
-    }
-    Ok((answers(events, &outcomes), published))
-}
-
-/// [`batch_pg::Writer::settle_and_fulfil`] as statements in one
-/// transaction, that also records reversal facts: for SQLite, and for
-/// PostgreSQL batches with refunds or disputes.
-async fn settle_and_fulfil(
-    db: &DatabaseConnection,
-    settled: &[Settled<'_>],
-    candidates: &[Candidate<'_>],
-    facts: &[Fact<'_>],
-    policy: Policy,
-    token: i64,
-    now: DateTime<Utc>,
-) -> Result<(Vec<SettledRow>, u64), DbErr> {
-    let txn = db.begin().await?;
-    if !facts.is_empty() {
-        feed::lock_for_facts(&txn).await?;
-    }
-    let rows = events::record_settled(&txn, settled, token, now).await?;
-    let applied_now = applied_by(&rows, token);
-    let mut purchases: BTreeMap<&str, (&NewPurchase, PurchaseStatus)> = BTreeMap::new();
-    for candidate in candidates.iter().filter(|candidate| applied_now.contains(candidate.event_id)) {
-        merge(&mut purchases, candidate.purchase, candidate.status);
-    }
-    let writes: Vec<PurchaseWrite<'_>> = purchases
-        .values()
-        .map(|(purchase, status)| PurchaseWrite { purchase, status: *status, needs_refund: false })
-        .collect();
-    purchases::advance_all(&txn, &writes, now).await?;
-    let facts: Vec<Fact<'_>> =
-        facts.iter().filter(|fact| applied_now.contains(fact.event_id)).copied().collect();
-    reversals::record(&txn, &facts, now).await?;
-    let published =
-        feed::publish(&txn, &touches(candidates, &facts, &applied_now), policy.dispute_access, now).await?;
-    txn.commit().await?;
-    Ok((rows, published as u64))
-}
-
-/// What the applied candidates and facts touched, each with its event as
-/// the cause; for a session, the event whose status was written comes first.
-fn touches<'a>(
-    candidates: &[Candidate<'a>],
-    facts: &[Fact<'a>],
-    applied_now: &HashSet<&str>,
-) -> Vec<Touched<'a>> {
-    let mut applied: Vec<&Candidate<'a>> =
-        candidates.iter().filter(|candidate| applied_now.contains(candidate.event_id)).collect();
-    applied.sort_by_key(|candidate| std::cmp::Reverse(candidate.status.rank()));
-    let sessions = applied.into_iter().map(|candidate| Touched {
-        touch: Touch::Session(&candidate.purchase.checkout_session_id),
-        cause: candidate.event_id,
-    });
-    let payments = facts.iter().map(|fact| Touched {
-        touch: Touch::Payment {
-            payment_intent_id: fact.reversal.payment_intent_id.as_deref(),
-            charge_id: fact.reversal.charge_id.as_deref(),
-        },
-        cause: fact.event_id,
-    });
-    sessions.chain(payments).collect()
-}
-
-/// The events of `rows` that the batch holding `token` applied; the others
-/// were settled before it.
-fn applied_by(rows: &[SettledRow], token: i64) -> HashSet<&str> {
-    rows.iter().filter(|row| row.settled_by == Some(token)).map(|row| row.event_id.as_str()).collect()
-}
-
-/// A random token per batch, marking the rows it settles. Random rather
-/// than a clock, so that batches of different replicas never share one.
-fn batch_token() -> i64 {
-    static COUNTER: AtomicI64 = AtomicI64::new(0);
-    // RandomState is seeded from the operating system once per process.
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_i64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    hasher.finish() as i64
-}
-
-/// What a plan means for a batch: the event's status and reason, its
-/// outcome if applied, and the purchase or reversal fact it writes.
-struct Planned {
-    status: EventStatus,
-    error: Option<serde_json::Value>,
-    outcome: Outcome,
-    purchase: Option<(NewPurchase, PurchaseStatus)>,
-    reversal: Option<Reversal>,
-}
-
-impl From<Plan> for Planned {
-    fn from(plan: Plan) -> Self {
-        let (outcome, purchase, reversal) = match plan {
-            Plan::Record(purchase, status) => (Outcome::Processed, Some((purchase, status)), None),
-            Plan::Reverse { reversal, .. } => (Outcome::Processed, None, Some(reversal)),
-            Plan::Acknowledge => (Outcome::Processed, None, None),
-            Plan::Ignore(reason) => (Outcome::Ignored { reason }, None, None),
-            Plan::Fail(error) => (Outcome::Failed { error }, None, None),
-        };
-        let (status, error) = outcome.settled_as();
-        Self { status, error, outcome, purchase, reversal }
-    }
-}
-
-/// Two events of one session in a batch become one write at the higher
-/// status: what applying both, in either order, would leave.
-fn merge<'a>(
-    purchases: &mut BTreeMap<&'a str, (&'a NewPurchase, PurchaseStatus)>,
-    purchase: &'a NewPurchase,
-    status: PurchaseStatus,
-) {
-    let entry = purchases.entry(purchase.checkout_session_id.as_str()).or_insert((purchase, status));
-    if entry.1.merge(status) != entry.1 {
-        *entry = (purchase, status);
-    }
-}
-
 /// Each call's answer: the first copy of an event gets its outcome, later
 /// copies in the same batch are duplicates of it (or the same failure).
 fn answers(events: &[&IncomingEvent], outcomes: &HashMap<&str, Outcome>) -> Vec<Outcome> {
@@ -407,7 +211,6 @@ fn answers(events: &[&IncomingEvent], outcomes: &HashMap<&str, Outcome>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use payments_domain::purchase::PurchaseSource;
     use payments_domain::rules::{Failure, FailureCode};
 
     fn event(id: &str) -> IncomingEvent {
@@ -444,37 +247,5 @@ mod tests {
                 Outcome::Failed { error: failure }
             ]
         );
-    }
-
-    #[test]
-    fn two_events_of_one_session_write_the_more_advanced_status() {
-        let purchase = |hint: &str| NewPurchase {
-            source: PurchaseSource::Webhook,
-            user_id: "u".into(),
-            course_id: "c".into(),
-            checkout_session_id: "cs_1".into(),
-            payment_intent_id: Some(hint.into()),
-            amount_total: None,
-            currency: None,
-        };
-        let (paid, pending) = (purchase("Paid"), purchase("Pending"));
-        for order in [
-            [(&paid, PurchaseStatus::Paid), (&pending, PurchaseStatus::Pending)],
-            [(&pending, PurchaseStatus::Pending), (&paid, PurchaseStatus::Paid)],
-        ] {
-            let mut purchases = BTreeMap::new();
-            for (purchase, status) in order {
-                merge(&mut purchases, purchase, status);
-            }
-            let (written, status) = purchases["cs_1"];
-            assert_eq!(status, PurchaseStatus::Paid);
-            assert_eq!(written.payment_intent_id.as_deref(), Some("Paid"));
-        }
-    }
-
-    #[test]
-    fn batch_tokens_do_not_repeat() {
-        let tokens: HashSet<i64> = (0..10_000).map(|_| batch_token()).collect();
-        assert_eq!(tokens.len(), 10_000);
     }
 }

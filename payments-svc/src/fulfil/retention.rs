@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::store::signals::FeedSignals;
 use crate::store::{events, feed, lease};
-use payments_domain::reversals::DisputeAccess;
+use payments_domain::rules::Policy;
 
 /// Changes removed per transaction.
 const CHUNK: u64 = 1000;
@@ -66,12 +66,8 @@ pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Resul
 }
 
 /// Publishes every purchase the feed has not published yet.
-pub async fn backfill(
-    db: &DatabaseConnection,
-    signals: &FeedSignals,
-    dispute_access: DisputeAccess,
-) -> Result<(), DbErr> {
-    while feed::backfill(db, signals, dispute_access, CHUNK).await? as u64 == CHUNK {}
+pub async fn backfill(db: &DatabaseConnection, signals: &FeedSignals, policy: Policy) -> Result<(), DbErr> {
+    while feed::backfill(db, signals, policy, CHUNK).await? as u64 == CHUNK {}
     Ok(())
 }
 
@@ -89,11 +85,11 @@ pub async fn run(
     db: DatabaseConnection,
     signals: FeedSignals,
     retention: Retention,
-    dispute_access: DisputeAccess,
+    policy: Policy,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    if let Err(error) = backfill(&db, &signals, dispute_access).await {
+    if let Err(error) = backfill(&db, &signals, policy).await {
         tracing::warn!(%error, "publishing purchases recorded before the change feed failed; retrying at the next start");
     }
     loop {

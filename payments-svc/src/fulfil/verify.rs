@@ -15,21 +15,18 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
 use payments_domain::purchase::PurchaseSource;
 use payments_domain::reversals::Access;
 use payments_domain::rules::{self, Plan, Policy};
+use payments_domain::write::{Input, VERIFY};
 use payments_proto::v1::{CheckoutSession, SessionStatus};
-use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::fulfil::apply;
 use crate::fulfil::session_lookups::{Answer, SessionLookups};
 use crate::store::entities::course_purchase::{Model as Purchase, PurchaseStatus};
 use crate::store::signals::FeedSignals;
-use crate::store::{purchases, reversals};
-
-/// `cause_event_id` of the changes a verify call publishes.
-pub const VERIFY_CAUSE: &str = "verify";
+use crate::store::{purchases, reversals, write};
 
 /// What a caller asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,9 +190,8 @@ async fn fulfil_from_stripe(
     }
     match rules::plan_session(&session.clone().into(), None, PurchaseSource::Verify) {
         plan @ Plan::Record(..) => {
-            let txn = db.begin().await?;
-            let applied = apply::apply(&txn, plan, VERIFY_CAUSE, policy.dispute_access, Utc::now()).await?;
-            applied.commit(txn, signals).await?;
+            let decision = write::apply(db, signals, &[Input::Plan { plan, cause: VERIFY }], policy).await?;
+            apply::log_decision(&decision);
             let purchase = purchases::find_by_session(db, &session.id).await?;
             Ok(Verification::from_db(purchase, false))
         }

@@ -3,240 +3,32 @@
 //! cursor order, and pruned after their retention.
 //!
 //! ## Publishing
-//! A transaction that writes a purchase or a reversal fact calls
-//! [`publish`] with what it touched. `publish` works out every purchase
-//! whose [`Access`] that can change (the purchase, the purchases a fact
-//! reaches, and their families: the same buyer's other purchases of the
-//! course), computes each one's access as verify would, and writes a change
-//! row for each whose access differs from what the feed last published of
-//! it (kept on the purchase row). So a redelivery, a replay or a verify that
-//! finds nothing new writes nothing, and every difference is written once.
-//! The group-commit statement on PostgreSQL does the same for checkouts in
-//! SQL ([`super::batch_pg`]).
-//!
-//! ## Why a reader never misses a change
-//! A cursor is taken when a change row is inserted, but rows become visible
-//! when their transaction commits. If two transactions could take cursors 7
-//! and 8 and 8 committed first, a reader could pass 8 before 7 existed and
-//! never see 7. So on PostgreSQL every transaction that publishes takes one
-//! advisory lock ([`FEED_LOCK`]) before it takes cursors and holds it until
-//! it has committed: cursors are handed out in commit order, and a reader
-//! that sees a cursor sees every smaller one that will ever exist. SQLite
-//! has one writer at a time, which is the same guarantee.
-//!
-//! A change depends on the purchase and on the facts of its payment, which
-//! two transactions may write at once: each could miss the other's row and
-//! publish from an incomplete view. Transactions that record facts therefore
-//! lock `course_purchases` against writers first ([`lock_for_facts`]), and
-//! purchase writers lock the rows they write; whichever comes second sees
-//! what the first committed.
+//! Change rows are written by the one write path ([`super::write`]), in the
+//! transaction that makes the change, under the lock that orders cursors by
+//! commit: a reader that sees a cursor sees every smaller one that will
+//! ever exist. The domain decides what a change is
+//! ([`payments_domain::changes`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use payments_domain::rules::Policy;
+use payments_domain::write::{BACKFILL, Input};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 
 use super::entities::{course_purchase, purchase_change, purchase_feed};
-use payments_domain::changes::{self, ChangeKind};
-use payments_domain::reversals::{Access, DisputeAccess};
-
 use super::signals::FeedSignals;
-use super::{lease, reversals};
-
-/// The PostgreSQL advisory lock that orders cursors by commit; see the
-/// module doc.
-pub const FEED_LOCK: i64 = 0x6665_6564_6f72_6465; // "feedorde"
-
-/// `cause_event_id` of the change that first publishes a purchase recorded
-/// before the feed existed.
-pub const BACKFILL: &str = "backfill";
-
-/// What a transaction wrote that can change access.
-#[derive(Debug, Clone, Copy)]
-pub enum Touch<'a> {
-    /// The purchase of this checkout session.
-    Session(&'a str),
-    /// A reversal fact of this payment, or of this charge.
-    Payment { payment_intent_id: Option<&'a str>, charge_id: Option<&'a str> },
-}
-
-/// A touch and what caused it: the Stripe event id, or `verify`.
-#[derive(Debug, Clone, Copy)]
-pub struct Touched<'a> {
-    pub touch: Touch<'a>,
-    pub cause: &'a str,
-}
+use super::{lease, write};
 
 /// One published change with its purchase, as a reader gets it.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub change: purchase_change::Model,
     pub purchase: course_purchase::Model,
-}
-
-/// Publishes every change `touched` makes, inside the caller's transaction
-/// (see the module doc); returns how many. The caller announces them with
-/// [`FeedSignals::announce`] once it has committed.
-pub async fn publish(
-    db: &impl ConnectionTrait,
-    touched: &[Touched<'_>],
-    dispute_access: DisputeAccess,
-    now: DateTime<Utc>,
-) -> Result<usize, DbErr> {
-    if touched.is_empty() {
-        return Ok(0);
-    }
-    lock_feed(db).await?;
-    let (purchases, causes) = resolve(db, touched).await?;
-    let family = reversals::with_families(db, &purchases, dispute_access).await?;
-    let family_cause = |purchase: &course_purchase::Model| {
-        causes.get(&purchase.id).copied().or_else(|| {
-            purchases
-                .iter()
-                .find(|p| p.user_id == purchase.user_id && p.course_id == purchase.course_id)
-                .and_then(|p| causes.get(&p.id).copied())
-        })
-    };
-    let mut published = 0;
-    for (purchase, access) in &family {
-        let Some(kind) = changes::kind(last_published(purchase), *access) else { continue };
-        let cause = family_cause(purchase).unwrap_or(BACKFILL);
-        write_change(db, purchase.id, kind, *access, cause, now).await?;
-        published += 1;
-    }
-    Ok(published)
-}
-
-/// The purchases `touched` names directly, each with the cause of the first
-/// touch that named it.
-async fn resolve<'a>(
-    db: &impl ConnectionTrait,
-    touched: &[Touched<'a>],
-) -> Result<(Vec<course_purchase::Model>, HashMap<i64, &'a str>), DbErr> {
-    use course_purchase::Column;
-    let charges: Vec<&str> = touched
-        .iter()
-        .filter_map(|t| match t.touch {
-            Touch::Payment { payment_intent_id: None, charge_id } => charge_id,
-            _ => None,
-        })
-        .collect();
-    let payment_of_charge: HashMap<String, String> =
-        reversals::payments_of_charges(db, &charges).await?.into_iter().collect();
-    let named: Vec<(Touch<'_>, Option<&str>, &str)> = touched
-        .iter()
-        .map(|t| {
-            let payment = match t.touch {
-                Touch::Session(_) => None,
-                Touch::Payment { payment_intent_id: Some(pi), .. } => Some(pi),
-                Touch::Payment { payment_intent_id: None, charge_id } => {
-                    charge_id.and_then(|charge| payment_of_charge.get(charge)).map(String::as_str)
-                }
-            };
-            (t.touch, payment, t.cause)
-        })
-        .collect();
-    let sessions: Vec<&str> = named
-        .iter()
-        .filter_map(|(touch, ..)| match touch {
-            Touch::Session(session) => Some(*session),
-            Touch::Payment { .. } => None,
-        })
-        .collect();
-    let payments: Vec<&str> = named.iter().filter_map(|(_, payment, _)| *payment).collect();
-    if sessions.is_empty() && payments.is_empty() {
-        return Ok((Vec::new(), HashMap::new()));
-    }
-    let purchases = course_purchase::Entity::find()
-        .filter(
-            Condition::any()
-                .add(Column::StripeCheckoutSessionId.is_in(sessions))
-                .add(Column::StripePaymentIntentId.is_in(payments)),
-        )
-        .order_by_asc(Column::Id)
-        .all(db)
-        .await?;
-    let mut causes = HashMap::new();
-    for (touch, payment, cause) in &named {
-        for purchase in &purchases {
-            let reached = match touch {
-                Touch::Session(session) => purchase.stripe_checkout_session_id == *session,
-                Touch::Payment { .. } => purchase.stripe_payment_intent_id.as_deref() == *payment,
-            };
-            if reached {
-                causes.entry(purchase.id).or_insert(*cause);
-            }
-        }
-    }
-    Ok((purchases, causes))
-}
-
-/// What the feed last published of `purchase`, if anything.
-fn last_published(purchase: &course_purchase::Model) -> Option<Access> {
-    let status = purchase.access_status?.into();
-    Some(Access { status, has_access: purchase.has_access, amount_refunded: purchase.amount_refunded })
-}
-
-async fn write_change(
-    db: &impl ConnectionTrait,
-    purchase_id: i64,
-    kind: ChangeKind,
-    access: Access,
-    cause: &str,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    purchase_change::Entity::insert(purchase_change::ActiveModel {
-        cursor: NotSet,
-        purchase_id: Set(purchase_id),
-        kind: Set(kind.into()),
-        status: Set(access.status.into()),
-        has_access: Set(access.has_access),
-        amount_refunded: Set(access.amount_refunded),
-        cause_event_id: Set(cause.to_owned()),
-        at: Set(now),
-    })
-    .exec_without_returning(db)
-    .await?;
-    course_purchase::Entity::update_many()
-        .col_expr(
-            course_purchase::Column::AccessStatus,
-            Expr::value(course_purchase::AccessStatus::from(access.status)),
-        )
-        .col_expr(course_purchase::Column::HasAccess, Expr::value(access.has_access))
-        .col_expr(course_purchase::Column::AmountRefunded, Expr::value(access.amount_refunded))
-        .col_expr(course_purchase::Column::AccessCause, Expr::value(cause))
-        .filter(course_purchase::Column::Id.eq(purchase_id))
-        .exec(db)
-        .await
-        .map(drop)
-}
-
-/// Takes [`FEED_LOCK`] on PostgreSQL, held until the transaction ends.
-async fn lock_feed(db: &impl ConnectionTrait) -> Result<(), DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_advisory_xact_lock($1)",
-        [FEED_LOCK.into()],
-    ))
-    .await
-    .map(drop)
-}
-
-/// On PostgreSQL, locks `course_purchases` against writers (and other
-/// callers of this) until the transaction ends. A transaction that records
-/// reversal facts calls it first, before anything else; see the module doc.
-pub async fn lock_for_facts(db: &impl ConnectionTrait) -> Result<(), DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    db.execute_unprepared("LOCK TABLE course_purchases IN SHARE ROW EXCLUSIVE MODE").await.map(drop)
 }
 
 /// Changes after `after`, oldest first, at most `limit`, with their
@@ -325,29 +117,27 @@ pub async fn prune(db: &DatabaseConnection, cutoff: DateTime<Utc>, chunk: u64) -
 const PRUNE_LOCK: i64 = 0x6665_6564_7072_756e; // "feedprun"
 
 /// Publishes, once, up to `chunk` purchases recorded before the feed existed
-/// (nothing published of them yet), with [`BACKFILL`] as their cause;
-/// returns how many purchases it looked at.
+/// (nothing published of them yet), through the write path with
+/// [`BACKFILL`] as their cause; returns how many purchases it looked at.
 pub async fn backfill(
     db: &DatabaseConnection,
     signals: &FeedSignals,
-    dispute_access: DisputeAccess,
+    policy: Policy,
     chunk: u64,
 ) -> Result<usize, DbErr> {
-    let txn = db.begin().await?;
-    let unpublished = course_purchase::Entity::find()
+    let unpublished: Vec<String> = course_purchase::Entity::find()
+        .select_only()
+        .column(course_purchase::Column::StripeCheckoutSessionId)
         .filter(course_purchase::Column::AccessStatus.is_null())
         .order_by_asc(course_purchase::Column::Id)
         .limit(chunk)
-        .all(&txn)
+        .into_tuple()
+        .all(db)
         .await?;
-    let touched: Vec<Touched<'_>> = unpublished
-        .iter()
-        .map(|p| Touched { touch: Touch::Session(&p.stripe_checkout_session_id), cause: BACKFILL })
-        .collect();
-    let published = publish(&txn, &touched, dispute_access, Utc::now()).await?;
-    txn.commit().await?;
-    if published > 0 {
-        signals.announce();
+    let inputs: Vec<Input<'_>> =
+        unpublished.iter().map(|session_id| Input::Touch { session_id, cause: BACKFILL }).collect();
+    if !inputs.is_empty() {
+        write::apply(db, signals, &inputs, policy).await?;
     }
     Ok(unpublished.len())
 }

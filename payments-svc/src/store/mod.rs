@@ -1,7 +1,6 @@
 //! The database: connecting, migrating, and the queries that fulfilment
 //! composes inside its transactions.
 
-pub mod batch_pg;
 pub mod entities;
 pub mod events;
 pub mod feed;
@@ -10,6 +9,7 @@ pub mod purchases;
 pub mod refund_requests;
 pub mod reversals;
 pub mod signals;
+pub mod write;
 
 use std::time::{Duration, Instant};
 

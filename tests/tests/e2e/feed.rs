@@ -13,13 +13,15 @@ use e2e::{fixture, with_fresh_ids};
 use hyper::StatusCode;
 use payments_domain::purchase::{NewPurchase, PurchaseSource, PurchaseStatus as CheckoutStatus};
 use payments_domain::reversals::DisputeAccess;
+use payments_domain::rules::{Plan, Policy};
+use payments_domain::write::Input;
 use payments_proto::v1::payments_client::PaymentsClient;
 use payments_proto::v1::{
     ChangeKind, HandleStripeEventsRequest, ListPurchasesRequest, Outcome, PurchaseChange, PurchaseStatus,
     WatchPurchaseChangesRequest,
 };
 use payments_svc::store::entities::{course_purchase, purchase_change};
-use payments_svc::store::{feed, purchases, signals};
+use payments_svc::store::{signals, write};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, Database, DbBackend, EntityTrait, QueryFilter, TransactionTrait,
 };
@@ -412,10 +414,10 @@ async fn a_writer_that_took_a_cursor_first_but_commits_last_is_not_skipped(db: T
         amount_total: Some(100),
         currency: Some("usd".into()),
     };
-    let now = Utc::now();
-    purchases::advance(&txn, &purchase, CheckoutStatus::Paid, false, now).await.expect("writes");
-    let touched = feed::Touched { touch: feed::Touch::Session("cs_held"), cause: "evt_held" };
-    assert_eq!(feed::publish(&txn, &[touched], DisputeAccess::Suspend, now).await.expect("publishes"), 1);
+    let policy = Policy { livemode: false, dispute_access: DisputeAccess::Suspend };
+    let held_write = [Input::Plan { plan: Plan::Record(purchase, CheckoutStatus::Paid), cause: "evt_held" }];
+    let decision = write::apply_in(&txn, &held_write, policy, Utc::now()).await.expect("writes");
+    assert_eq!(decision.changes.len(), 1, "one change published");
 
     // Others write meanwhile; whatever they commit, the consumer reads.
     let bodies: Vec<Bytes> = (0..5).map(|n| variant(PAID, &format!("_later{n}"))).collect();

@@ -15,6 +15,7 @@ mod operations;
 mod paths;
 mod processes;
 mod refunds;
+mod replicas;
 mod reversals;
 mod startup;
 mod success_page;
