@@ -15,6 +15,8 @@ mod m20261201_000006_create_purchase_changes;
 mod m20261202_000007_keep_conflicting_bodies;
 mod m20261202_000008_keep_the_access_cause;
 mod m20261203_000009_second_payments_decided_by_the_rules;
+mod m20261203_000010_count_the_writes;
+mod m20261203_000011_index_purchases_by_payment_intent;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -33,6 +35,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_keep_conflicting_bodies::Migration),
             Box::new(m20261202_000008_keep_the_access_cause::Migration),
             Box::new(m20261203_000009_second_payments_decided_by_the_rules::Migration),
+            Box::new(m20261203_000010_count_the_writes::Migration),
+            Box::new(m20261203_000011_index_purchases_by_payment_intent::Migration),
         ]
     }
 }

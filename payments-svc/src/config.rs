@@ -16,10 +16,10 @@ use crate::stripe::{SecretKey, StripeSettings};
 use payments_domain::reversals::DisputeAccess;
 use payments_domain::rules::Policy;
 
-/// The flags shared by serving and the operator commands, as given; see
-/// [`Settings`] for what they become.
+/// Where the data is: the one flag every operator command shares with the
+/// service.
 #[derive(Clone, clap::Args)]
-pub struct Args {
+pub struct DatabaseArgs {
     /// Database to use: a SQLite URL such as `sqlite://payments.db?mode=rwc`
     /// (the default, a file in the working directory, created if missing) or
     /// a PostgreSQL URL such as `postgres://user:password@host/db`.
@@ -27,10 +27,111 @@ pub struct Args {
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://payments.db?mode=rwc",
-        hide_env_values = true,
-        global = true
+        hide_env_values = true
     )]
     pub database_url: String,
+}
+
+/// How events are decided: shared by the service and the commands that
+/// apply events (replay, reconcile) or show what they mean.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Which Stripe mode's events to fulfil: `true` for live mode
+    /// (production), `false` for test mode. Events of the other mode are
+    /// refused and stored as failed, so a test payment can never grant a
+    /// course in production.
+    #[arg(long, env = "STRIPE_LIVEMODE", default_value_t = false, action = ArgAction::Set)]
+    pub stripe_livemode: bool,
+
+    /// Whether a buyer keeps the course while a chargeback is open:
+    /// `suspend` (the default) takes access away until the dispute is won,
+    /// `keep` leaves it. A lost dispute revokes access either way.
+    #[arg(long, env = "DISPUTE_ACCESS", value_parser = dispute_access(), default_value = "suspend")]
+    pub dispute_access: DisputeAccess,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        Policy { livemode: self.stripe_livemode, dispute_access: self.dispute_access }
+    }
+}
+
+/// Stripe's API: shared by the service and the commands that call it.
+#[derive(Clone, clap::Args)]
+pub struct StripeArgs {
+    /// Stripe secret API key (`sk_...`, or a restricted `rk_...` key that can
+    /// read Checkout Sessions and events). Optional: with it, verify asks
+    /// Stripe about sessions not yet recorded as paid and fulfils them, and
+    /// `reconcile` works; without it, verify answers from the database only.
+    /// Its mode must match STRIPE_LIVEMODE.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+
+    /// Stripe's API base URL; tests point it at a local server.
+    #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com")]
+    pub stripe_api_base: String,
+
+    /// Time budget of one Stripe call, retries included, in milliseconds.
+    /// Keep it below the gateway's PAYMENTS_SVC_TIMEOUT_MS, so that a slow
+    /// Stripe gives the buyer an unconfirmed answer rather than an error.
+    #[arg(long, env = "STRIPE_API_TIMEOUT_MS", default_value_t = 3_000)]
+    pub stripe_api_timeout_ms: u64,
+
+    /// Most requests a second this process sends to Stripe's API, retries
+    /// included: a small share of the account's own limit, which the rest of
+    /// the company shares, so that strangers asking verify about sessions can
+    /// never spend it. Verify beyond it answers from the database, marked
+    /// unconfirmed; refunds and reconcile wait their turn.
+    #[arg(long, env = "STRIPE_API_MAX_RPS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stripe_api_max_rps: u32,
+}
+
+/// How long stored data is kept: shared by the service and the prunes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Days the purchase change feed keeps each change. A consumer asking for
+    /// changes after an older cursor is told to resync from ListPurchases.
+    #[arg(long, env = "PURCHASE_CHANGES_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+    pub changes_retention_days: u16,
+
+    /// Days the payload of a processed or ignored webhook event is kept; then
+    /// it is dropped and the row (id, outcome) stays, so a late redelivery
+    /// is still a duplicate. Failed events are kept whole until resolved. At
+    /// least 30: Stripe lets an account resend events up to 30 days old.
+    #[arg(long, env = "WEBHOOK_EVENTS_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u16).range(30..))]
+    pub events_retention_days: u16,
+}
+
+impl RetentionArgs {
+    /// How long the change feed keeps each change.
+    pub fn changes(&self) -> Duration {
+        days(self.changes_retention_days)
+    }
+
+    /// How long settled events keep their payloads.
+    pub fn events(&self) -> Duration {
+        days(self.events_retention_days)
+    }
+}
+
+fn days(days: u16) -> Duration {
+    Duration::from_secs(u64::from(days) * 86_400)
+}
+
+/// The service's flags, as given; see [`Settings`] for what they become.
+#[derive(Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub stripe: StripeArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     /// Address the gRPC server listens on. Without PAYMENTS_GRPC_TOKEN only
     /// a loopback address is accepted.
@@ -64,25 +165,11 @@ pub struct Args {
     #[arg(long, env = "PAYMENTS_BATCH_WAIT_US", default_value_t = 0)]
     pub batch_wait_us: u64,
 
-    /// Group commit: transactions in progress at once (SQLite always uses 1:
-    /// it has one writer). One is the default: the next batch gathers while
-    /// the current one commits, and a second transaction only splits the
-    /// waiting events into smaller batches, each paying for its own commit.
-    /// More help only when the database has cores to spare for them.
+    /// Group commit: batches in progress at once (SQLite always uses 1: it
+    /// has one writer). Writing transactions commit one at a time whatever
+    /// it is; a second worker gathers the next batch while one commits.
     #[arg(long, env = "PAYMENTS_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub batch_workers: u16,
-
-    /// Days the purchase change feed keeps each change. A consumer asking for
-    /// changes after an older cursor is told to resync from ListPurchases.
-    #[arg(long, env = "PURCHASE_CHANGES_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..), global = true)]
-    pub changes_retention_days: u16,
-
-    /// Days the payload of a processed or ignored webhook event is kept; then
-    /// it is dropped and the row (id, outcome) stays, so a late redelivery
-    /// is still a duplicate. Failed events are kept whole until resolved. At
-    /// least 30: Stripe lets an account resend events up to 30 days old.
-    #[arg(long, env = "WEBHOOK_EVENTS_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u16).range(30..), global = true)]
-    pub events_retention_days: u16,
 
     /// Address of the admin HTTP server (Prometheus `/metrics`).
     #[arg(long, env = "PAYMENTS_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
@@ -93,27 +180,6 @@ pub struct Args {
     #[arg(long, env = "PAYMENTS_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
 
-    /// Which Stripe mode's events to fulfil: `true` for live mode
-    /// (production), `false` for test mode. Events of the other mode are
-    /// refused and stored as failed, so a test payment can never grant a
-    /// course in production.
-    #[arg(long, env = "STRIPE_LIVEMODE", default_value_t = false, action = ArgAction::Set, global = true)]
-    pub stripe_livemode: bool,
-
-    /// Whether a buyer keeps the course while a chargeback is open:
-    /// `suspend` (the default) takes access away until the dispute is won,
-    /// `keep` leaves it. A lost dispute revokes access either way.
-    #[arg(long, env = "DISPUTE_ACCESS", value_parser = dispute_access(), default_value = "suspend", global = true)]
-    pub dispute_access: DisputeAccess,
-
-    /// Stripe secret API key (`sk_...`, or a restricted `rk_...` key that can
-    /// read Checkout Sessions and events). Optional: with it, verify asks
-    /// Stripe about sessions not yet recorded as paid and fulfils them, and
-    /// `reconcile` works; without it, verify answers from the database only.
-    /// Its mode must match STRIPE_LIVEMODE.
-    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
-    pub stripe_secret_key: Option<String>,
-
     /// Refund duplicate payments (a second payment for a course the buyer
     /// already owns) through Stripe's Refunds API by itself, from durable
     /// work that survives restarts, one refund per duplicate even with
@@ -122,32 +188,14 @@ pub struct Args {
     #[arg(long, env = "STRIPE_AUTO_REFUND_DUPLICATES", default_value_t = false, action = ArgAction::Set)]
     pub stripe_auto_refund_duplicates: bool,
 
-    /// Stripe's API base URL; tests point it at a local server.
-    #[arg(long, env = "STRIPE_API_BASE", default_value = "https://api.stripe.com", global = true)]
-    pub stripe_api_base: String,
-
-    /// Time budget of one Stripe call, retries included, in milliseconds.
-    /// Keep it below the gateway's PAYMENTS_SVC_TIMEOUT_MS, so that a slow
-    /// Stripe gives the buyer an unconfirmed answer rather than an error.
-    #[arg(long, env = "STRIPE_API_TIMEOUT_MS", default_value_t = 3_000, global = true)]
-    pub stripe_api_timeout_ms: u64,
-
     /// Run the missed-webhook sweep inside the service this often (`15m`,
     /// `1h`, `1d`), one replica at a time, over the last two intervals (at
     /// least an hour); off when unset. Needs STRIPE_SECRET_KEY.
     #[arg(long, env = "RECONCILE_INTERVAL", value_parser = parse_interval)]
     pub reconcile_interval: Option<Duration>,
 
-    /// Most requests a second this process sends to Stripe's API, retries
-    /// included: a small share of the account's own limit, which the rest of
-    /// the company shares, so that strangers asking verify about sessions can
-    /// never spend it. Verify beyond it answers from the database, marked
-    /// unconfirmed; refunds and reconcile wait their turn.
-    #[arg(long, env = "STRIPE_API_MAX_RPS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub stripe_api_max_rps: u32,
-
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    /// Log line format (the operator commands read LOG_FORMAT too).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -173,6 +221,22 @@ struct ArgsOnly {
     args: Args,
 }
 
+impl fmt::Debug for DatabaseArgs {
+    /// The URL may carry a password, so it is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs").field("database_url", &"[redacted]").finish()
+    }
+}
+
+impl fmt::Debug for StripeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeArgs")
+            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "[redacted]"))
+            .field("stripe_api_base", &self.stripe_api_base)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for Args {
     /// The database URL may carry a password, so it is never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,8 +244,8 @@ impl fmt::Debug for Args {
             .field("database_url", &"[redacted]")
             .field("grpc_addr", &self.grpc_addr)
             .field("grpc_token", &self.grpc_token.as_ref().map(|_| "[redacted]"))
-            .field("stripe_secret_key", &self.stripe_secret_key.as_ref().map(|_| "[redacted]"))
-            .field("stripe_livemode", &self.stripe_livemode)
+            .field("stripe_secret_key", &self.stripe.stripe_secret_key.as_ref().map(|_| "[redacted]"))
+            .field("stripe_livemode", &self.policy.stripe_livemode)
             .finish_non_exhaustive()
     }
 }
@@ -274,14 +338,14 @@ impl TryFrom<Args> for Settings {
 
     fn try_from(args: Args) -> Result<Self, ConfigError> {
         let grpc_token = grpc_token(&args)?;
-        let stripe = stripe(&args)?;
+        let stripe = args.stripe.settings(args.policy.stripe_livemode)?;
         if args.stripe_auto_refund_duplicates && stripe.is_none() {
             return Err(ConfigError::AutoRefundWithoutKey);
         }
         if args.reconcile_interval.is_some() && stripe.is_none() {
             return Err(ConfigError::ReconcileWithoutKey);
         }
-        let single_writer = args.database_url.starts_with("sqlite:");
+        let single_writer = args.database.database_url.starts_with("sqlite:");
         let batching = BatchSettings {
             max_size: usize::from(args.batch_max),
             max_wait: Duration::from_micros(args.batch_wait_us),
@@ -292,18 +356,18 @@ impl TryFrom<Args> for Settings {
             _ => None,
         };
         Ok(Self {
-            database_url: args.database_url,
+            database_url: args.database.database_url,
             grpc_addr: args.grpc_addr,
             grpc_token,
             tls,
             admin_addr: args.admin_addr,
             batching,
             skip_migrations: args.skip_migrations,
-            policy: Policy { livemode: args.stripe_livemode, dispute_access: args.dispute_access },
+            policy: args.policy.policy(),
             stripe,
             auto_refund_duplicates: args.stripe_auto_refund_duplicates,
-            changes_retention: Duration::from_secs(u64::from(args.changes_retention_days) * 86_400),
-            events_retention: Duration::from_secs(u64::from(args.events_retention_days) * 86_400),
+            changes_retention: args.retention.changes(),
+            events_retention: args.retention.events(),
             reconcile_interval: args.reconcile_interval,
             log_format: args.log_format,
         })
@@ -337,26 +401,29 @@ fn grpc_token(args: &Args) -> Result<Option<String>, ConfigError> {
     }
 }
 
-/// Stripe's API settings, when a key is configured. Refuses a key that is
-/// not shaped like one, or whose mode contradicts STRIPE_LIVEMODE.
-fn stripe(args: &Args) -> Result<Option<StripeSettings>, ConfigError> {
-    let Some(key) = args.stripe_secret_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
-        return Ok(None);
-    };
-    let key = SecretKey::new(key).map_err(ConfigError::InvalidStripeKey)?;
-    if key.is_live() != args.stripe_livemode {
-        let key_mode = if key.is_live() { "live-mode" } else { "test-mode" };
-        return Err(ConfigError::StripeModeMismatch { key_mode, livemode: args.stripe_livemode });
+impl StripeArgs {
+    /// Stripe's API settings, when a key is configured. Refuses a key that
+    /// is not shaped like one, or whose mode contradicts `livemode`
+    /// (STRIPE_LIVEMODE).
+    pub fn settings(&self, livemode: bool) -> Result<Option<StripeSettings>, ConfigError> {
+        let Some(key) = self.stripe_secret_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
+            return Ok(None);
+        };
+        let key = SecretKey::new(key).map_err(ConfigError::InvalidStripeKey)?;
+        if key.is_live() != livemode {
+            let key_mode = if key.is_live() { "live-mode" } else { "test-mode" };
+            return Err(ConfigError::StripeModeMismatch { key_mode, livemode });
+        }
+        if self.stripe_api_timeout_ms == 0 {
+            return Err(ConfigError::ZeroStripeTimeout);
+        }
+        Ok(Some(StripeSettings {
+            key,
+            api_base: self.stripe_api_base.clone(),
+            budget: Duration::from_millis(self.stripe_api_timeout_ms),
+            max_rps: self.stripe_api_max_rps,
+        }))
     }
-    if args.stripe_api_timeout_ms == 0 {
-        return Err(ConfigError::ZeroStripeTimeout);
-    }
-    Ok(Some(StripeSettings {
-        key,
-        api_base: args.stripe_api_base.clone(),
-        budget: Duration::from_millis(args.stripe_api_timeout_ms),
-        max_rps: args.stripe_api_max_rps,
-    }))
 }
 
 /// DISPUTE_ACCESS's values: the domain's names for [`DisputeAccess`].

@@ -9,7 +9,9 @@ use anyhow::Context;
 use payments_proto::v1::FILE_DESCRIPTOR_SET;
 use payments_proto::v1::payments_server::PaymentsServer;
 use sea_orm::DatabaseConnection;
-use service_kit::admin;
+use service_kit::logs::{self, Output};
+use service_kit::traces::Traces;
+use service_kit::{admin, shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -21,7 +23,7 @@ use payments_domain::rules::Policy;
 use crate::api::auth::RequireToken;
 use crate::api::grpc::PaymentsService;
 use crate::api::watch::{self, Watchers};
-use crate::config::{Settings, TlsFiles};
+use crate::config::{Args, Settings, TlsFiles};
 use crate::fulfil::batch::BatchSettings;
 use crate::fulfil::retention::{self, Retention};
 use crate::fulfil::{reconcile, refunds};
@@ -44,6 +46,21 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// How often the health service re-checks the database.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Serves with `args` until SIGTERM or Ctrl-C: logs and traces set up, the
+/// settings validated, the application built and run, traces flushed.
+pub async fn serve(args: Args) -> anyhow::Result<()> {
+    let traces = Traces::from_env("payments-svc")?;
+    let logs = logs::init(args.log_format, Output::Stdout, traces.as_ref());
+    let settings = Settings::try_from(args)?;
+    let app = Application::build(&settings).await?;
+    let stopped = app.run_until_stopped(shutdown::signal()).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    drop(logs);
+    stopped
+}
 
 /// A payments-svc with its database open and its ports bound, ready to serve.
 #[derive(Debug)]

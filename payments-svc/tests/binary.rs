@@ -119,3 +119,24 @@ fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
     assert!(!listening.contains('\u{1b}'), "escape codes in a piped log line: {listening:?}");
     assert!(listening.contains(" INFO "), "still a text line with its level: {listening:?}");
 }
+
+#[test]
+fn each_operator_command_takes_only_its_own_flags() {
+    let help = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_payments-svc")).args(args).output().expect("runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let tail = help(&["changes", "tail", "--help"]);
+    assert!(tail.contains("--database-url") && tail.contains("--after"), "{tail}");
+    for service_flag in ["--dispute-access", "--grpc-addr", "--stripe-secret-key", "--batch-max"] {
+        assert!(!tail.contains(service_flag), "changes tail --help lists {service_flag}:\n{tail}");
+    }
+    let replay = help(&["events", "replay", "--help"]);
+    assert!(replay.contains("--stripe-livemode") && !replay.contains("--grpc-addr"), "{replay}");
+
+    let misplaced = Command::new(env!("CARGO_BIN_EXE_payments-svc"))
+        .args(["--database-url", "sqlite::memory:", "events", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(misplaced.status.code(), Some(2), "a service flag beside a command is refused, not ignored");
+}

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use payments_domain::event::IncomingEvent;
 use payments_domain::rules::{Outcome, Policy};
 use payments_domain::write::Input;
@@ -34,6 +35,7 @@ use crate::fulfil::apply;
 use crate::metrics::Metrics;
 use crate::store::signals::FeedSignals;
 use crate::store::write;
+use crate::store::write_pg::{self, Writer};
 
 /// How calls are gathered into transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,10 @@ struct Worker {
 
 impl Worker {
     async fn work(self, settings: BatchSettings, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+        let mut writer = match self.db.get_database_backend() {
+            DbBackend::Postgres => Some(Writer::new(self.db.get_postgres_connection_pool().clone())),
+            _ => None,
+        };
         loop {
             let jobs = {
                 let mut queue = queue.lock().await;
@@ -124,16 +130,24 @@ impl Worker {
             };
             self.metrics.batch_size.observe(jobs.len() as f64);
             let span = batch_span(&jobs, self.db.get_database_backend());
-            self.run(jobs).instrument(span).await;
+            self.run(writer.as_mut(), jobs).instrument(span).await;
         }
     }
 
-    /// Applies `jobs` as one batch and answers each of them.
-    async fn run(&self, jobs: Vec<Job>) {
+    /// Applies `jobs` as one batch, through `writer` on PostgreSQL, and
+    /// answers each of them.
+    async fn run(&self, writer: Option<&mut Writer>, jobs: Vec<Job>) {
         let inputs: Vec<Input<'_>> =
             jobs.iter().map(|job| Input::Event { event: &job.event, deliveries: 1 }).collect();
-        match write::apply(&self.db, &self.signals, &inputs, self.policy).await {
+        let applied = match writer {
+            Some(writer) => writer.apply(&inputs, self.policy, Utc::now()).await.map_err(write_pg::db_error),
+            None => write::apply(&self.db, &self.signals, &inputs, self.policy).await,
+        };
+        match applied {
             Ok(decision) => {
+                if !decision.changes.is_empty() {
+                    self.signals.announce();
+                }
                 apply::log_decision(&decision);
                 Span::current().record("outcome", "committed");
                 let events: Vec<&IncomingEvent> = jobs.iter().map(|job| &job.event).collect();

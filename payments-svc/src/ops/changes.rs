@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::format::time;
 use crate::api::watch::{self, Watchers};
+use crate::config::{DatabaseArgs, RetentionArgs};
+use crate::fulfil::retention;
 use crate::store::feed::Change;
 use crate::store::signals::FeedSignals;
 
@@ -18,6 +20,8 @@ pub enum ChangesCommand {
     /// Print every change after a cursor, then each new one as it commits,
     /// until interrupted: what a consumer of WatchPurchaseChanges receives.
     Tail {
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// The cursor of the last change already seen; 0 starts from the
         /// oldest change kept.
         #[arg(long, default_value_t = 0)]
@@ -28,17 +32,43 @@ pub enum ChangesCommand {
     },
     /// Remove the changes older than PURCHASE_CHANGES_RETENTION_DAYS now
     /// (payments-svc also does it by itself every hour).
-    Prune,
+    Prune {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+}
+
+impl ChangesCommand {
+    pub(super) fn database(&self) -> &DatabaseArgs {
+        match self {
+            Self::Tail { database, .. } | Self::Prune { database, .. } => database,
+        }
+    }
+}
+
+/// Runs `command`; what to print when it is done.
+pub(super) async fn run(
+    db: &DatabaseConnection,
+    signals: &FeedSignals,
+    command: ChangesCommand,
+) -> anyhow::Result<String> {
+    match command {
+        ChangesCommand::Tail { after, json, .. } => {
+            tail(db, signals, after, json).await?;
+            Ok(String::new())
+        }
+        ChangesCommand::Prune { retention, .. } => {
+            let removed = retention::prune(db, retention.changes()).await?;
+            Ok(format!("removed {removed} changes older than {} days\n", retention.changes_retention_days))
+        }
+    }
 }
 
 /// Prints every change after `after`, then each new one, until Ctrl-C or
 /// SIGTERM: the feed as a consumer of WatchPurchaseChanges gets it.
-pub(super) async fn tail(
-    db: &DatabaseConnection,
-    signals: &FeedSignals,
-    after: u64,
-    json: bool,
-) -> anyhow::Result<()> {
+async fn tail(db: &DatabaseConnection, signals: &FeedSignals, after: u64, json: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
     let stop = CancellationToken::new();
     tokio::spawn({

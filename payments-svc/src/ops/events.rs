@@ -10,7 +10,7 @@ use payments_domain::rules::{Outcome, Policy};
 use sea_orm::{ActiveEnum, DatabaseConnection};
 
 use super::format::{error_code_of, error_message, event_row, parse_since, table, time};
-use crate::config::Settings;
+use crate::config::{DatabaseArgs, PolicyArgs, RetentionArgs};
 use crate::fulfil::{apply, retention};
 use crate::store::entities::course_purchase;
 use crate::store::entities::stripe_webhook_event::{EventStatus, Model as Event};
@@ -22,6 +22,8 @@ use crate::store::signals::FeedSignals;
 pub enum EventsCommand {
     /// List stored events, newest first.
     List {
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// Only events with this status.
         #[arg(long, value_enum)]
         status: Option<StatusFilter>,
@@ -38,6 +40,8 @@ pub enum EventsCommand {
     },
     /// Show one event: status, error, deliveries, timestamps and payload.
     Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// The Stripe event id (`evt_...`).
         event_id: String,
     },
@@ -45,6 +49,10 @@ pub enum EventsCommand {
     /// one, or every failed one (oldest first, optionally only some), with a
     /// summary of what became of them.
     Replay {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// The Stripe event id (`evt_...`) to replay.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
         event_id: Option<String>,
@@ -69,6 +77,10 @@ pub enum EventsCommand {
     /// WEBHOOK_EVENTS_RETENTION_DAYS now (payments-svc also does it by
     /// itself every hour); their rows stay.
     Prune {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
         /// Say how many would go, and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -83,14 +95,24 @@ pub enum StatusFilter {
     Failed,
 }
 
+impl EventsCommand {
+    pub(super) fn database(&self) -> &DatabaseArgs {
+        match self {
+            Self::List { database, .. }
+            | Self::Show { database, .. }
+            | Self::Replay { database, .. }
+            | Self::Prune { database, .. } => database,
+        }
+    }
+}
+
 pub(super) async fn run(
     db: &DatabaseConnection,
     signals: &FeedSignals,
     command: EventsCommand,
-    settings: &Settings,
 ) -> anyhow::Result<String> {
     Ok(match command {
-        EventsCommand::List { status, event_type, since, limit } => {
+        EventsCommand::List { status, event_type, since, limit, .. } => {
             let filter = ListFilter {
                 status: status.map(event_status),
                 event_type,
@@ -100,31 +122,31 @@ pub(super) async fn run(
             };
             list_table(&events::list(db, &filter).await?)
         }
-        EventsCommand::Show { event_id } => {
+        EventsCommand::Show { event_id, .. } => {
             let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
             show(&event)
         }
-        EventsCommand::Prune { dry_run } => {
-            let days = settings.events_retention.as_secs() / 86_400;
+        EventsCommand::Prune { retention: kept, dry_run, .. } => {
+            let days = kept.events_retention_days;
             if dry_run {
-                let count = retention::prunable_events(db, settings.events_retention).await?;
+                let count = retention::prunable_events(db, kept.events()).await?;
                 format!(
                     "would drop the payloads of {count} processed or ignored events older than {days} days (--dry-run)\n"
                 )
             } else {
-                let count = retention::prune_events(db, settings.events_retention).await?;
+                let count = retention::prune_events(db, kept.events()).await?;
                 format!(
                     "dropped the payloads of {count} processed or ignored events older than {days} days\n"
                 )
             }
         }
-        EventsCommand::Replay { event_id: Some(event_id), dry_run, .. } => {
+        EventsCommand::Replay { policy, event_id: Some(event_id), dry_run, .. } => {
             let event = events::find(db, &event_id).await?.with_context(|| format!("no event {event_id}"))?;
             let mut report = ReplayReport::new(dry_run, signals.clone());
-            report.add(db, settings.policy, &event).await?;
+            report.add(db, policy.policy(), &event).await?;
             report.finish()
         }
-        EventsCommand::Replay { event_id: None, event_type, since, until, dry_run, .. } => {
+        EventsCommand::Replay { policy, event_id: None, event_type, since, until, dry_run, .. } => {
             let filter = ListFilter {
                 status: Some(EventStatus::Failed),
                 event_type,
@@ -139,7 +161,7 @@ pub(super) async fn run(
                 let Some(last) = page.last() else { break };
                 after_id = last.id;
                 for event in &page {
-                    report.add(db, settings.policy, event).await?;
+                    report.add(db, policy.policy(), event).await?;
                 }
             }
             report.finish()

@@ -15,17 +15,17 @@ pub use events::{EventsCommand, StatusFilter};
 pub use purchases::PurchasesCommand;
 pub use reversals::ReversalsCommand;
 
-use crate::config::Settings;
-use crate::fulfil::{reconcile, retention};
+use crate::config::{Args, DatabaseArgs, PolicyArgs, StripeArgs};
+use crate::fulfil::reconcile;
+use crate::store;
 use crate::store::signals::FeedSignals;
-use crate::store::{self, purchases as purchase_rows, reversals as reversal_rows};
 use crate::stripe::StripeApi;
 use format::parse_since;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve gRPC (the default).
-    Serve,
+    /// Serve gRPC (the default), with the service's flags.
+    Serve(Box<Args>),
     /// Inspect and replay stored Stripe events.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -42,6 +42,12 @@ pub enum Command {
     /// that is not processed here yet: recovers webhooks lost in an outage.
     /// Needs STRIPE_SECRET_KEY.
     Reconcile {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        stripe: StripeArgs,
         /// How far back: `30m`, `24h`, `7d` (Stripe keeps events for 30
         /// days), or an RFC 3339 time.
         #[arg(long)]
@@ -52,53 +58,37 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The database the command works on.
+    fn database(&self) -> Option<&DatabaseArgs> {
+        match self {
+            Self::Serve(_) => None,
+            Self::Events(command) => Some(command.database()),
+            Self::Reversals(command) => Some(command.database()),
+            Self::Purchases(command) => Some(command.database()),
+            Self::Changes(command) => Some(command.database()),
+            Self::Reconcile { database, .. } => Some(database),
+        }
+    }
+}
+
 /// Runs one operator command and prints its result to stdout.
-pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
-    let db = store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    let Some(database) = command.database() else { bail!("serve is not an operator command") };
+    let db = store::connect(&database.database_url).await.context("connecting to DATABASE_URL")?;
     let signals = FeedSignals::default();
     let output = match command {
-        Command::Serve => bail!("serve is not an operator command"),
-        Command::Changes(ChangesCommand::Tail { after, json }) => {
-            changes::tail(&db, &signals, after, json).await?;
-            String::new()
-        }
-        Command::Changes(ChangesCommand::Prune) => {
-            let removed = retention::prune(&db, settings.changes_retention).await?;
-            format!(
-                "removed {removed} changes older than {} days\n",
-                settings.changes_retention.as_secs() / 86_400
-            )
-        }
-        Command::Events(command) => events::run(&db, &signals, command, settings).await?,
-        Command::Purchases(PurchasesCommand::Show { id }) => {
-            purchases::purchase_timeline(&db, &id, settings.policy).await?
-        }
-        Command::Purchases(PurchasesCommand::Refund { checkout_session_id }) => {
-            let stripe = settings.stripe.as_ref().context("purchases refund needs STRIPE_SECRET_KEY")?;
-            purchases::refund_duplicate(
-                &db,
-                &StripeApi::new(stripe)?,
-                settings.policy.dispute_access,
-                &checkout_session_id,
-            )
-            .await?
-        }
-        Command::Purchases(PurchasesCommand::List { needs_refund, limit }) => {
-            purchases::purchases_table(
-                &db,
-                &purchase_rows::list(&db, needs_refund, limit).await?,
-                settings.policy,
-            )
-            .await?
-        }
-        Command::Reversals(ReversalsCommand::Unmatched { limit }) => {
-            reversals::unmatched_table(&reversal_rows::unmatched(&db, limit).await?)
-        }
-        Command::Reconcile { since, page_size } => {
-            let stripe = settings.stripe.as_ref().context("reconcile needs STRIPE_SECRET_KEY")?;
-            let stripe = StripeApi::new(stripe)?;
+        Command::Serve(_) => bail!("serve is not an operator command"),
+        Command::Changes(command) => changes::run(&db, &signals, command).await?,
+        Command::Events(command) => events::run(&db, &signals, command).await?,
+        Command::Purchases(command) => purchases::run(&db, command).await?,
+        Command::Reversals(command) => reversals::run(&db, command).await?,
+        Command::Reconcile { policy, stripe, since, page_size, .. } => {
+            let stripe =
+                stripe.settings(policy.stripe_livemode)?.context("reconcile needs STRIPE_SECRET_KEY")?;
+            let stripe = StripeApi::new(&stripe)?;
             let since = parse_since(&since)?;
-            let summary = reconcile::sweep(&db, &signals, &stripe, settings.policy, since, page_size).await?;
+            let summary = reconcile::sweep(&db, &signals, &stripe, policy.policy(), since, page_size).await?;
             format!(
                 "seen {}, already processed {}, newly applied {}, failed {}\n",
                 summary.seen, summary.already_processed, summary.newly_applied, summary.failed

@@ -10,6 +10,7 @@ use payments_domain::rules::{self, Plan, Policy};
 use sea_orm::{ActiveEnum, DatabaseConnection};
 
 use super::format::{event_row, table, time};
+use crate::config::{DatabaseArgs, PolicyArgs, StripeArgs};
 use crate::fulfil::refunds;
 use crate::store::entities::course_purchase;
 use crate::store::entities::refund_request::RefundRequestStatus;
@@ -22,6 +23,10 @@ pub enum PurchasesCommand {
     /// One purchase and its timeline: every event that touched it, in the
     /// order they arrived, with what each did.
     Show {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// The Checkout Session id (`cs_...`) or payment intent id (`pi_...`).
         id: String,
     },
@@ -29,11 +34,21 @@ pub enum PurchasesCommand {
     /// through Stripe's Refunds API; repeating it never refunds twice.
     /// Needs STRIPE_SECRET_KEY.
     Refund {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        stripe: StripeArgs,
         /// The duplicate purchase's Checkout Session id (`cs_...`).
         checkout_session_id: String,
     },
     /// Purchases, newest first.
     List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Only second payments for a course the buyer already owned, which
         /// are owed a refund.
         #[arg(long)]
@@ -44,14 +59,36 @@ pub enum PurchasesCommand {
     },
 }
 
+impl PurchasesCommand {
+    pub(super) fn database(&self) -> &DatabaseArgs {
+        match self {
+            Self::Show { database, .. } | Self::Refund { database, .. } | Self::List { database, .. } => {
+                database
+            }
+        }
+    }
+}
+
+/// Runs `command`; what to print.
+pub(super) async fn run(db: &DatabaseConnection, command: PurchasesCommand) -> anyhow::Result<String> {
+    match command {
+        PurchasesCommand::Show { policy, id, .. } => purchase_timeline(db, &id, policy.policy()).await,
+        PurchasesCommand::Refund { policy, stripe, checkout_session_id, .. } => {
+            let stripe = stripe
+                .settings(policy.stripe_livemode)?
+                .context("purchases refund needs STRIPE_SECRET_KEY")?;
+            refund_duplicate(db, &StripeApi::new(&stripe)?, policy.dispute_access, &checkout_session_id).await
+        }
+        PurchasesCommand::List { policy, needs_refund, limit, .. } => {
+            purchases_table(db, &purchases::list(db, needs_refund, limit).await?, policy.policy()).await
+        }
+    }
+}
+
 /// One purchase, its access now, and every event that touched it in the
 /// order they arrived, with what each did: what support needs to answer
 /// "why has this user no access?".
-pub(super) async fn purchase_timeline(
-    db: &DatabaseConnection,
-    id: &str,
-    policy: Policy,
-) -> anyhow::Result<String> {
+async fn purchase_timeline(db: &DatabaseConnection, id: &str, policy: Policy) -> anyhow::Result<String> {
     let found = if id.starts_with("pi_") {
         purchases::find_by_payment_intent(db, id).await?
     } else {
@@ -100,7 +137,7 @@ pub(super) async fn purchase_timeline(
 
 /// Asks Stripe now for the refund a duplicate purchase is owed, once: a
 /// refund already made is reported, not made again.
-pub(super) async fn refund_duplicate(
+async fn refund_duplicate(
     db: &DatabaseConnection,
     stripe: &StripeApi,
     policy: DisputeAccess,
@@ -161,7 +198,7 @@ fn what_it_did(stored: &Event, policy: Policy) -> String {
     }
 }
 
-pub(super) async fn purchases_table(
+async fn purchases_table(
     db: &DatabaseConnection,
     purchases: &[course_purchase::Model],
     policy: Policy,

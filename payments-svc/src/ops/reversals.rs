@@ -1,23 +1,44 @@
 //! `payments-svc reversals`: refunds and disputes that reach no purchase.
 
 use clap::Subcommand;
-use sea_orm::ActiveEnum;
+use sea_orm::{ActiveEnum, DatabaseConnection};
 
 use super::format::{table, time};
+use crate::config::DatabaseArgs;
 use crate::store::entities::payment_reversal::Model as ReversalRow;
+use crate::store::reversals;
 
 #[derive(Debug, Subcommand)]
 pub enum ReversalsCommand {
     /// Refunds and disputes that reach no course purchase: payments made
     /// outside course checkout, or purchases not recorded here (yet).
     Unmatched {
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// At most this many rows.
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
 }
 
-pub(super) fn unmatched_table(facts: &[ReversalRow]) -> String {
+impl ReversalsCommand {
+    pub(super) fn database(&self) -> &DatabaseArgs {
+        match self {
+            Self::Unmatched { database, .. } => database,
+        }
+    }
+}
+
+/// Runs `command`; what to print.
+pub(super) async fn run(db: &DatabaseConnection, command: ReversalsCommand) -> anyhow::Result<String> {
+    match command {
+        ReversalsCommand::Unmatched { limit, .. } => {
+            Ok(unmatched_table(&reversals::unmatched(db, limit).await?))
+        }
+    }
+}
+
+fn unmatched_table(facts: &[ReversalRow]) -> String {
     let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = facts
         .iter()

@@ -10,6 +10,7 @@ pub mod refund_requests;
 pub mod reversals;
 pub mod signals;
 pub mod write;
+pub mod write_pg;
 
 use std::time::{Duration, Instant};
 

@@ -7,14 +7,16 @@
 //! its SQL are concurrency guards (`ON CONFLICT DO NOTHING` for rows a
 //! retried transaction may find written) and which body an event row keeps.
 //!
-//! ## The lock
+//! ## One writer at a time
 //! The decision depends on what is stored, so nothing may change it between
-//! the load and the commit. On PostgreSQL every writing transaction first
-//! takes one advisory lock ([`FEED_LOCK`]) and holds it until it commits; on
-//! SQLite the first statement is a write, which takes the database's write
-//! lock. Writers therefore commit one at a time, across replicas too, which
-//! is also what orders the change feed's cursors by commit: a reader that
-//! sees a cursor sees every smaller one that will ever exist.
+//! the load and the commit. Every writer raises `purchase_feed.writes`, the
+//! count of committed writes, which takes that row's lock (on SQLite, the
+//! database's write lock) until it commits. A transaction here raises it
+//! first, then loads; on PostgreSQL [`super::write_pg`] instead loads and
+//! writes in two statements and writes only if the count is still the one
+//! it loaded. Writers therefore commit one at a time, across replicas too,
+//! which is also what orders the change feed's cursors by commit: a reader
+//! that sees a cursor sees every smaller one that will ever exist.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -25,16 +27,12 @@ use payments_domain::write::{self, Decision, EventWrite, Input, Keys, Stored, St
 use sea_orm::sea_query::{Alias, CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 
 use super::entities::{course_purchase, payment_reversal, purchase_change, stripe_webhook_event};
 use super::signals::FeedSignals;
-use super::{refund_requests, reversals};
-
-/// The PostgreSQL advisory lock every writing transaction holds from its
-/// first statement to its commit; see the module doc.
-pub const FEED_LOCK: i64 = 0x6665_6564_6f72_6465; // "feedorde"
+use super::{refund_requests, reversals, write_pg};
 
 /// Applies `inputs` in one transaction and, once it has committed, tells
 /// the application's watchers of the changes it published. Returns what
@@ -45,9 +43,15 @@ pub async fn apply<'a>(
     inputs: &[Input<'a>],
     policy: Policy,
 ) -> Result<Decision<'a>, DbErr> {
-    let txn = db.begin().await?;
-    let decision = apply_in(&txn, inputs, policy, Utc::now()).await?;
-    txn.commit().await?;
+    let decision = if db.get_database_backend() == DbBackend::Postgres {
+        let mut connection = db.get_postgres_connection_pool().acquire().await.map_err(pool_error)?;
+        write_pg::apply(&mut connection, inputs, policy, Utc::now()).await.map_err(write_pg::db_error)?
+    } else {
+        let txn = db.begin().await?;
+        let decision = apply_in(&txn, inputs, policy, Utc::now()).await?;
+        txn.commit().await?;
+        decision
+    };
     if !decision.changes.is_empty() {
         signals.announce();
     }
@@ -69,21 +73,14 @@ pub async fn apply_in<'a>(
     Ok(decision)
 }
 
-/// Takes the write lock: [`FEED_LOCK`] on PostgreSQL, the database's write
-/// lock on SQLite (by a write that changes nothing).
+/// Raises the write count, which keeps other writers out until the
+/// transaction ends; see the module doc.
 async fn lock(txn: &DatabaseTransaction) -> Result<(), DbErr> {
-    let statement = match txn.get_database_backend() {
-        DbBackend::Postgres => Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [FEED_LOCK.into()],
-        ),
-        backend => Statement::from_string(
-            backend,
-            "UPDATE purchase_feed SET pruned_through = pruned_through WHERE 0 = 1",
-        ),
-    };
-    txn.execute_raw(statement).await.map(drop)
+    txn.execute_unprepared("UPDATE purchase_feed SET writes = writes + 1").await.map(drop)
+}
+
+fn pool_error(error: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(error)))
 }
 
 /// Everything stored of what `keys` name.

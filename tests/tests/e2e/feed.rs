@@ -455,7 +455,8 @@ async fn a_writer_that_took_a_cursor_first_but_commits_last_is_not_skipped(db: T
 /// one writer is the held transaction, a batch has been taken up.
 async fn others_wait(stack: &Stack) -> bool {
     if stack.db.get_database_backend() == DbBackend::Postgres {
-        let waiting = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+        // Writers wait for the held one on the write counter's row lock.
+        let waiting = "SELECT count(*) AS n FROM pg_locks WHERE NOT granted";
         let row = stack.db.query_one_raw(sea_orm::Statement::from_string(DbBackend::Postgres, waiting));
         let row = row.await.expect("pg_locks").expect("a row");
         return row.try_get::<i64>("", "n").expect("count") > 0;

@@ -181,10 +181,10 @@ impl TestCertificate {
 async fn start_payments_svc(database_url: &str, addr: SocketAddr, options: &StackOptions) -> Running {
     let mut args = payments_svc::config::Args::local(database_url);
     args.grpc_addr = addr;
-    args.stripe_livemode = options.livemode;
-    args.stripe_secret_key = options.stripe_api_base.as_ref().map(|_| FAKE_STRIPE_KEY.to_owned());
-    args.stripe_api_base = options.stripe_api_base.clone().unwrap_or_default();
-    args.stripe_api_timeout_ms = options.stripe_timeout_ms.unwrap_or(3_000);
+    args.policy.stripe_livemode = options.livemode;
+    args.stripe.stripe_secret_key = options.stripe_api_base.as_ref().map(|_| FAKE_STRIPE_KEY.to_owned());
+    args.stripe.stripe_api_base = options.stripe_api_base.clone().unwrap_or_default();
+    args.stripe.stripe_api_timeout_ms = options.stripe_timeout_ms.unwrap_or(3_000);
     args.grpc_token = options.grpc_token.clone();
     args.tls_cert = options.tls.as_ref().map(|tls| tls.cert.clone());
     args.tls_key = options.tls.as_ref().map(|tls| tls.key.clone());

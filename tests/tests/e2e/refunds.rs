@@ -128,8 +128,8 @@ async fn refunds_owed_survive_a_restart_and_a_second_replica_makes_no_second_ref
     stripe.fail_every_request(None);
     stack.restart_payments_svc(options.clone()).await;
     let mut replica = payments_svc::config::Args::local(&url);
-    replica.stripe_api_base = stripe.base_url();
-    replica.stripe_secret_key = Some(FAKE_STRIPE_KEY.to_owned());
+    replica.stripe.stripe_api_base = stripe.base_url();
+    replica.stripe.stripe_secret_key = Some(FAKE_STRIPE_KEY.to_owned());
     replica.stripe_auto_refund_duplicates = true;
     let replica = payments_svc::config::Settings::try_from(replica).expect("settings");
     let replica = payments_svc::startup::Application::build(&replica).await.expect("a second replica");

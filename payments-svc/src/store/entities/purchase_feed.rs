@@ -9,6 +9,9 @@ pub struct Model {
     pub id: i32,
     /// The newest cursor retention has removed; 0 while none was.
     pub pruned_through: i64,
+    /// How many transactions of the write path have committed; see
+    /// [`crate::store::write`].
+    pub writes: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
