@@ -130,6 +130,25 @@ same_values!(pb::DisputeStatus => DisputeStatus {
     Prevented => Prevented,
     Lost => Lost,
 });
+same_values!(RefundStatus => pb::RefundStatus {
+    Unspecified => Unspecified,
+    Pending => Pending,
+    RequiresAction => RequiresAction,
+    Succeeded => Succeeded,
+    Failed => Failed,
+    Canceled => Canceled,
+});
+same_values!(DisputeStatus => pb::DisputeStatus {
+    Unspecified => Unspecified,
+    WarningNeedsResponse => WarningNeedsResponse,
+    WarningUnderReview => WarningUnderReview,
+    WarningClosed => WarningClosed,
+    NeedsResponse => NeedsResponse,
+    UnderReview => UnderReview,
+    Won => Won,
+    Prevented => Prevented,
+    Lost => Lost,
+});
 same_values!(AccessStatus => pb::PurchaseStatus {
     Pending => Pending,
     Failed => Failed,

@@ -1,8 +1,9 @@
 //! The one string form of each `payments.v1` enum: the lowercase names
 //! Stripe's JSON uses (`PaymentStatus`, `SessionStatus`), and the names the
 //! gateway's JSON, the logs and the metrics labels use (`PurchaseStatus`,
-//! `Outcome`, `PurchaseSource`, `ChangeKind`); `RefundStatus` and `DisputeStatus` use
-//! Stripe's names, which are also what payments-svc stores. Prost's own `as_str_name` gives the
+//! `Outcome`); `RefundStatus`, `DisputeStatus`, `PurchaseSource` and `ChangeKind` take their
+//! names from the domain's enums (Stripe's names for the first two), which are also what
+//! payments-svc stores. Prost's own `as_str_name` gives the
 //! protobuf names (`PURCHASE_STATUS_PAID`), which no person or client reads.
 
 use crate::v1::{
@@ -35,6 +36,34 @@ macro_rules! string_forms {
     };
 }
 
+/// `as_str` and `from_name` for a contract enum whose values other than
+/// `Unspecified` are the domain's: its names are the domain's, written once
+/// there.
+macro_rules! domain_forms {
+    ($enum:ident, $domain:ty) => {
+        impl $enum {
+            /// The domain's name for the value; `"unspecified"` for the zero value.
+            pub fn as_str(self) -> &'static str {
+                <$domain>::ALL
+                    .iter()
+                    .find(|value| $enum::from(**value) == self)
+                    .map_or("unspecified", |value| value.as_str())
+            }
+
+            /// The value the domain names `name`; `Unspecified` for any other
+            /// string, since Stripe may add values.
+            pub fn from_name(name: &str) -> Self {
+                name.parse::<$domain>().map_or(Self::Unspecified, Self::from)
+            }
+        }
+    };
+}
+
+domain_forms!(RefundStatus, payments_domain::reversals::RefundStatus);
+domain_forms!(DisputeStatus, payments_domain::reversals::DisputeStatus);
+domain_forms!(PurchaseSource, payments_domain::purchase::PurchaseSource);
+domain_forms!(ChangeKind, payments_domain::changes::ChangeKind);
+
 string_forms!(PaymentStatus { Paid => "paid", Unpaid => "unpaid", NoPaymentRequired => "no_payment_required" });
 string_forms!(SessionStatus { Open => "open", Complete => "complete", Expired => "expired" });
 string_forms!(PurchaseStatus {
@@ -47,37 +76,7 @@ string_forms!(PurchaseStatus {
     Disputed => "disputed",
     Revoked => "revoked",
 });
-string_forms!(RefundStatus {
-    Pending => "pending",
-    RequiresAction => "requires_action",
-    Succeeded => "succeeded",
-    Failed => "failed",
-    Canceled => "canceled",
-});
-string_forms!(DisputeStatus {
-    WarningNeedsResponse => "warning_needs_response",
-    WarningUnderReview => "warning_under_review",
-    WarningClosed => "warning_closed",
-    NeedsResponse => "needs_response",
-    UnderReview => "under_review",
-    Won => "won",
-    Prevented => "prevented",
-    Lost => "lost",
-});
 string_forms!(Outcome { Processed => "processed", Duplicate => "duplicate", Ignored => "ignored", Failed => "failed" });
-string_forms!(PurchaseSource { Webhook => "webhook", Verify => "verify" });
-string_forms!(ChangeKind {
-    Granted => "granted",
-    Pending => "pending",
-    Failed => "failed",
-    NeedsRefund => "needs_refund",
-    PartiallyRefunded => "partially_refunded",
-    Refunded => "refunded",
-    Suspended => "suspended",
-    Disputed => "disputed",
-    Restored => "restored",
-    Revoked => "revoked",
-});
 
 #[cfg(test)]
 mod tests {
