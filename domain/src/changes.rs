@@ -75,14 +75,6 @@ pub fn kind(before: Option<Access>, after: Access) -> Option<ChangeKind> {
     Some(kind)
 }
 
-/// The kind of the first change of a purchase the group-commit statement
-/// writes, for each status it can write: no reversal reaches such a
-/// purchase (the statement checks) and it is never a second payment.
-pub fn kind_of_checkout(status: AccessStatus) -> Option<ChangeKind> {
-    let access = Access { status, has_access: status == AccessStatus::Paid, amount_refunded: 0 };
-    kind(None, access)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,8 +114,9 @@ mod tests {
 
     #[test]
     fn a_checkout_alone_grants_only_when_paid() {
-        assert_eq!(kind_of_checkout(AccessStatus::Paid), Some(ChangeKind::Granted));
-        assert_eq!(kind_of_checkout(AccessStatus::Pending), Some(ChangeKind::Pending));
-        assert_eq!(kind_of_checkout(AccessStatus::Failed), Some(ChangeKind::Failed));
+        let first = |status| kind(None, at(status, status == AccessStatus::Paid, 0));
+        assert_eq!(first(AccessStatus::Paid), Some(ChangeKind::Granted));
+        assert_eq!(first(AccessStatus::Pending), Some(ChangeKind::Pending));
+        assert_eq!(first(AccessStatus::Failed), Some(ChangeKind::Failed));
     }
 }

@@ -121,11 +121,8 @@ fn pool() -> Vec<IncomingEvent> {
     ]
 }
 
-fn as_inputs(events: &[&IncomingEvent]) -> Vec<Input<'static>> {
-    events
-        .iter()
-        .map(|event| Input::Event { event: Box::leak(Box::new((*event).clone())), deliveries: 1 })
-        .collect()
+fn as_inputs<'a>(events: &[&'a IncomingEvent]) -> Vec<Input<'a>> {
+    events.iter().map(|event| Input::Event { event, deliveries: 1 }).collect()
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use payments_domain::purchase::PurchaseSource;
+use payments_domain::purchase::{PurchaseSource, PurchaseStatus as CheckoutStatus};
 use payments_domain::reversals::Access;
 use payments_domain::rules::{self, Plan, Policy};
 use payments_domain::write::{Input, VERIFY};
@@ -101,9 +101,9 @@ pub async fn verify(
             for purchase in purchases::find_by_user_course(db, user_id, course_id).await? {
                 all.push(counted(db, purchase, policy).await?);
             }
-            let best = all
-                .into_iter()
-                .max_by_key(|r| (r.access.has_access, r.purchase.status.rank(), r.purchase.id));
+            let best = all.into_iter().max_by_key(|r| {
+                (r.access.has_access, CheckoutStatus::from(r.purchase.status).rank(), r.purchase.id)
+            });
             Ok(Verification::from_db(best, false))
         }
     }

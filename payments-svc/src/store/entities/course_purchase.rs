@@ -56,13 +56,6 @@ pub enum PurchaseStatus {
 
 super::mapped!(PurchaseStatus <=> payments_domain::purchase::PurchaseStatus { Pending, Failed, Paid });
 
-impl PurchaseStatus {
-    /// See [`payments_domain::purchase::PurchaseStatus::rank`].
-    pub fn rank(self) -> i32 {
-        payments_domain::purchase::PurchaseStatus::from(self).rank()
-    }
-}
-
 /// Which path first recorded the purchase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
