@@ -30,6 +30,8 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("the request took too long")]
     RequestTimeout,
+    #[error("the request body stopped arriving")]
+    BodyStalled,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed; use {allow}")]
@@ -42,6 +44,7 @@ impl From<BodyError> for ApiError {
             BodyError::TooLarge { limit } => Self::BodyTooLarge { limit },
             BodyError::OverBudget => Self::Overloaded,
             BodyError::Unreadable => Self::BodyUnreadable,
+            BodyError::Stalled => Self::BodyStalled,
         }
     }
 }
@@ -60,6 +63,7 @@ impl ApiError {
             Self::Overloaded => "overloaded",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::RequestTimeout => "request_timeout",
+            Self::BodyStalled => "body_stalled",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
         }
@@ -75,7 +79,7 @@ impl ApiError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestTimeout | Self::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -94,7 +98,7 @@ impl ApiError {
             Self::TooManyRequests { retry_after_secs } => {
                 response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
-            Self::RequestTimeout => {
+            Self::RequestTimeout | Self::BodyStalled => {
                 response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -32,14 +32,24 @@ pub enum BodyError {
     OverBudget,
     /// The client broke off or sent something that is not a body.
     Unreadable,
+    /// The client sent nothing for [`BODY_STALL`] before the body ended.
+    Stalled,
 }
+
+/// Longest a body may go without a byte before it is given up (408). Stripe
+/// sends a body at once; a client that declares a body and then sends
+/// nothing, or a trickle, is holding a connection and a place in flight, so
+/// it loses them quickly instead of at the request deadline.
+pub const BODY_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Bytes of request bodies held at once across all requests. A count of
 /// requests alone does not bound memory: 512 requests of 1 MiB each are half
-/// a gigabyte. Each body's bytes are taken from the budget as they arrive (or
-/// all at once for a declared `Content-Length`) and given back when the
-/// request is answered; a request that finds the budget spent is refused with
-/// 503 and redelivered later, instead of the gateway growing without bound.
+/// a gigabyte. Each body's bytes are taken from the budget as they arrive,
+/// never on the strength of a declared `Content-Length` (which costs a
+/// stranger nothing to send), and given back when the request is answered;
+/// a request that finds the budget spent is refused with 503 and
+/// redelivered later, instead of the gateway growing without bound. A body
+/// that stops arriving for [`BODY_STALL`] gives its bytes back.
 #[derive(Debug, Clone)]
 pub struct BodyBudget(Arc<Semaphore>);
 
@@ -79,7 +89,8 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes. A declared
-/// `Content-Length` over the limit is refused before anything is read.
+/// `Content-Length` over the limit is refused before anything is read; a
+/// body that stalls for [`BODY_STALL`] is given up.
 pub async fn read_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     Ok(read(headers, body, limit, None).await?.bytes)
 }
@@ -105,20 +116,17 @@ async fn read(
         return Err(BodyError::TooLarge { limit });
     }
     let mut held = None;
-    let mut reserved = declared.map_or(0, |len| len as usize);
-    if let Some(budget) = budget {
-        budget.take(&mut held, reserved)?;
-    }
     let (mut chunks, mut total) = (Vec::new(), 0);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = tokio::time::timeout(BODY_STALL, body.frame()).await.map_err(|_| BodyError::Stalled)?;
+        let Some(frame) = frame else { break };
         let Ok(data) = frame.map_err(|_| BodyError::Unreadable)?.into_data() else { continue };
         total += data.len();
         if total > limit {
             return Err(BodyError::TooLarge { limit });
         }
-        if let Some(budget) = budget.filter(|_| total > reserved) {
-            budget.take(&mut held, total - reserved)?;
-            reserved = total;
+        if let Some(budget) = budget {
+            budget.take(&mut held, data.len())?;
         }
         chunks.push(data);
     }

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod error;
 pub mod forwarder;
 pub mod http;
+pub mod log_throttle;
 pub mod metrics;
 pub mod payments;
 pub mod routes;

@@ -97,17 +97,18 @@ async fn bodies_beyond_the_byte_budget_get_503_while_webhooks_within_it_are_answ
     let stack = Stack::start_with(TestDb::sqlite().await, options).await;
     let signature = plausible_signature();
 
-    let mut holding = start_upload(&stack, Some(&signature), 40_000, 1_000).await;
+    // Bytes count when they arrive: the first sends most of its body.
+    let mut holding = start_upload(&stack, Some(&signature), 40_000, 39_000).await;
     // The first holds its bytes before the second arrives: the two
     // connections could otherwise be taken up in either order.
     eventually(Duration::from_secs(5), "the first upload holds its bytes", || async {
         metric(&stack.gateway_metrics().await, "gateway_in_flight_requests") == 1.0
     })
     .await;
-    let mut refused = start_upload(&stack, Some(&signature), 40_000, 1_000).await;
+    let mut refused = start_upload(&stack, Some(&signature), 40_000, 30_000).await;
     let refused = answer_within(&mut refused, Duration::from_secs(5)).await;
     let within = stack.deliver(&paid()).await;
-    holding.write_all(&vec![b' '; 39_000]).await.expect("rest of the body");
+    holding.write_all(&vec![b' '; 1_000]).await.expect("rest of the body");
     let held = answer_within(&mut holding, Duration::from_secs(5)).await;
     let after = stack.deliver(&unique_paid_event(1).expect("event")).await;
 
@@ -393,4 +394,59 @@ async fn a_request_head_that_never_ends_is_cut_off_at_sixteen_kilobytes() {
     let after = stack.deliver(&paid()).await;
     assert_eq!(outcome(&after), "processed");
     stack.shutdown().await;
+}
+
+/// Headers that declare a 1 MiB body with a plausible signature, and then
+/// nothing: what a stranger sends to hold the gateway's byte budget.
+async fn declare_and_stall(gateway: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(gateway).await.expect("connect");
+    let head = format!(
+        "POST /api/payments/webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         stripe-signature: {}\r\ncontent-length: 1048576\r\n\r\n",
+        plausible_signature()
+    );
+    stream.write_all(head.as_bytes()).await.expect("headers sent");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_declared_and_never_sent_hold_no_budget_and_are_cut_off_counted_and_logged() {
+    let db = TestDb::sqlite().await;
+    let mut stack = crate::processes::ProcessStack::start(&db.url, false);
+    let gateway = stack.gateway.addr.clone();
+    let mut attackers = Vec::new();
+    for _ in 0..16 {
+        attackers.push(declare_and_stall(&gateway).await);
+    }
+
+    let mut answers = Vec::new();
+    for n in 0..10 {
+        answers.push(stack.deliver(&unique_paid_event(100 + n).expect("event")).await.status);
+    }
+    let mut cut_off = Vec::new();
+    for attacker in &mut attackers {
+        cut_off.push(answer_within(attacker, Duration::from_secs(10)).await);
+    }
+    let warning = stack.gateway.wait_for_log(
+        "webhook body stopped arriving; rejected before its signature could be checked",
+        |_| true,
+    );
+    let admin = stack.gateway.admin_addr.clone().expect("admin address");
+    let metrics = e2e::HttpClient::default()
+        .send(Method::GET, &format!("http://{admin}/metrics"), &[], Bytes::new())
+        .await
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+
+    assert!(
+        answers.iter().all(|status| *status == StatusCode::OK),
+        "real webhooks answered throughout: {answers:?}"
+    );
+    for answer in &cut_off {
+        assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_stalled"), "{answer}");
+    }
+    assert_eq!(warning["peer"], "127.0.0.1", "{warning}");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    let counted = metric(&metrics, r#"gateway_webhooks_total{outcome="rejected",reason="body_stalled"}"#);
+    assert_eq!(counted, 16.0, "{metrics}");
 }

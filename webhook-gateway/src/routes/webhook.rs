@@ -14,11 +14,15 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, declared_length, json, read_body_within};
+use crate::log_throttle::LogThrottle;
 use crate::metrics::WebhookLabels;
 use crate::payments;
 use crate::state::AppState;
 
 const SIGNATURE_HEADER: &str = "stripe-signature";
+
+/// Warnings about unauthenticated deliveries written a second, at most.
+static STRANGERS: LogThrottle = LogThrottle::new(10);
 
 /// The 200 body: tells Stripe's dashboard (and whoever reads it) what
 /// became of the event.
@@ -67,7 +71,9 @@ async fn receive_traced(
     let mut seen = Seen::of_request(&request);
     let result = verify_and_forward(state, request, started, &mut seen).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let latency_ms = elapsed * 1000.0;
+    // Whole microseconds: more digits are noise, and a float's full
+    // expansion (5.5037009999999995) is unreadable in a log line.
+    let latency_ms = (elapsed * 1_000_000.0).round() / 1000.0;
     state.metrics.webhook_seconds.observe(elapsed);
     let labels = match &result {
         Ok((outcome, _)) => WebhookLabels { outcome, reason: "" },
@@ -81,18 +87,36 @@ async fn receive_traced(
         Ok((outcome, _)) => {
             tracing::info!(event_id, event_type, session_id, outcome, latency_ms, "webhook handled")
         }
+        // From a stranger as far as anyone knows: who and how much, never
+        // the secret or the signature itself. A burst of these is a wrong
+        // secret, someone probing, or someone holding connections open: the
+        // metric counts each, the log keeps a few a second.
         Err(error @ ApiError::Signature(_)) => {
-            // Who and how much, never the secret or the signature itself: a
-            // burst of these is a wrong secret or someone probing.
-            tracing::warn!(
-                outcome = "rejected",
-                reason = error.code(),
-                %peer,
-                body_bytes = seen.declared_bytes,
-                signature_header_bytes = seen.signature_header_bytes,
-                latency_ms,
-                "webhook signature rejected"
-            )
+            if let Some(suppressed) = STRANGERS.admit() {
+                tracing::warn!(
+                    outcome = "rejected",
+                    reason = error.code(),
+                    %peer,
+                    body_bytes = seen.declared_bytes,
+                    signature_header_bytes = seen.signature_header_bytes,
+                    latency_ms,
+                    suppressed,
+                    "webhook signature rejected"
+                )
+            }
+        }
+        Err(error @ ApiError::BodyStalled) => {
+            if let Some(suppressed) = STRANGERS.admit() {
+                tracing::warn!(
+                    outcome = "rejected",
+                    reason = error.code(),
+                    %peer,
+                    body_bytes = seen.declared_bytes,
+                    latency_ms,
+                    suppressed,
+                    "webhook body stopped arriving; rejected before its signature could be checked"
+                )
+            }
         }
         Err(error) => tracing::warn!(
             event_id,
