@@ -24,10 +24,11 @@ use crate::api::auth::RequireToken;
 use crate::api::grpc::PaymentsService;
 use crate::api::watch::{self, Watchers};
 use crate::config::{Args, Settings, TlsFiles};
-use crate::fulfil::batch::BatchSettings;
+use crate::fulfil::batch::{BatchSettings, EventBatcher};
 use crate::fulfil::retention::{self, Retention};
 use crate::fulfil::{reconcile, refunds};
 use crate::metrics::Metrics;
+use crate::store::health::{DatabaseHealth, Probe};
 use crate::store::{self, signals::FeedSignals};
 use crate::stripe::StripeApi;
 
@@ -44,8 +45,11 @@ const HTTP2_MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// its stream's last frames, and would hold the server open for ever.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// How often the health service re-checks the database.
-const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the health service re-checks the database while it answers
+/// (failures reported by the paths that meet them are checked at once),
+/// and while it does not, to turn back soon after it recovers.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+const HEALTH_RECHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Serves with `args` until SIGTERM or Ctrl-C: logs and traces set up, the
 /// settings validated, the application built and run, traces flushed.
@@ -160,7 +164,8 @@ impl Application {
         let signals = FeedSignals::default();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PaymentsServer<PaymentsService>>().await;
-        tokio::spawn(watch_database(self.db.clone(), health.clone(), stop.clone()));
+        let failures = DatabaseHealth::default();
+        tokio::spawn(watch_database(self.db.clone(), failures.clone(), health.clone(), stop.clone()));
         let render = {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.render())
@@ -207,11 +212,19 @@ impl Application {
             Arc::clone(&metrics),
             stop.clone(),
         ));
+        let batcher = EventBatcher::start(
+            self.db.clone(),
+            signals.clone(),
+            failures,
+            self.policy,
+            self.batching,
+            Arc::clone(&metrics),
+        );
         let payments = PaymentsService::new(
             self.db.clone(),
             signals,
             self.policy,
-            self.batching,
+            batcher,
             self.stripe,
             metrics,
             watchers,
@@ -273,13 +286,22 @@ fn server_tls(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {
 }
 
 /// Keeps the health service's answer in step with the database: serving
-/// while it answers a ping, not serving while it does not.
-async fn watch_database(db: DatabaseConnection, health: HealthReporter, stop: CancellationToken) {
-    let mut serving = Some(true);
+/// while it answers a probe, not serving while it does not. Probes at once
+/// when a path reports a failed operation, so the answer turns within a
+/// probe's timeout of the first failure.
+async fn watch_database(
+    db: DatabaseConnection,
+    failures: DatabaseHealth,
+    health: HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut probe = Probe::new(db);
+    let mut serving = true;
     loop {
-        let reachable = db.ping().await.is_ok();
-        if serving != Some(reachable) {
-            if reachable {
+        let answers = probe.answers().await;
+        if serving != answers {
+            if answers {
+                tracing::info!("database answers again; health set to serving");
                 health.set_serving::<PaymentsServer<PaymentsService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::Serving).await;
             } else {
@@ -287,10 +309,12 @@ async fn watch_database(db: DatabaseConnection, health: HealthReporter, stop: Ca
                 health.set_not_serving::<PaymentsServer<PaymentsService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             }
-            serving = Some(reachable);
+            serving = answers;
         }
+        let wait = if serving { HEALTH_CHECK_INTERVAL } else { HEALTH_RECHECK_INTERVAL };
         tokio::select! {
-            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+            () = tokio::time::sleep(wait) => {}
+            () = failures.next_failure(), if serving => {}
             () = stop.cancelled() => return,
         }
     }

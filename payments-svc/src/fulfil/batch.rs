@@ -33,6 +33,7 @@ use tracing::{Instrument as _, Span};
 use crate::error::Error;
 use crate::fulfil::apply;
 use crate::metrics::Metrics;
+use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
 use crate::store::write;
 use crate::store::write_pg::{self, Writer};
@@ -76,6 +77,7 @@ impl EventBatcher {
     pub fn start(
         db: DatabaseConnection,
         signals: FeedSignals,
+        failures: DatabaseHealth,
         policy: Policy,
         settings: BatchSettings,
         metrics: Arc<Metrics>,
@@ -83,8 +85,13 @@ impl EventBatcher {
         let (jobs, queue) = mpsc::channel(settings.max_size.max(1) * settings.workers.max(1) * 4);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..settings.workers.max(1) {
-            let worker =
-                Worker { db: db.clone(), signals: signals.clone(), policy, metrics: Arc::clone(&metrics) };
+            let worker = Worker {
+                db: db.clone(),
+                signals: signals.clone(),
+                failures: failures.clone(),
+                policy,
+                metrics: Arc::clone(&metrics),
+            };
             tokio::spawn(worker.work(settings, Arc::clone(&queue)));
         }
         Self { jobs }
@@ -112,6 +119,8 @@ struct Worker {
     db: DatabaseConnection,
     /// Told after each commit that published changes.
     signals: FeedSignals,
+    /// Told when a batch fails, so that health probes the database now.
+    failures: DatabaseHealth,
     policy: Policy,
     metrics: Arc<Metrics>,
 }
@@ -160,6 +169,7 @@ impl Worker {
             }
             Err(error) => {
                 drop(inputs);
+                self.failures.failed();
                 self.metrics.batch_fallbacks.inc();
                 Span::current().record("outcome", "rolled back; applied one by one");
                 tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");

@@ -197,3 +197,46 @@ async fn thousands_of_events_on_64_connections_get_only_200_or_503_and_land_once
     assert_exactly_once(&stack.db, 2_000).await;
     stack.shutdown().await;
 }
+
+/// Polls the gateway's `/readyz` until it answers `status`; when it did.
+async fn readiness_turns(gateway: &str, status: StatusCode) -> Instant {
+    let http = e2e::HttpClient::default();
+    let url = format!("http://{gateway}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = http.send(hyper::Method::GET, &url, &[], Bytes::new()).await.expect("readyz answers");
+        if answer.status == status {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "/readyz never answered {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_within_a_second_of_the_database_failing_and_of_it_coming_back() {
+    let db = TestDb::postgres().await;
+    let proxy = crate::db_proxy::DbProxy::start(&db.url).await;
+    let mut stack = ProcessStack::start(&proxy.url(&db.url), false);
+    let gateway = stack.gateway.addr.clone();
+    readiness_turns(&gateway, StatusCode::OK).await;
+    assert_eq!(stack.deliver(&unique_paid_event(1).expect("event")).await.status, StatusCode::OK);
+
+    proxy.down();
+    let refused = stack.deliver(&unique_paid_event(2).expect("event")).await;
+    let failed = Instant::now();
+    let not_ready = readiness_turns(&gateway, StatusCode::SERVICE_UNAVAILABLE).await;
+    proxy.up().await;
+    let back = Instant::now();
+    let ready = readiness_turns(&gateway, StatusCode::OK).await;
+    let after = stack.deliver(&unique_paid_event(3).expect("event")).await;
+
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "the database is down");
+    let turned = not_ready.saturating_duration_since(failed);
+    assert!(turned <= Duration::from_secs(1), "not ready {turned:?} after the first failed write");
+    let recovered = ready.duration_since(back);
+    assert!(recovered <= Duration::from_secs(1), "ready again {recovered:?} after the database came back");
+    assert_eq!(after.status, StatusCode::OK, "serving again without a restart");
+    stack.payments.wait_for_log("database unreachable; health set to not serving", |_| true);
+    stack.payments.wait_for_log("database answers again; health set to serving", |_| true);
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real webhook-gateway and payments-svc on ephemeral
 //! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
 
+mod db_proxy;
 mod fake_stripe;
 mod faults;
 mod feed;

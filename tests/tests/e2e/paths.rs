@@ -165,8 +165,14 @@ async fn run(path: Path, test_db: TestDb, policy: Policy) -> (BTreeSet<String>, 
     let (db, other) = (open(&test_db).await, open(&test_db).await);
     let (signals, others) = (FeedSignals::default(), FeedSignals::default());
     let settings = BatchSettings { max_size: 128, max_wait: Duration::from_millis(5), workers: 1 };
-    let batcher =
-        EventBatcher::start(db.clone(), signals.clone(), policy, settings, Arc::new(Metrics::default()));
+    let batcher = EventBatcher::start(
+        db.clone(),
+        signals.clone(),
+        Default::default(),
+        policy,
+        settings,
+        Arc::new(Metrics::default()),
+    );
     for (case, sequence) in sequences().iter().enumerate() {
         let pool = pool(case);
         let events: Vec<IncomingEvent> = sequence.iter().map(|n| incoming(&pool[*n])).collect();

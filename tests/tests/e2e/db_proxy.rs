@@ -1,0 +1,78 @@
+//! A TCP proxy in front of PostgreSQL that a test takes down (every
+//! connection closed, new ones refused, as when the server crashes) and
+//! brings back on the same address, the way a database restarts behind
+//! its unchanged host name.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+#[derive(Debug)]
+pub struct DbProxy {
+    addr: SocketAddr,
+    upstream: String,
+    /// The task accepting connections while up; it owns every relay, so
+    /// aborting it closes them all.
+    serving: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DbProxy {
+    /// A proxy to the server of `database_url` (host and port), up.
+    pub async fn start(database_url: &str) -> Self {
+        let upstream = host_and_port(database_url).to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address");
+        let proxy = Self { addr, upstream, serving: Mutex::new(None) };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `database_url` with the proxy in place of its server.
+    pub fn url(&self, database_url: &str) -> String {
+        database_url.replacen(host_and_port(database_url), &self.addr.to_string(), 1)
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn down(&self) {
+        if let Some(serving) = self.serving.lock().expect("proxy state").take() {
+            serving.abort();
+        }
+    }
+
+    /// Accepts connections again, on the same address.
+    pub async fn up(&self) {
+        let listener = TcpListener::bind(self.addr).await.expect("proxy binds again");
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let upstream = self.upstream.clone();
+        let serving = tokio::spawn(async move {
+            let mut relays = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                relays.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        *self.serving.lock().expect("proxy state") = Some(serving);
+    }
+}
+
+impl Drop for DbProxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// `host:port` of a `postgres://user@host:port/db` URL.
+fn host_and_port(database_url: &str) -> &str {
+    let rest = database_url.split_once("://").map_or(database_url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+}
