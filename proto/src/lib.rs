@@ -1,8 +1,10 @@
 //! The `payments.v1` contract shared by webhook-gateway and payments-svc,
 //! [`stripe`], the one place Stripe's JSON is turned into it, [`names`],
 //! the one string form of each of its enums, and [`domain`], the one mapping
-//! between its messages and the domain's types.
+//! between its messages and the domain's types; [`agreement`] checks that
+//! an event's typed fields are what its raw payload says.
 
+pub mod agreement;
 pub mod domain;
 pub mod names;
 pub mod stripe;

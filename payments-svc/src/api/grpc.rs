@@ -1,6 +1,7 @@
 //! The `payments.v1.Payments` service: validates requests at the boundary,
 //! calls the domain, converts back. No business logic lives here.
 
+use payments_proto::agreement::{Disagreement, disagreement};
 use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::payments_server::Payments;
 use payments_proto::v1::{
@@ -26,9 +27,10 @@ use payments_domain::reversals::Access;
 use payments_domain::rules::Policy;
 use payments_proto::domain::{incoming, outcome_message};
 
+use crate::api::page_token;
 use crate::api::watch::{self, WatchError, Watchers};
 use crate::error::Error;
-use crate::fulfil::batch::{BatchSettings, EventBatcher};
+use crate::fulfil::batch::EventBatcher;
 use crate::fulfil::session_lookups::SessionLookups;
 use crate::fulfil::verify::{self, Lookup, Recorded, Verdict, Verification};
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
@@ -47,6 +49,9 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 /// The trailer that carries the oldest cursor kept when a watch is refused
 /// for asking after an older one.
 pub const OLDEST_CURSOR_TRAILER: &str = "oldest-cursor";
+/// The trailer that carries the newest cursor when a watch is refused for
+/// asking after one this feed never gave out.
+pub const NEWEST_CURSOR_TRAILER: &str = "newest-cursor";
 
 type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::PurchaseChange, Status>> + Send>>;
 
@@ -66,18 +71,16 @@ pub struct PaymentsService {
 }
 
 impl PaymentsService {
-    /// The service, with the group-commit workers it sends events to.
+    /// The service, sending events to `batcher`'s group-commit workers.
     pub fn new(
         db: DatabaseConnection,
         signals: FeedSignals,
         policy: Policy,
-        batching: BatchSettings,
+        batcher: EventBatcher,
         stripe: Option<StripeApi>,
         metrics: Arc<Metrics>,
         watchers: Arc<Watchers>,
     ) -> Self {
-        let batcher =
-            EventBatcher::start(db.clone(), signals.clone(), policy, batching, Arc::clone(&metrics));
         let stripe = stripe.map(|stripe| Arc::new(SessionLookups::new(stripe)));
         Self { db, signals, policy, batcher, stripe, metrics, watchers }
     }
@@ -91,7 +94,14 @@ impl PaymentsService {
         traceparent: Option<&str>,
     ) -> Result<impl Future<Output = Result<HandleStripeEventResponse, Status>> + use<>, Status> {
         let span = event_span(&event, traceparent);
-        let event = incoming(event).map_err(Error::from).inspect_err(|error| {
+        // The event must be valid, and be what its payload says: the payload
+        // is what is stored and replayed.
+        let disagreement = disagreement(&event).map(|disagreement| match disagreement {
+            Disagreement::Unreadable => Error::invalid("raw_payload", "is not a Stripe event"),
+            Disagreement::Field(field) => Error::invalid(field, "is not what raw_payload says"),
+        });
+        let checked = incoming(event).map_err(Error::from);
+        let event = checked.and_then(|event| disagreement.map_or(Ok(event), Err)).inspect_err(|error| {
             span.record("outcome", "invalid");
             traces::record_error(&span, error);
         })?;
@@ -245,8 +255,8 @@ impl Payments for PaymentsService {
         &self,
         request: Request<WatchPurchaseChangesRequest>,
     ) -> Result<Response<ChangeStream>, Status> {
-        let after = i64::try_from(request.into_inner().after)
-            .map_err(|_| Error::invalid("after", "is beyond any cursor"))?;
+        // Beyond i64 is beyond every cursor: refused as ahead of the feed.
+        let after = i64::try_from(request.into_inner().after).unwrap_or(i64::MAX);
         let changes = watch::start(self.db.clone(), after, &self.watchers);
         let stream =
             ReceiverStream::new(changes).map(|change| change.map(change_message).map_err(watch_status));
@@ -263,20 +273,17 @@ impl Payments for PaymentsService {
             size if size <= MAX_PAGE_SIZE => size,
             _ => return Err(Error::invalid("page_size", "is above 1000").into()),
         };
+        let user_id = Some(request.user_id.as_str()).filter(|user| !user.is_empty());
         let after_id = match request.page_token.as_str() {
             "" => 0,
-            token => token
-                .parse::<i64>()
-                .ok()
-                .filter(|id| *id > 0)
-                .ok_or(Error::invalid("page_token", "is not a token this service gave"))?,
+            token => page_token::decode(token, user_id)
+                .ok_or(Error::invalid("page_token", "is not a token this service gave for this listing"))?,
         };
-        let user_id = Some(request.user_id.as_str()).filter(|user| !user.is_empty());
         let (page, more) = verify::list(&self.db, self.policy, user_id, after_id, u64::from(page_size))
             .await
             .map_err(Error::from)?;
         let next_page_token = match page.last() {
-            Some(last) if more => last.purchase.id.to_string(),
+            Some(last) if more => page_token::encode(last.purchase.id, user_id),
             _ => String::new(),
         };
         let purchases = page.into_iter().map(|r| purchase_message(r.purchase, r.access)).collect();
@@ -306,6 +313,13 @@ fn watch_status(error: WatchError) -> Status {
             let mut status = Status::failed_precondition(error.to_string());
             if let Ok(value) = MetadataValue::try_from(oldest.to_string()) {
                 status.metadata_mut().insert(OLDEST_CURSOR_TRAILER, value);
+            }
+            status
+        }
+        WatchError::Ahead { newest, .. } => {
+            let mut status = Status::failed_precondition(error.to_string());
+            if let Ok(value) = MetadataValue::try_from(newest.to_string()) {
+                status.metadata_mut().insert(NEWEST_CURSOR_TRAILER, value);
             }
             status
         }

@@ -43,6 +43,13 @@ pub enum WatchError {
         oldest - 1
     )]
     TooOld { after: i64, oldest: i64 },
+    /// The cursor is beyond every change this feed has published: it was
+    /// saved from another database, or from this one before a restore. No
+    /// change after it will ever come, so the consumer must resync.
+    #[error(
+        "cursor {after} is beyond the newest change, {newest}: this feed was restored or rebuilt; read the current state with ListPurchases, then watch from {newest}"
+    )]
+    Ahead { after: i64, newest: i64 },
     /// payments-svc is stopping; the consumer reconnects (to another
     /// replica) with its last cursor.
     #[error("payments-svc is shutting down; reconnect with the cursor of the last change handled")]
@@ -141,6 +148,7 @@ async fn follow(
     sender: &mpsc::Sender<Result<Change, WatchError>>,
     registration: &Registration,
 ) -> Result<(), WatchError> {
+    check_not_ahead(db, after).await?;
     let mut position = after;
     loop {
         announcements.borrow_and_update();
@@ -179,6 +187,21 @@ async fn check_kept(db: &DatabaseConnection, after: i64, position: i64) -> Resul
     if position < pruned_through {
         let oldest = oldest.unwrap_or(pruned_through + 1);
         return Err(WatchError::TooOld { after: position, oldest });
+    }
+    Ok(())
+}
+
+/// Fails when `after` is beyond the newest cursor ever published (kept or
+/// pruned): a cursor this feed never gave out. Checked once, at the start:
+/// a cursor the consumer received from this feed is never ahead of it.
+async fn check_not_ahead(db: &DatabaseConnection, after: i64) -> Result<(), WatchError> {
+    if after == 0 {
+        return Ok(());
+    }
+    let (pruned_through, _) = feed::horizon(db).await?;
+    let newest = feed::head(db).await?.max(pruned_through);
+    if after > newest {
+        return Err(WatchError::Ahead { after, newest });
     }
     Ok(())
 }

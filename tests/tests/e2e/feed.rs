@@ -230,12 +230,23 @@ async fn list_purchases_pages_through_every_purchase_or_one_buyers_and_refuses_b
     let one_buyer = list_all(&mut client, "76579e2b-1d72-48ed-99f9-d14b4496249a_list3").await;
     let too_big = ListPurchasesRequest { page_size: 1001, ..Default::default() };
     let bad_token = ListPurchasesRequest { page_token: "not-a-token".into(), ..Default::default() };
+    let first_page = ListPurchasesRequest { page_size: 1, ..Default::default() };
+    let token = client.list_purchases(first_page).await.expect("listed").into_inner().next_page_token;
+    let raw_ids =
+        ["1", "+5", "05"].map(|raw| ListPurchasesRequest { page_token: raw.into(), ..Default::default() });
+    let other_listing =
+        ListPurchasesRequest { user_id: "u_other".into(), page_token: token.clone(), ..Default::default() };
+    let altered = ListPurchasesRequest { page_token: token.to_uppercase(), ..Default::default() };
+    let same_listing = ListPurchasesRequest { page_token: token, ..Default::default() };
+    assert!(
+        !client.list_purchases(same_listing).await.expect("its own token").into_inner().purchases.is_empty()
+    );
 
     assert_eq!(everyone.len(), 7);
     assert!(everyone.values().all(|state| state == &("paid".to_owned(), true, 0)), "{everyone:?}");
     assert_eq!(one_buyer.len(), 1, "{one_buyer:?}");
     assert!(one_buyer.keys().all(|session| session.ends_with("_list3")), "{one_buyer:?}");
-    for request in [too_big, bad_token] {
+    for request in [too_big, bad_token, other_listing, altered].into_iter().chain(raw_ids) {
         let refused = client.list_purchases(request).await.expect_err("refused");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     }
@@ -268,6 +279,37 @@ async fn a_consumer_killed_mid_stream_resumes_from_its_last_cursor_without_gap_o
     assert_eq!(cursors, stored, "every change once, in order, across the kill");
     assert_eq!(rest[0]["kind"], "granted");
     assert!(rest.iter().all(|line| line["hasAccess"] == true && line["causeEventId"].as_str().is_some()));
+    stack.shutdown().await;
+}
+
+on_both_databases!(changes_tail_prints_its_columns_aligned_under_their_headings);
+async fn changes_tail_prints_its_columns_aligned_under_their_headings(db: TestDb) {
+    let url = db.url.clone();
+    let stack = Stack::start(db).await;
+    for n in 0..3 {
+        stack.deliver(&variant(PAID, &format!("_table{n}"))).await;
+    }
+    let mut tail = crate::processes::Tail::table(&url);
+    let lines = tail.text(4);
+    tail.kill();
+
+    /// Where each whitespace-separated cell of `line` starts.
+    fn starts(line: &str) -> Vec<usize> {
+        let mut starts = Vec::new();
+        let mut previous = ' ';
+        for (at, c) in line.char_indices() {
+            if c != ' ' && previous == ' ' {
+                starts.push(at);
+            }
+            previous = c;
+        }
+        starts
+    }
+    let header = starts(&lines[0]);
+    assert_eq!(header.len(), 10, "{}", lines[0]);
+    for line in &lines[1..] {
+        assert_eq!(starts(line), header, "aligned under\n{}\n{line}", lines[0]);
+    }
     stack.shutdown().await;
 }
 
@@ -527,6 +569,36 @@ async fn changes_past_their_retention_are_pruned_and_a_cursor_before_them_is_ref
     for received in [from_oldest, from_horizon] {
         assert_eq!(received.iter().map(|c| c.cursor as i64).collect::<Vec<_>>(), cursors[3..]);
     }
+    stack.shutdown().await;
+}
+
+on_both_databases!(a_cursor_beyond_the_newest_change_is_refused_naming_the_newest);
+async fn a_cursor_beyond_the_newest_change_is_refused_naming_the_newest(db: TestDb) {
+    let stack = Stack::start(db).await;
+    for n in 0..3 {
+        stack.deliver(&variant(PAID, &format!("_ahead{n}"))).await;
+    }
+    let newest = stack.changes().await.last().expect("changes").cursor;
+    let mut client = stack.grpc().await;
+    let mut at_newest = watch(&mut client, newest as u64).await;
+    for after in [newest as u64 + 1, newest as u64 + 1_000_000, i64::MAX as u64, u64::MAX] {
+        let refused = watch(&mut client, after).await.message().await.expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{after}: {refused:?}");
+        assert!(refused.message().contains(&format!("beyond the newest change, {newest}")), "{refused:?}");
+        let trailer = refused.metadata().get("newest-cursor").and_then(|v| v.to_str().ok());
+        assert_eq!(trailer, Some(newest.to_string().as_str()), "{after}");
+    }
+    stack.deliver(&variant(PAID, "_ahead_next")).await;
+    let next = next_changes(&mut at_newest, 1).await;
+    assert_eq!(next[0].cursor as i64, stack.changes().await.last().expect("changes").cursor);
+
+    let printed = crate::processes::payments_cli(
+        stack.database_url(),
+        &[],
+        &["changes", "tail", "--after", &(newest as u64 + 1_000_000).to_string()],
+    );
+    let stderr = String::from_utf8_lossy(&printed.stderr);
+    assert!(!printed.status.success() && stderr.contains("beyond the newest change"), "{stderr}");
     stack.shutdown().await;
 }
 

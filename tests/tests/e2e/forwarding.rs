@@ -73,3 +73,43 @@ async fn one_invalid_event_in_a_call_is_refused_alone(db: TestDb) {
     assert_eq!(stack.purchases().await.len(), 1);
     stack.shutdown().await;
 }
+
+on_both_databases!(an_event_whose_typed_fields_differ_from_its_raw_payload_is_refused_and_nothing_is_written);
+async fn an_event_whose_typed_fields_differ_from_its_raw_payload_is_refused_and_nothing_is_written(
+    db: TestDb,
+) {
+    use payments_proto::v1::stripe_event::Object;
+    let stack = Stack::start(db).await;
+    let mut client = stack.grpc().await;
+    let paid = parse_event(fixture(PAID).expect("fixture")).expect("parses");
+    let mut someone_else = paid.clone();
+    if let Some(Object::CheckoutSession(session)) = &mut someone_else.object {
+        session.metadata.insert("userId".into(), "u_someone_else".into());
+    }
+    let later = StripeEvent { created: paid.created + 60, ..paid.clone() };
+    let unreadable = StripeEvent { raw_payload: Bytes::from_static(b"{\"id\": 1}"), ..paid.clone() };
+
+    let mut refused = Vec::new();
+    for event in [someone_else, later, unreadable] {
+        refused.push(client.handle_stripe_event(event).await.expect_err("refused"));
+    }
+    let nothing_written = (stack.events().await.len(), stack.purchases().await.len());
+    let applied = client.handle_stripe_event(paid).await.expect("the agreeing event");
+
+    assert!(refused.iter().all(|status| status.code() == Code::InvalidArgument), "{refused:?}");
+    let messages: Vec<&str> = refused.iter().map(|status| status.message()).collect();
+    assert_eq!(
+        messages,
+        [
+            "invalid argument: checkout_session.metadata is not what raw_payload says",
+            "invalid argument: created is not what raw_payload says",
+            "invalid argument: raw_payload is not a Stripe event",
+        ]
+    );
+    assert_eq!(nothing_written, (0, 0));
+    assert_eq!(applied.into_inner().outcome(), Outcome::Processed);
+    let purchases = stack.purchases().await;
+    assert_eq!(purchases.len(), 1);
+    assert_ne!(purchases[0].user_id, "u_someone_else");
+    stack.shutdown().await;
+}
