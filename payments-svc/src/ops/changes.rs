@@ -2,17 +2,16 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use chrono::SecondsFormat;
 use clap::Subcommand;
 use sea_orm::{ActiveEnum, DatabaseConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::format::time;
+use super::format::{fixed_row, time, widths};
 use crate::api::watch::{self, Watchers};
 use crate::config::{DatabaseArgs, RetentionArgs};
 use crate::fulfil::retention;
-use crate::store::feed::Change;
+use crate::store::feed::{self, Change};
 use crate::store::signals::FeedSignals;
 
 #[derive(Debug, Subcommand)]
@@ -80,27 +79,85 @@ async fn tail(db: &DatabaseConnection, signals: &FeedSignals, after: u64, json: 
     });
     let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone()));
     tokio::spawn(watch::listen(db.clone(), Arc::clone(&watchers), stop.clone()));
-    let after = i64::try_from(after).context("--after is beyond any cursor")?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let backlog_end = feed::head(db).await?;
     let mut changes = watch::start(db.clone(), after, &watchers);
     let mut stdout = std::io::stdout().lock();
-    if !json {
-        writeln!(stdout, "CURSOR  AT  KIND  SESSION  USER  COURSE  STATUS  ACCESS  REFUNDED  CAUSE")?;
+    let mut table = (!json).then(|| Table::new(backlog_end));
+    if let Some(table) = table.as_mut().filter(|_| backlog_end <= after) {
+        // Nothing stored to measure: the header now, at its own widths.
+        table.print_held(&mut stdout)?;
     }
-    while let Some(change) = changes.recv().await {
+    let ended = loop {
+        let Some(change) = changes.recv().await else { break Ok(()) };
         match change {
             Ok(change) => {
-                let line = if json { change_json(&change) } else { change_line(&change) };
-                writeln!(stdout, "{line}")?;
+                match &mut table {
+                    Some(table) => table.push(&mut stdout, &change)?,
+                    None => writeln!(stdout, "{}", change_json(&change))?,
+                }
                 stdout.flush()?;
             }
-            Err(watch::WatchError::ShuttingDown) => break,
-            Err(error) => return Err(error.into()),
+            Err(watch::WatchError::ShuttingDown) => break Ok(()),
+            Err(error) => break Err(error),
         }
+    };
+    if let Some(table) = table.as_mut().filter(|table| table.widths.is_none()) {
+        table.print_held(&mut stdout)?;
     }
-    Ok(())
+    Ok(ended?)
 }
 
-fn change_line(Change { change, purchase }: &Change) -> String {
+/// `changes tail`'s table. It streams, so it takes its columns' widths
+/// from the changes already stored when it starts (up to
+/// [`Table::SAMPLE`] of them), printed at once; later cells wider than
+/// their column push the rest of their line.
+struct Table {
+    /// The newest cursor stored at the start: the widths are known once it
+    /// has been read.
+    backlog_end: i64,
+    /// Rows held until the widths are known.
+    held: Vec<[String; 10]>,
+    widths: Option<Vec<usize>>,
+}
+
+impl Table {
+    const HEADER: [&str; 10] =
+        ["CURSOR", "AT", "KIND", "SESSION", "USER", "COURSE", "STATUS", "ACCESS", "REFUNDED", "CAUSE"];
+    /// Most rows held back to measure the columns.
+    const SAMPLE: usize = 500;
+
+    fn new(backlog_end: i64) -> Self {
+        Self { backlog_end, held: Vec::new(), widths: None }
+    }
+
+    /// Prints `change` (with the header and the rows held, once the widths
+    /// are known).
+    fn push(&mut self, out: &mut impl std::io::Write, change: &Change) -> std::io::Result<()> {
+        let cells = change_cells(change);
+        if let Some(widths) = &self.widths {
+            return writeln!(out, "{}", fixed_row(&cells, widths));
+        }
+        self.held.push(cells);
+        if change.change.cursor >= self.backlog_end || self.held.len() >= Self::SAMPLE {
+            self.print_held(out)?;
+        }
+        Ok(())
+    }
+
+    /// The header and the rows held, at widths that fit them all.
+    fn print_held(&mut self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let widths = widths(&Self::HEADER, &self.held);
+        writeln!(out, "{}", fixed_row(&Self::HEADER, &widths))?;
+        for row in self.held.drain(..) {
+            writeln!(out, "{}", fixed_row(&row, &widths))?;
+        }
+        self.widths = Some(widths);
+        Ok(())
+    }
+}
+
+fn change_cells(Change { change, purchase }: &Change) -> [String; 10] {
     [
         change.cursor.to_string(),
         time(change.at),
@@ -113,7 +170,6 @@ fn change_line(Change { change, purchase }: &Change) -> String {
         change.amount_refunded.to_string(),
         change.cause_event_id.clone(),
     ]
-    .join("  ")
 }
 
 fn change_json(Change { change, purchase }: &Change) -> String {

@@ -250,9 +250,18 @@ fn list_table(events: &[Event]) -> String {
     table(&["RECEIVED", "EVENT", "TYPE", "STATUS", "DELIVERIES", "ERROR"], &rows, "events")
 }
 
+/// Stripe's `created` as a time, or as the number it was when no calendar
+/// holds it (an event can claim any i64): never blank.
+fn created(unix_seconds: i64) -> String {
+    match DateTime::from_timestamp(unix_seconds, 0) {
+        Some(at) => format!("{} ({unix_seconds})", time(at)),
+        None => format!("{unix_seconds} (Unix seconds, beyond any calendar date)"),
+    }
+}
+
 fn show(event: &Event) -> String {
     let optional_time = |at: Option<DateTime<Utc>>| at.map(time).unwrap_or_else(|| "-".into());
-    let created = DateTime::from_timestamp(event.stripe_created_at, 0).map(time).unwrap_or_default();
+    let created = created(event.stripe_created_at);
     let error = event.error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "-".into());
     let mut out = String::new();
     let _ = writeln!(out, "event:          {}", event.event_id);

@@ -35,21 +35,34 @@ pub(super) fn time(at: DateTime<Utc>) -> String {
 
 /// Left-aligned columns as wide as their widest cell, then a count line.
 pub(super) fn table(header: &[&str], rows: &[Vec<String>], what: &str) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let widths = widths(header, rows);
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows) {
-        let cells: Vec<String> =
-            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    let _ = writeln!(out, "{}", fixed_row(header, &widths));
+    for row in rows {
+        let _ = writeln!(out, "{}", fixed_row(row, &widths));
     }
     let _ = writeln!(out, "({} {what})", rows.len());
     out
+}
+
+/// Each column's width: its widest cell, heading included.
+pub(super) fn widths<R: AsRef<[S]>, S: AsRef<str>>(header: &[&str], rows: &[R]) -> Vec<usize> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *width = (*width).max(cell.as_ref().len());
+        }
+    }
+    widths
+}
+
+/// One line of left-aligned cells at `widths`; a cell wider than its
+/// column pushes the rest of its line (a table that streams learns its
+/// widths from its first rows).
+pub(super) fn fixed_row<S: AsRef<str>>(cells: &[S], widths: &[usize]) -> String {
+    let cells: Vec<String> =
+        cells.iter().zip(widths).map(|(cell, width)| format!("{:<width$}", cell.as_ref())).collect();
+    cells.join("  ").trim_end().to_owned()
 }
 
 /// The `message` of an event's stored error, if any.

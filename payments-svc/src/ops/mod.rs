@@ -75,7 +75,7 @@ impl Command {
 /// Runs one operator command and prints its result to stdout.
 pub async fn run(command: Command) -> anyhow::Result<()> {
     let Some(database) = command.database() else { bail!("serve is not an operator command") };
-    let db = store::connect(&database.database_url).await.context("connecting to DATABASE_URL")?;
+    let db = store::open_existing(&database.database_url).await?;
     let signals = FeedSignals::default();
     let output = match command {
         Command::Serve(_) => bail!("serve is not an operator command"),

@@ -4,6 +4,7 @@
 pub mod entities;
 pub mod events;
 pub mod feed;
+pub mod health;
 pub mod lease;
 pub mod purchases;
 pub mod refund_requests;
@@ -37,7 +38,7 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
     loop {
-        match Database::connect(options(url)).await {
+        match Database::connect(options(url, true)).await {
             Err(error) if is_sqlite_busy(&error) && Instant::now() < deadline => {
                 tracing::info!(%error, "database file busy while connecting; retrying");
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -47,14 +48,72 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     }
 }
 
-fn options(url: &str) -> ConnectOptions {
+/// Why an operator command cannot work on a database.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database at {url}: {source}. Set DATABASE_URL to the service's database")]
+    Missing { url: String, source: DbErr },
+    #[error(
+        "the database at {url} is not set up for payments-svc ({pending} of {total} migrations not applied). Start payments-svc on it once (it migrates when it starts), or run the migration step, then try again"
+    )]
+    NotMigrated { url: String, pending: usize, total: usize },
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Opens the service's existing database for an operator command: unlike
+/// [`connect`] it never creates a SQLite file (run from the wrong folder,
+/// a command would otherwise make an empty one and fail on a missing
+/// table), and it refuses a database the migrations have not reached,
+/// naming the URL (without its password) and what to do.
+pub async fn open_existing(url: &str) -> Result<DatabaseConnection, OpenError> {
+    let options = options(url, false);
+    let shown = redacted(url);
+    let db = Database::connect(options)
+        .await
+        .map_err(|source| OpenError::Missing { url: shown.clone(), source })?;
+    let applied: Vec<String> = match db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await
+    {
+        Ok(rows) => rows.iter().filter_map(|row| row.try_get::<String>("", "version").ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let names: Vec<String> =
+        Migrator::migrations().iter().map(|migration| migration.name().to_owned()).collect();
+    let pending = names.iter().filter(|name| !applied.contains(name)).count();
+    if pending > 0 {
+        return Err(OpenError::NotMigrated { url: shown, pending, total: names.len() });
+    }
+    Ok(db)
+}
+
+/// `url` without the password it may carry.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            let hidden = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The pool's options; a missing SQLite file is created only if `create`.
+fn options(url: &str, create: bool) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|opts| {
-            opts.create_if_missing(true)
+        .map_sqlx_sqlite_opts(move |opts| {
+            opts.create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
@@ -111,6 +170,13 @@ mod tests {
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(move |opts| opts.create_if_missing(true).busy_timeout(busy_timeout));
         options
+    }
+
+    #[test]
+    fn a_shown_url_never_carries_its_password() {
+        assert_eq!(redacted("postgres://app:s3cret@db:5432/payments"), "postgres://app:***@db:5432/payments");
+        assert_eq!(redacted("postgres://app@db/payments"), "postgres://app@db/payments");
+        assert_eq!(redacted("sqlite://payments.db?mode=rwc"), "sqlite://payments.db?mode=rwc");
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ async fn each_webhook_logs_one_structured_line_and_each_refusal_a_distinct_warni
     assert!(handled["session_id"].as_str().is_some_and(|s| s.starts_with("cs_test_")), "{handled}");
     assert_eq!(handled["outcome"], "processed");
     assert!(handled["latency_ms"].as_f64().is_some(), "{handled}");
+    let latency = handled["latency_ms"].to_string();
+    let decimals = latency.split_once('.').map_or(0, |(_, fraction)| fraction.len());
+    assert!(decimals <= 3, "latency logged to the microsecond at most: {latency}");
 
     let v1 = mismatched.split_once("v1=").map(|(_, v1)| &v1[..16]).expect("v1");
     for reason in ["signature_mismatch", "stale_timestamp", "missing_signature"] {
@@ -129,6 +132,66 @@ async fn operators_list_show_and_replay_failed_events(db: TestDb) {
     let missing = payments_cli(&stack.database_url, &[], &["events", "show", "evt_does_not_exist"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no event evt_does_not_exist"));
+}
+
+on_both_databases!(events_show_prints_when_every_event_was_created_even_beyond_the_calendar);
+async fn events_show_prints_when_every_event_was_created_even_beyond_the_calendar(db: TestDb) {
+    let stack = Stack::start(db).await;
+    let paid = fixture(PAID).expect("fixture");
+    for (n, created) in [(0, i64::MAX), (1, i64::MIN), (2, 1_764_000_000)] {
+        let body = e2e::with_fresh_ids(&paid, &format!("_created{n}")).expect("fresh ids");
+        let body = e2e::with_created(&body, created).expect("created");
+        assert_eq!(stack.deliver(&body).await.status, StatusCode::OK);
+        let shown = payments_cli(stack.database_url(), &[], &["events", "show", &event_id_of(&body)]);
+        let printed = String::from_utf8_lossy(&shown.stdout);
+        let line = printed.lines().find(|line| line.starts_with("created:")).expect("a created line");
+        assert!(line.contains(&created.to_string()), "{created}: {line}");
+        if created == 1_764_000_000 {
+            assert!(line.contains("2025-11-24T16:00:00Z"), "{line}");
+        }
+    }
+    stack.shutdown().await;
+}
+
+on_both_databases!(operator_commands_never_create_a_database_and_say_what_to_do_when_it_is_not_there);
+async fn operator_commands_never_create_a_database_and_say_what_to_do_when_it_is_not_there(db: TestDb) {
+    // The database of `db` exists (PostgreSQL) or not (SQLite), but no
+    // migration has run on it.
+    let not_migrated = payments_cli(&db.url, &[], &["events", "list"]);
+    // No DATABASE_URL, from a folder without the service's database.
+    let folder = tempfile::tempdir().expect("temporary directory");
+    let nowhere = std::process::Command::new(crate::processes::binary("payments-svc"))
+        .args(["purchases", "list"])
+        .env_remove("DATABASE_URL")
+        .current_dir(folder.path())
+        .output()
+        .expect("payments-svc runs");
+
+    let said = String::from_utf8_lossy(&not_migrated.stderr);
+    assert!(!not_migrated.status.success(), "{said}");
+    let shown_url = db.url.split_once('?').map_or(db.url.as_str(), |(url, _)| url);
+    assert!(said.contains(shown_url), "names the database: {said}");
+    assert!(
+        said.contains("Set DATABASE_URL") || said.contains("Start payments-svc on it once"),
+        "says what to do: {said}"
+    );
+    assert!(!said.contains("no such table"), "{said}");
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(!nowhere.status.success(), "{said}");
+    assert!(said.contains("sqlite://payments.db") && said.contains("Set DATABASE_URL"), "{said}");
+    let left: Vec<_> = std::fs::read_dir(folder.path()).expect("folder").collect();
+    assert!(left.is_empty(), "nothing created: {left:?}");
+    if db.url.starts_with("sqlite:") {
+        let path = db.url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
+        assert!(!std::path::Path::new(&path).exists(), "no file created at {path}");
+    }
+
+    // The service itself still creates (and migrates) the embedded file,
+    // after which the same command works.
+    let stack = Stack::start(db).await;
+    let listed = payments_cli(stack.database_url(), &[], &["events", "list"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    stack.shutdown().await;
 }
 
 on_both_databases!(replaying_failed_events_after_fixing_the_setting_records_the_purchases);

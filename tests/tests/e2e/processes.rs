@@ -22,7 +22,7 @@ const LOG_DEADLINE: Duration = Duration::from_secs(20);
 /// Paths of the freshly built `payments-svc` and `webhook-gateway`.
 /// Building them here (a no-op when `cargo test --workspace` already did)
 /// keeps `cargo test -p e2e` from running stale binaries.
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     static BINARIES: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     let binaries = BINARIES.get_or_init(|| {
         let output = Command::new(env!("CARGO"))
@@ -230,18 +230,29 @@ pub fn payments_cli(database_url: &str, env: &[(&str, &str)], args: &[&str]) -> 
         .expect("payments-svc runs")
 }
 
-/// `payments-svc changes tail --json` as a consumer: its lines, parsed.
+/// `payments-svc changes tail` as a consumer: its lines, as printed.
 #[derive(Debug)]
 pub struct Tail {
     child: Child,
-    lines: Receiver<Value>,
+    lines: Receiver<String>,
 }
 
 impl Tail {
-    /// Follows the feed of `database_url` from just after `after`.
+    /// Follows the feed of `database_url` from just after `after`, one
+    /// JSON object a line.
     pub fn start(database_url: &str, after: u64) -> Self {
+        Self::spawn(database_url, &["--json", "--after", &after.to_string()])
+    }
+
+    /// Follows the whole feed of `database_url` as the operator's table.
+    pub fn table(database_url: &str) -> Self {
+        Self::spawn(database_url, &[])
+    }
+
+    fn spawn(database_url: &str, args: &[&str]) -> Self {
         let mut child = Command::new(binary("payments-svc"))
-            .args(["changes", "tail", "--json", "--after", &after.to_string()])
+            .args(["changes", "tail"])
+            .args(args)
             .env("DATABASE_URL", database_url)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -251,8 +262,7 @@ impl Tail {
         let (sender, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let parsed = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-                if sender.send(parsed).is_err() {
+                if sender.send(line).is_err() {
                     break;
                 }
             }
@@ -260,13 +270,21 @@ impl Tail {
         Self { child, lines }
     }
 
-    /// The next `n` lines; fails the test if they do not come.
+    /// The next `n` lines, parsed; fails the test if they do not come.
     pub fn lines(&mut self, n: usize) -> Vec<Value> {
+        self.text(n)
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect()
+    }
+
+    /// The next `n` lines as printed; fails the test if they do not come.
+    pub fn text(&mut self, n: usize) -> Vec<String> {
         let deadline = Instant::now() + LOG_DEADLINE;
         (0..n)
             .map(|read| {
                 let left = deadline.saturating_duration_since(Instant::now());
-                self.lines.recv_timeout(left).unwrap_or_else(|_| panic!("only {read} of {n} changes printed"))
+                self.lines.recv_timeout(left).unwrap_or_else(|_| panic!("only {read} of {n} lines printed"))
             })
             .collect()
     }
