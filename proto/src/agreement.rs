@@ -1,55 +1,71 @@
-//! Whether a `StripeEvent`'s typed fields are what its `raw_payload` says.
+//! The event a `HandleStripeEvent` call carries is the one its
+//! `raw_payload` says.
 //!
-//! payments-svc applies the typed fields and stores the raw bytes, which
-//! are what an operator reads and what a replay applies. If the two could
-//! differ, the event applied would not be the event kept: a caller could
-//! grant one user's course with another's receipt. The gateway always
-//! sends the two as one parse of the signed body; any other caller must do
-//! the same, and a call where they differ is refused, naming the field.
+//! payments-svc stores the raw bytes, which are what an operator reads and
+//! what a replay applies; if it applied typed fields sent beside them, the
+//! event applied and the event kept could differ (one user's course
+//! granted on another's receipt). So it reads the event from the raw
+//! payload, once, with the parser the gateway would use, and applies that.
+//! Typed fields a caller sends as well must say the same: a call where one
+//! differs is refused, naming it, rather than silently overruled.
 
-use crate::stripe::parse_event;
+use crate::stripe::{ParseError, parse_event};
 use crate::v1::stripe_event::Object;
 use crate::v1::{CheckoutSession, StripeEvent};
 
-/// Compares field by field, naming the first that differs.
+/// Why a call's event cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Disagreement {
+    /// The payload is no event this service reads.
+    #[error("raw_payload: {0}")]
+    Unreadable(#[from] ParseError),
+    /// This typed field (as the contract names it) was sent, and is not
+    /// what the payload says.
+    #[error("{0} is not what raw_payload says")]
+    Field(&'static str),
+}
+
+/// The event `sent`'s raw payload says, provided every typed field `sent`
+/// carries (an empty or zero field is one not sent) says the same.
+pub fn read(sent: StripeEvent) -> Result<StripeEvent, Disagreement> {
+    let read = parse_event(sent.raw_payload.clone())?;
+    match differing_field(&sent, &read) {
+        Some(field) => Err(Disagreement::Field(field)),
+        None => Ok(read),
+    }
+}
+
+/// Names the first of `fields` that `sent` carries and that differs in
+/// `read`.
 macro_rules! first_difference {
-    ($typed:expr, $raw:expr, $prefix:literal: $($field:ident),+ $(,)?) => {
-        $(if $typed.$field != $raw.$field {
+    ($sent:expr, $read:expr, $prefix:literal: $($field:ident),+ $(,)?) => {
+        $(if sent_and_differs(&$sent.$field, &$read.$field) {
             return Some(concat!($prefix, stringify!($field)));
         })+
     };
 }
 
-/// Where `event` and its `raw_payload` part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disagreement {
-    /// The payload is no event the gateway would forward.
-    Unreadable,
-    /// This typed field (as the contract names it) is not what the
-    /// payload, read the way the gateway reads it, says.
-    Field(&'static str),
+/// Whether `sent` is set (not its type's default, which a caller that
+/// sends only the payload leaves) and differs from `read`.
+fn sent_and_differs<T: Default + PartialEq>(sent: &T, read: &T) -> bool {
+    *sent != T::default() && sent != read
 }
 
-/// Where `event`'s typed fields and its `raw_payload` part, if they do.
-pub fn disagreement(event: &StripeEvent) -> Option<Disagreement> {
-    let Ok(raw) = parse_event(event.raw_payload.clone()) else { return Some(Disagreement::Unreadable) };
-    differing_field(event, &raw).map(Disagreement::Field)
-}
-
-fn differing_field(event: &StripeEvent, raw: &StripeEvent) -> Option<&'static str> {
-    first_difference!(event, raw, "": id, r#type, created, livemode, api_version);
-    match (&event.object, &raw.object) {
-        (Some(Object::CheckoutSession(typed)), Some(Object::CheckoutSession(raw))) => session(typed, raw),
-        (typed, raw) if typed == raw => None,
+fn differing_field(sent: &StripeEvent, read: &StripeEvent) -> Option<&'static str> {
+    first_difference!(sent, read, "": id, r#type, created, livemode, api_version);
+    match (&sent.object, &read.object) {
+        (None, _) => None,
+        (Some(Object::CheckoutSession(sent)), Some(Object::CheckoutSession(read))) => session(sent, read),
+        (sent, read) if sent == read => None,
         (Some(Object::Charge(_)), _) => Some("charge"),
         (Some(Object::Refund(_)), _) => Some("refund"),
         (Some(Object::Dispute(_)), _) => Some("dispute"),
-        _ => Some("object"),
+        (Some(Object::CheckoutSession(_)), _) => Some("checkout_session"),
     }
 }
 
-fn session(typed: &CheckoutSession, raw: &CheckoutSession) -> Option<&'static str> {
-    first_difference!(typed, raw, "checkout_session.":
+fn session(sent: &CheckoutSession, read: &CheckoutSession) -> Option<&'static str> {
+    first_difference!(sent, read, "checkout_session.":
         id, payment_status, status, metadata, client_reference_id, payment_intent,
         amount_total, currency, customer_email, livemode,
     );
@@ -68,33 +84,37 @@ mod tests {
         parse_event(Bytes::from_static(PAID.as_bytes())).expect("parses")
     }
 
-    #[test]
-    fn one_parse_agrees_with_itself() {
-        assert_eq!(disagreement(&paid()), None);
+    fn field(result: Result<StripeEvent, Disagreement>) -> Option<&'static str> {
+        match result {
+            Err(Disagreement::Field(field)) => Some(field),
+            _ => None,
+        }
     }
 
     #[test]
-    fn each_typed_field_changed_is_named() {
+    fn the_payload_alone_or_with_the_same_typed_fields_reads_as_one_event() {
+        let only_the_payload = StripeEvent { raw_payload: paid().raw_payload, ..Default::default() };
+        assert_eq!(read(only_the_payload).expect("reads"), paid());
+        assert_eq!(read(paid()).expect("reads"), paid());
+    }
+
+    #[test]
+    fn each_typed_field_that_differs_is_named() {
         let mut event = paid();
         event.id = "evt_other".into();
-        assert_eq!(disagreement(&event), Some(Disagreement::Field("id")));
+        assert_eq!(field(read(event)), Some("id"));
 
         let mut event = paid();
         event.created += 1;
-        assert_eq!(disagreement(&event), Some(Disagreement::Field("created")));
+        assert_eq!(field(read(event)), Some("created"));
 
         let mut event = paid();
         if let Some(Object::CheckoutSession(session)) = &mut event.object {
             session.metadata.insert("userId".into(), "someone_else".into());
         }
-        assert_eq!(disagreement(&event), Some(Disagreement::Field("checkout_session.metadata")));
+        assert_eq!(field(read(event)), Some("checkout_session.metadata"));
 
-        let mut event = paid();
-        event.object = None;
-        assert_eq!(disagreement(&event), Some(Disagreement::Field("object")));
-
-        let mut event = paid();
-        event.raw_payload = Bytes::from_static(b"{}");
-        assert_eq!(disagreement(&event), Some(Disagreement::Unreadable));
+        let event = StripeEvent { raw_payload: Bytes::from_static(b"{}"), ..paid() };
+        assert!(matches!(read(event), Err(Disagreement::Unreadable(_))));
     }
 }

@@ -117,6 +117,68 @@ struct CustomerDetails {
     email: Option<String>,
 }
 
+/// What the gateway needs of a webhook body before forwarding it: that it
+/// is an event, and its ids for the log line. payments-svc reads the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSummary {
+    pub id: String,
+    pub event_type: String,
+    /// `data.object.id`: the Checkout Session of `checkout.session.*`
+    /// events.
+    pub object_id: Option<String>,
+}
+
+impl EventSummary {
+    /// The Checkout Session the event is about, for `checkout.session.*`.
+    pub fn session_id(&self) -> Option<&str> {
+        self.object_id.as_deref().filter(|_| is_checkout_session_event(&self.event_type))
+    }
+}
+
+#[derive(Deserialize)]
+struct SummaryJson<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    object: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<SummaryData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SummaryData<'a> {
+    #[serde(borrow)]
+    object: Option<SummaryObject<'a>>,
+}
+
+#[derive(Deserialize)]
+struct SummaryObject<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Reads only an event's envelope: `object` must be `event`, with an `id`,
+/// a `type` and a `data.object`; the rest is skipped, not built. A body
+/// this accepts may still fail [`parse_event`] (payments-svc answers that).
+pub fn read_summary(payload: &[u8]) -> Result<EventSummary, ParseError> {
+    let json: SummaryJson<'_> = serde_json::from_slice(payload)?;
+    if json.object.as_deref() != Some("event") {
+        return Err(ParseError::NotAnEvent("`object` is not \"event\""));
+    }
+    let id = json.id.filter(|id| !id.is_empty()).ok_or(ParseError::NotAnEvent("`id` is missing"))?;
+    let kind =
+        json.kind.filter(|kind| !kind.is_empty()).ok_or(ParseError::NotAnEvent("`type` is missing"))?;
+    let object =
+        json.data.and_then(|data| data.object).ok_or(ParseError::NotAnEvent("`data.object` is missing"))?;
+    Ok(EventSummary {
+        id: id.into_owned(),
+        event_type: kind.into_owned(),
+        object_id: object.id.map(std::borrow::Cow::into_owned),
+    })
+}
+
 /// Longest Stripe id accepted (Stripe's ids are at most 255 characters).
 pub const MAX_ID_LEN: usize = 255;
 

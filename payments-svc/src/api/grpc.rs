@@ -1,7 +1,7 @@
 //! The `payments.v1.Payments` service: validates requests at the boundary,
 //! calls the domain, converts back. No business logic lives here.
 
-use payments_proto::agreement::{Disagreement, disagreement};
+use payments_proto::agreement::{self, Disagreement};
 use payments_proto::stripe::is_checkout_session_id;
 use payments_proto::v1::payments_server::Payments;
 use payments_proto::v1::{
@@ -94,14 +94,21 @@ impl PaymentsService {
         traceparent: Option<&str>,
     ) -> Result<impl Future<Output = Result<HandleStripeEventResponse, Status>> + use<>, Status> {
         let span = event_span(&event, traceparent);
-        // The event must be valid, and be what its payload says: the payload
-        // is what is stored and replayed.
-        let disagreement = disagreement(&event).map(|disagreement| match disagreement {
-            Disagreement::Unreadable => Error::invalid("raw_payload", "is not a Stripe event"),
+        // The event applied is the one the payload says (the payload is
+        // what is stored and replayed), and must be valid.
+        let read = agreement::read(event).map_err(|disagreement| match disagreement {
+            Disagreement::Unreadable(error) => {
+                tracing::warn!(%error, "raw_payload is not a Stripe event; refused");
+                Error::invalid("raw_payload", "is not a Stripe event this service reads")
+            }
             Disagreement::Field(field) => Error::invalid(field, "is not what raw_payload says"),
         });
-        let checked = incoming(event).map_err(Error::from);
-        let event = checked.and_then(|event| disagreement.map_or(Ok(event), Err)).inspect_err(|error| {
+        if let Ok(Some(session)) = read.as_ref().map(StripeEvent::checkout_session)
+            && !span.is_disabled()
+        {
+            span.record("stripe.checkout_session.id", session.id.as_str());
+        }
+        let event = read.and_then(|event| incoming(event).map_err(Error::from)).inspect_err(|error| {
             span.record("outcome", "invalid");
             traces::record_error(&span, error);
         })?;
@@ -207,9 +214,6 @@ fn event_span(event: &StripeEvent, traceparent: Option<&str>) -> Span {
     );
     if span.is_disabled() {
         return span;
-    }
-    if let Some(session) = event.checkout_session() {
-        span.record("stripe.checkout_session.id", session.id.as_str());
     }
     if let Some(traceparent) = delivery {
         traces::join_delivery(&span, traceparent);

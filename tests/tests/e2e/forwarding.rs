@@ -48,7 +48,11 @@ on_both_databases!(one_invalid_event_in_a_call_is_refused_alone);
 async fn one_invalid_event_in_a_call_is_refused_alone(db: TestDb) {
     let stack = Stack::start(db).await;
     let paid = parse_event(fixture(PAID).expect("fixture")).expect("parses");
-    let nameless = StripeEvent { id: String::new(), ..paid.clone() };
+    // Nameless in its payload, which is what payments-svc reads.
+    let body = fixture(PAID).expect("fixture");
+    let nameless_body =
+        e2e::replace_once(&body, &format!("\"id\": \"{}\"", paid.id), "\"id\": \"\"").expect("id");
+    let nameless = StripeEvent { id: String::new(), raw_payload: nameless_body, ..paid.clone() };
     let request =
         HandleStripeEventsRequest { events: vec![paid.clone(), nameless, paid], traceparents: Vec::new() };
 
@@ -64,7 +68,10 @@ async fn one_invalid_event_in_a_call_is_refused_alone(db: TestDb) {
     match second {
         stripe_event_result::Result::Error(error) => {
             assert_eq!(Code::from(error.code), Code::InvalidArgument);
-            assert_eq!(error.message, "invalid argument: id is empty");
+            assert_eq!(
+                error.message,
+                "invalid argument: raw_payload is not a Stripe event this service reads"
+            );
         }
         other => panic!("the nameless event was accepted: {other:?}"),
     }
@@ -94,7 +101,9 @@ async fn an_event_whose_typed_fields_differ_from_its_raw_payload_is_refused_and_
         refused.push(client.handle_stripe_event(event).await.expect_err("refused"));
     }
     let nothing_written = (stack.events().await.len(), stack.purchases().await.len());
+    let only_the_payload = StripeEvent { raw_payload: paid.raw_payload.clone(), ..Default::default() };
     let applied = client.handle_stripe_event(paid).await.expect("the agreeing event");
+    let again = client.handle_stripe_event(only_the_payload).await.expect("the payload alone");
 
     assert!(refused.iter().all(|status| status.code() == Code::InvalidArgument), "{refused:?}");
     let messages: Vec<&str> = refused.iter().map(|status| status.message()).collect();
@@ -103,11 +112,12 @@ async fn an_event_whose_typed_fields_differ_from_its_raw_payload_is_refused_and_
         [
             "invalid argument: checkout_session.metadata is not what raw_payload says",
             "invalid argument: created is not what raw_payload says",
-            "invalid argument: raw_payload is not a Stripe event",
+            "invalid argument: raw_payload is not a Stripe event this service reads",
         ]
     );
     assert_eq!(nothing_written, (0, 0));
     assert_eq!(applied.into_inner().outcome(), Outcome::Processed);
+    assert_eq!(again.into_inner().outcome(), Outcome::Duplicate, "the same event, read from its payload");
     let purchases = stack.purchases().await;
     assert_eq!(purchases.len(), 1);
     assert_ne!(purchases[0].user_id, "u_someone_else");

@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use payments_proto::stripe;
+use payments_proto::stripe::{self, EventSummary};
 use payments_proto::v1::{Outcome, StripeEvent};
 use serde::Serialize;
 use service_kit::traces;
@@ -170,14 +170,14 @@ impl Seen {
     }
 
     /// Also on the delivery's span.
-    fn saw(&mut self, event: &StripeEvent) {
-        self.session_id = event.checkout_session().map(|session| session.id.clone());
+    fn saw(&mut self, event: &EventSummary) {
+        self.session_id = event.session_id().map(str::to_owned);
         self.event_id = Some(event.id.clone());
-        self.event_type = Some(event.r#type.clone());
+        self.event_type = Some(event.event_type.clone());
         let span = Span::current();
         if !span.is_disabled() {
             span.record("stripe.event.id", &event.id);
-            span.record("stripe.event.type", &event.r#type);
+            span.record("stripe.event.type", &event.event_type);
             span.record("stripe.checkout_session.id", self.session_id.as_deref());
         }
     }
@@ -195,8 +195,16 @@ async fn verify_and_forward(
     let body = read_body_within(&parts.headers, body, state.max_body_bytes, &state.body_budget).await?;
     signed.check_body(&state.verifier, &body.bytes)?;
 
-    let event = stripe::parse_event(body.bytes.clone())?;
-    seen.saw(&event);
+    // Only the envelope here: payments-svc reads the event from the same
+    // bytes, once, and applies what they say.
+    let summary = stripe::read_summary(&body.bytes)?;
+    seen.saw(&summary);
+    let event = StripeEvent {
+        id: summary.id,
+        r#type: summary.event_type,
+        raw_payload: body.bytes.clone(),
+        ..StripeEvent::default()
+    };
 
     let answer = state.forwarder.forward(event, arrived).await.map_err(payments::api_error)?;
     if answer.outcome() == Outcome::Unspecified {
