@@ -3,19 +3,30 @@
 
 use chrono::{DateTime, Utc};
 use payments_domain::event::EventStatus;
-use payments_domain::write::{self, Decision};
+use payments_domain::write::{self, Decision, Keys};
 use sea_orm::sqlx::{self, PgConnection};
 
 use super::WriteError;
 use crate::store::refund_requests::idempotency_key;
 
-/// Writes `decision` if the write counter is still `writes`; whether it did.
+/// Writes `decision` if the write counter is still `writes` and, when
+/// `absent` names keys, nothing is stored for any of them; the counter
+/// after the write, `None` if it wrote nothing.
 pub(super) async fn save(
     connection: &mut PgConnection,
     decision: &Decision<'_>,
     writes: i64,
+    absent: Option<&Keys>,
     now: DateTime<Utc>,
-) -> Result<bool, WriteError> {
+) -> Result<Option<i64>, WriteError> {
+    fn strings(set: Option<&std::collections::BTreeSet<String>>) -> Vec<&str> {
+        set.map(|set| set.iter().map(String::as_str).collect()).unwrap_or_default()
+    }
+    let (users, courses): (Vec<&str>, Vec<&str>) = absent
+        .iter()
+        .flat_map(|keys| keys.families.iter())
+        .map(|(user, course)| (user.as_str(), course.as_str()))
+        .unzip();
     let events = &decision.events;
     let settled = |event: &write::EventWrite<'_>| event.settle.as_ref().map(|(status, _)| *status);
     let purchases = &decision.purchases;
@@ -23,7 +34,7 @@ pub(super) async fn save(
     let facts = &decision.facts;
     let owed = &decision.refunds_owed;
     let changes = &decision.changes;
-    let query = sqlx::query_as::<_, (i64,)>(SAVE)
+    let query = sqlx::query_as::<_, (Option<i64>,)>(SAVE)
         .bind(writes)
         .bind(now)
         .bind(events.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>())
@@ -74,20 +85,44 @@ pub(super) async fn save(
         .bind(changes.iter().map(|c| c.access.status.as_str()).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.access.has_access).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.access.amount_refunded).collect::<Vec<_>>())
-        .bind(changes.iter().map(|c| c.cause.as_str()).collect::<Vec<_>>());
-    let (applied,) = query.fetch_one(&mut *connection).await?;
-    Ok(applied > 0)
+        .bind(changes.iter().map(|c| c.cause.as_str()).collect::<Vec<_>>())
+        .bind(strings(absent.map(|keys| &keys.event_ids)))
+        .bind(strings(absent.map(|keys| &keys.sessions)))
+        .bind(strings(absent.map(|keys| &keys.payment_intents)))
+        .bind(strings(absent.map(|keys| &keys.checkout_payments)))
+        .bind(strings(absent.map(|keys| &keys.charges)))
+        .bind(users)
+        .bind(courses);
+    let (raised,) = query.fetch_one(&mut *connection).await?;
+    Ok(raised)
 }
 
-/// The write: raises the counter from the value the load read, then, joined
+/// The write: raises the counter from the value the load read (and, for a
+/// batch decided without a load, only if nothing is stored for any of its
+/// keys: what a load would have found), then, joined
 /// to that raise so that nothing is written when it matched no row, the
 /// event rows (a row given the status `received` is one settled before:
 /// only its deliveries count, and a body that differs is kept aside), the
 /// purchases as decided, the new facts, the refunds owed, and the change
-/// rows in publishing order.
+/// rows in publishing order; the counter as raised.
 const SAVE: &str = "
 WITH raised AS (
-    UPDATE purchase_feed SET writes = writes + 1 WHERE writes = $1 RETURNING writes
+    UPDATE purchase_feed SET writes = writes + 1 WHERE writes = $1
+    AND NOT EXISTS (SELECT 1 FROM unnest($45::text[]) AS k(id)
+        CROSS JOIN LATERAL (SELECT 1 FROM stripe_webhook_events WHERE event_id = k.id OFFSET 0) e)
+    AND NOT EXISTS (SELECT 1 FROM unnest($46::text[]) AS k(session)
+        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases
+            WHERE stripe_checkout_session_id = k.session OFFSET 0) p)
+    AND NOT EXISTS (SELECT 1 FROM unnest($47::text[]) AS k(pi)
+        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases WHERE stripe_payment_intent_id = k.pi OFFSET 0) p)
+    AND NOT EXISTS (SELECT 1 FROM (SELECT unnest($47::text[]) UNION ALL SELECT unnest($48::text[])) AS k(pi)
+        CROSS JOIN LATERAL (SELECT 1 FROM payment_reversals WHERE payment_intent_id = k.pi OFFSET 0) r)
+    AND NOT EXISTS (SELECT 1 FROM unnest($49::text[]) AS k(charge)
+        CROSS JOIN LATERAL (SELECT 1 FROM payment_reversals WHERE charge_id = k.charge OFFSET 0) r)
+    AND NOT EXISTS (SELECT 1 FROM unnest($50::text[], $51::text[]) AS k(user_id, course_id)
+        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases
+            WHERE user_id = k.user_id AND course_id = k.course_id OFFSET 0) p)
+    RETURNING writes
 ), events AS (
     INSERT INTO stripe_webhook_events AS e (event_id, event_type, livemode, api_version,
         checkout_session_id, status, error, payload, conflicting_payload, delivery_count,
@@ -162,4 +197,4 @@ WITH raised AS (
     JOIN purchases p ON p.stripe_checkout_session_id = c.session
     ORDER BY c.n
 )
-SELECT count(*) FROM raised";
+SELECT (SELECT writes FROM raised)";
