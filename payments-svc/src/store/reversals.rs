@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::NotSet, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Set,
+    QueryOrder, QuerySelect, Set,
 };
 
 use super::entities::course_purchase;
@@ -118,25 +118,22 @@ pub async fn payments_of_charges(
 /// that are no course purchase, or of purchases not recorded here. A fact
 /// that names only a charge reaches a purchase through another fact that
 /// ties that charge to a recorded payment intent.
+///
+/// Written as anti-joins (`NOT EXISTS`), each an index lookup per fact: a
+/// `NOT IN (subquery)` is hashed only while the subquery's rows fit in
+/// `work_mem`, and beyond that PostgreSQL compares every fact with every
+/// purchase.
 pub async fn unmatched(db: &impl ConnectionTrait, limit: u64) -> Result<Vec<Model>, DbErr> {
-    let recorded = || {
-        course_purchase::Entity::find()
-            .select_only()
-            .column(course_purchase::Column::StripePaymentIntentId)
-            .filter(course_purchase::Column::StripePaymentIntentId.is_not_null())
-            .into_query()
-    };
-    let tied_charges = Entity::find()
-        .select_only()
-        .column(Column::ChargeId)
-        .filter(Column::ChargeId.is_not_null())
-        .filter(Column::PaymentIntentId.in_subquery(recorded()))
-        .into_query();
-    let unknown_payment = Condition::all()
-        .add(Column::PaymentIntentId.is_not_null())
-        .add(Column::PaymentIntentId.not_in_subquery(recorded()));
+    let unknown_payment = Condition::all().add(Column::PaymentIntentId.is_not_null()).add(Expr::cust(
+        "NOT EXISTS (SELECT 1 FROM course_purchases p \
+         WHERE p.stripe_payment_intent_id = payment_reversals.payment_intent_id)",
+    ));
     let unknown_charge = Condition::all().add(Column::PaymentIntentId.is_null()).add(
-        Condition::any().add(Column::ChargeId.is_null()).add(Column::ChargeId.not_in_subquery(tied_charges)),
+        Condition::any().add(Column::ChargeId.is_null()).add(Expr::cust(
+            "NOT EXISTS (SELECT 1 FROM payment_reversals t \
+             JOIN course_purchases p ON p.stripe_payment_intent_id = t.payment_intent_id \
+             WHERE t.charge_id = payment_reversals.charge_id)",
+        )),
     );
     Entity::find()
         .filter(Condition::any().add(unknown_payment).add(unknown_charge))
