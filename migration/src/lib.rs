@@ -17,6 +17,7 @@ mod m20261202_000008_keep_the_access_cause;
 mod m20261203_000009_second_payments_decided_by_the_rules;
 mod m20261203_000010_count_the_writes;
 mod m20261203_000011_index_purchases_by_payment_intent;
+mod m20261204_000012_index_reversals_by_recording;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000009_second_payments_decided_by_the_rules::Migration),
             Box::new(m20261203_000010_count_the_writes::Migration),
             Box::new(m20261203_000011_index_purchases_by_payment_intent::Migration),
+            Box::new(m20261204_000012_index_reversals_by_recording::Migration),
         ]
     }
 }

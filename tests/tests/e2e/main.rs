@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod operations;
 mod paths;
+mod plans;
 mod processes;
 mod refunds;
 mod replicas;

@@ -141,7 +141,7 @@ fn reversal(row: FactRow) -> Result<Reversal, WriteError> {
 /// subquery fenced with `OFFSET 0`, so it stays an index lookup per key
 /// whatever the planner believes of a table's size: right after a start on
 /// empty tables it has no statistics, and would rather scan and hash.
-const LOAD: &str = "
+pub(super) const LOAD: &str = "
 WITH ties AS (
     SELECT DISTINCT r.payment_intent_id AS pi FROM unnest($4::text[]) AS k(charge)
     CROSS JOIN LATERAL (SELECT payment_intent_id FROM payment_reversals

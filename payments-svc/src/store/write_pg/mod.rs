@@ -36,6 +36,10 @@ use payments_domain::rules::Policy;
 use payments_domain::write::{self, Decision, Input, Stored};
 use sea_orm::sqlx::{self, ConnectOptions, Connection, PgConnection, PgPool};
 
+/// The write path's statements by name, for the plan test (which checks on
+/// large analyzed tables that each is planned with index lookups).
+pub const STATEMENTS: [(&str, &str); 2] = [("load", load::LOAD), ("save", save::SAVE)];
+
 /// Attempts before a batch gives up on finding the state unchanged; each
 /// one loses only to a batch that committed meanwhile.
 const ATTEMPTS: usize = 20;

@@ -105,7 +105,7 @@ pub(super) async fn save(
 /// only its deliveries count, and a body that differs is kept aside), the
 /// purchases as decided, the new facts, the refunds owed, and the change
 /// rows in publishing order; the counter as raised.
-const SAVE: &str = "
+pub(super) const SAVE: &str = "
 WITH raised AS (
     UPDATE purchase_feed SET writes = writes + 1 WHERE writes = $1
     AND NOT EXISTS (SELECT 1 FROM unnest($45::text[]) AS k(id)

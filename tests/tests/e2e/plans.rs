@@ -1,0 +1,139 @@
+//! How PostgreSQL plans the statements on the hot paths once the tables are
+//! large: each is EXPLAINed, as the service runs it (prepared, with a
+//! generic plan), against tables of tens of thousands of analyzed rows, and
+//! must reach them by index. A sequential scan of a large table or a
+//! `NOT IN (subquery)` that is not hashed is a cost that grows with the
+//! table, which no benchmark on empty tables shows.
+
+use payments_svc::store::{self, reversals, write_pg};
+use sea_orm::{ConnectionTrait, DatabaseBackend, QueryTrait, Statement, TransactionTrait};
+use serde_json::Value;
+
+use crate::helpers::TestDb;
+
+/// Rows in each large table.
+const ROWS: u32 = 50_000;
+
+/// The tables that grow with the business; a small one may be scanned.
+const LARGE: [&str; 4] =
+    ["course_purchases", "stripe_webhook_events", "payment_reversals", "purchase_changes"];
+
+/// Fills every large table with `ROWS` rows that look like the service's.
+async fn fill(db: &impl ConnectionTrait) {
+    let statements = [
+        format!(
+            "INSERT INTO course_purchases (user_id, course_id, stripe_checkout_session_id,
+                stripe_payment_intent_id, amount_total, currency, status, source, created_at, updated_at,
+                access_status, has_access, access_cause)
+             SELECT 'u_' || g, 'c_' || (g % 50), 'cs_test_' || g, 'pi_' || g, 4900, 'usd', 'paid',
+                'webhook', now(), now(), 'granted', true, 'evt_' || g
+             FROM generate_series(1, {ROWS}) g"
+        ),
+        format!(
+            "INSERT INTO stripe_webhook_events (event_id, event_type, livemode, status, payload,
+                stripe_created_at, received_at, last_received_at, checkout_session_id)
+             SELECT 'evt_' || g, 'checkout.session.completed', false, 'processed', '{{}}', 1764000000,
+                now(), now(), 'cs_test_' || g
+             FROM generate_series(1, {ROWS}) g"
+        ),
+        format!(
+            "INSERT INTO payment_reversals (kind, object_id, status, amount, complete, currency,
+                payment_intent_id, charge_id, event_id, stripe_created_at, recorded_at)
+             SELECT 'refund', 're_' || g, 'succeeded', 4900, true, 'usd',
+                CASE WHEN g % 10 = 0 THEN NULL ELSE 'pi_' || (g * 7) END, 'ch_' || g, 'evt_r' || g,
+                1764000000, now()
+             FROM generate_series(1, {ROWS}) g"
+        ),
+        "INSERT INTO purchase_changes (purchase_id, kind, status, has_access, amount_refunded,
+            cause_event_id, at)
+         SELECT id, 'granted', 'granted', true, 0, 'evt_' || id, now() FROM course_purchases"
+            .to_owned(),
+        "ANALYZE".to_owned(),
+    ];
+    for statement in statements {
+        db.execute_unprepared(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// What is wrong with `plan` (EXPLAIN's JSON), if anything: a sequential
+/// scan of a large table, or a subquery run for each row that reads a large
+/// table without a key (an un-hashed `NOT IN`).
+fn problems(plan: &Value, in_subplan: bool, found: &mut Vec<String>) {
+    let mut in_subplan = in_subplan;
+    if let Some(node) = plan.as_object() {
+        let relation = node.get("Relation Name").and_then(Value::as_str).unwrap_or_default();
+        let kind = node.get("Node Type").and_then(Value::as_str).unwrap_or_default();
+        in_subplan |= node.get("Parent Relationship").and_then(Value::as_str) == Some("SubPlan");
+        let keyed = node.contains_key("Index Cond") || node.contains_key("Recheck Cond");
+        if LARGE.contains(&relation) {
+            if kind == "Seq Scan" {
+                found.push(format!("sequential scan of {relation}"));
+            } else if in_subplan && !keyed {
+                found.push(format!("{kind} of all of {relation} for each row (an un-hashed NOT IN?)"));
+            }
+        }
+    }
+    match plan {
+        Value::Object(map) => map.values().for_each(|value| problems(value, in_subplan, found)),
+        Value::Array(items) => items.iter().for_each(|value| problems(value, in_subplan, found)),
+        _ => {}
+    }
+}
+
+/// The highest `$n` in `sql`: how many parameters it takes.
+fn parameters(sql: &str) -> usize {
+    let mut highest = 0;
+    for (at, _) in sql.match_indices('$') {
+        let digits: String = sql[at + 1..].chars().take_while(char::is_ascii_digit).collect();
+        highest = highest.max(digits.parse().unwrap_or(0));
+    }
+    highest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_on_the_hot_paths_reach_large_tables_by_index() {
+    let test_db = TestDb::postgres().await;
+    let db = store::connect(&test_db.url).await.expect("connects");
+    store::migrate(&db).await.expect("migrates");
+    fill(&db).await;
+
+    let mut statements: Vec<(String, String)> =
+        write_pg::STATEMENTS.iter().map(|(name, sql)| ((*name).to_owned(), (*sql).to_owned())).collect();
+    let unmatched = reversals::unmatched_query(DatabaseBackend::Postgres, 10)
+        .build(DatabaseBackend::Postgres)
+        .to_string();
+    statements.push(("reversals unmatched".to_owned(), unmatched));
+
+    let mut found = Vec::new();
+    for (name, sql) in &statements {
+        // As the service runs it: prepared, with a plan that holds for any
+        // arguments.
+        let txn = db.begin().await.expect("begins");
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan").await.expect("set");
+        txn.execute_unprepared("DEALLOCATE ALL").await.expect("deallocates");
+        txn.execute_unprepared(&format!("PREPARE probe AS {sql}"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let arguments = vec!["NULL"; parameters(sql)].join(", ");
+        let execute = if arguments.is_empty() {
+            "EXECUTE probe".to_owned()
+        } else {
+            format!("EXECUTE probe({arguments})")
+        };
+        let explained = txn
+            .query_one_raw(Statement::from_string(
+                DatabaseBackend::Postgres,
+                format!("EXPLAIN (FORMAT JSON) {execute}"),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .expect("a plan");
+        let plan: Value = explained.try_get("", "QUERY PLAN").expect("JSON plan");
+        txn.rollback().await.expect("rolls back");
+        let mut problems_of = Vec::new();
+        problems(&plan, false, &mut problems_of);
+        found.extend(problems_of.into_iter().map(|problem| format!("{name}: {problem}\n{plan:#}")));
+    }
+    assert!(found.is_empty(), "{}", found.join("\n\n"));
+    assert_eq!(statements.len(), 3, "every statement was planned");
+}
