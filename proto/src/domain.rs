@@ -89,9 +89,13 @@ impl From<pb::Dispute> for Reversal {
     }
 }
 
-/// `From` both ways between a `payments.v1` enum and the domain's, from one
-/// table of variant pairs.
+/// `From` between a `payments.v1` enum and the domain's, from one table of
+/// variant pairs; `both` each way, for enums whose variants are the same.
 macro_rules! same_values {
+    (both $pb:ty, $domain:ty { $($name:ident),+ $(,)? }) => {
+        same_values!($pb => $domain { $($name => $name),+ });
+        same_values!($domain => $pb { $($name => $name),+ });
+    };
     ($pb:ty => $domain:ty { $($from:ident => $to:ident),+ $(,)? }) => {
         impl From<$pb> for $domain {
             fn from(value: $pb) -> Self {
@@ -111,43 +115,12 @@ same_values!(pb::PaymentStatus => PaymentStatus {
     Unpaid => Unpaid,
     NoPaymentRequired => NoPaymentRequired,
 });
-same_values!(pb::RefundStatus => RefundStatus {
-    Unspecified => Unspecified,
-    Pending => Pending,
-    RequiresAction => RequiresAction,
-    Succeeded => Succeeded,
-    Failed => Failed,
-    Canceled => Canceled,
+same_values!(both pb::RefundStatus, RefundStatus {
+    Unspecified, Pending, RequiresAction, Succeeded, Failed, Canceled,
 });
-same_values!(pb::DisputeStatus => DisputeStatus {
-    Unspecified => Unspecified,
-    WarningNeedsResponse => WarningNeedsResponse,
-    WarningUnderReview => WarningUnderReview,
-    WarningClosed => WarningClosed,
-    NeedsResponse => NeedsResponse,
-    UnderReview => UnderReview,
-    Won => Won,
-    Prevented => Prevented,
-    Lost => Lost,
-});
-same_values!(RefundStatus => pb::RefundStatus {
-    Unspecified => Unspecified,
-    Pending => Pending,
-    RequiresAction => RequiresAction,
-    Succeeded => Succeeded,
-    Failed => Failed,
-    Canceled => Canceled,
-});
-same_values!(DisputeStatus => pb::DisputeStatus {
-    Unspecified => Unspecified,
-    WarningNeedsResponse => WarningNeedsResponse,
-    WarningUnderReview => WarningUnderReview,
-    WarningClosed => WarningClosed,
-    NeedsResponse => NeedsResponse,
-    UnderReview => UnderReview,
-    Won => Won,
-    Prevented => Prevented,
-    Lost => Lost,
+same_values!(both pb::DisputeStatus, DisputeStatus {
+    Unspecified, WarningNeedsResponse, WarningUnderReview, WarningClosed, NeedsResponse, UnderReview,
+    Won, Prevented, Lost,
 });
 same_values!(AccessStatus => pb::PurchaseStatus {
     Pending => Pending,

@@ -6,6 +6,7 @@
 //! for webhooks, and anything that fetches sessions from Stripe's API uses
 //! [`parse_checkout_session`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -138,11 +139,11 @@ impl EventSummary {
 #[derive(Deserialize)]
 struct SummaryJson<'a> {
     #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    object: Option<std::borrow::Cow<'a, str>>,
+    object: Option<Cow<'a, str>>,
     #[serde(rename = "type", borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
+    kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<SummaryData<'a>>,
 }
@@ -156,7 +157,7 @@ struct SummaryData<'a> {
 #[derive(Deserialize)]
 struct SummaryObject<'a> {
     #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
 }
 
 /// Reads only an event's envelope: `object` must be `event`, with an `id`,
@@ -175,7 +176,7 @@ pub fn read_summary(payload: &[u8]) -> Result<EventSummary, ParseError> {
     Ok(EventSummary {
         id: id.into_owned(),
         event_type: kind.into_owned(),
-        object_id: object.id.map(std::borrow::Cow::into_owned),
+        object_id: object.id.map(Cow::into_owned),
     })
 }
 

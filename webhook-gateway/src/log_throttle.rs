@@ -3,50 +3,39 @@
 //! Warnings about strangers (bad signatures, bodies that never arrive) are
 //! what an attack produces in bulk: one line each would let anyone fill the
 //! log and its storage for the price of a request. The metric still counts
-//! every one; the log keeps the first few of each second and says how many
-//! it left out.
+//! every one; the log keeps a few a second (a [`TokenBucket`]) and says how
+//! many it left out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use service_kit::rate::TokenBucket;
 
 /// Lines allowed a second, and those left out since the last one written.
 #[derive(Debug)]
 pub struct LogThrottle {
-    per_second: u64,
-    /// The current second and the lines written in it, packed so that one
-    /// compare-and-swap moves both: seconds in the high 44 bits.
-    window: AtomicU64,
+    lines: TokenBucket,
     suppressed: AtomicU64,
 }
 
-const COUNT_BITS: u32 = 20;
-
 impl LogThrottle {
-    pub const fn new(per_second: u64) -> Self {
-        Self { per_second, window: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    /// `per_second` lines a second, as many at once.
+    pub fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second);
+        Self { lines: TokenBucket::new(rate, rate), suppressed: AtomicU64::new(0) }
     }
 
     /// `Some(lines left out since the last line written)` if this line may
     /// be written now; `None` (and counted) if not.
     pub fn admit(&self) -> Option<u64> {
-        self.admit_at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+        self.count(self.lines.try_take())
     }
 
-    fn admit_at(&self, second: u64) -> Option<u64> {
-        let admitted = self.window.fetch_update(Ordering::AcqRel, Ordering::Acquire, |window| {
-            let (current, written) = (window >> COUNT_BITS, window & ((1 << COUNT_BITS) - 1));
-            match current == second {
-                true if written >= self.per_second => None,
-                true => Some(window + 1),
-                false => Some((second << COUNT_BITS) | 1),
-            }
-        });
-        match admitted {
-            Ok(_) => Some(self.suppressed.swap(0, Ordering::AcqRel)),
-            Err(_) => {
-                self.suppressed.fetch_add(1, Ordering::AcqRel);
-                None
-            }
+    fn count(&self, admitted: bool) -> Option<u64> {
+        if admitted {
+            Some(self.suppressed.swap(0, Ordering::AcqRel))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::AcqRel);
+            None
         }
     }
 }
@@ -56,14 +45,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_few_lines_a_second_then_a_count_of_the_rest() {
+    fn a_few_lines_at_once_then_none() {
         let throttle = LogThrottle::new(2);
-        assert_eq!(throttle.admit_at(100), Some(0));
-        assert_eq!(throttle.admit_at(100), Some(0));
-        assert_eq!(throttle.admit_at(100), None);
-        assert_eq!(throttle.admit_at(100), None);
-        assert_eq!(throttle.admit_at(101), Some(2));
-        assert_eq!(throttle.admit_at(101), Some(0));
-        assert_eq!(throttle.admit_at(101), None);
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), None);
+    }
+
+    #[test]
+    fn the_next_line_written_says_how_many_were_left_out() {
+        let throttle = LogThrottle::new(2);
+        assert_eq!(throttle.count(false), None);
+        assert_eq!(throttle.count(false), None);
+        assert_eq!(throttle.count(true), Some(2));
+        assert_eq!(throttle.count(true), Some(0));
     }
 }

@@ -21,6 +21,7 @@ use crate::config::Settings;
 use crate::connections::{Admitted, Connections};
 use crate::forwarder::Forwarder;
 use crate::http::BodyBudget;
+use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::payments;
 use crate::routes;
@@ -40,6 +41,10 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// A client may save up this many seconds' worth of verify requests (a
 /// success page opened in a few tabs).
 const VERIFY_BURST_SECS: f64 = 4.0;
+/// Warnings about unauthenticated deliveries (bad signatures, stalled
+/// bodies) written a second, at most.
+const STRANGER_WARNINGS_PER_SEC: u32 = 10;
+
 /// Client addresses whose verify budget is tracked at once; see
 /// [`KeyedBuckets`].
 const MAX_VERIFY_CLIENTS: usize = 100_000;
@@ -83,6 +88,7 @@ impl Application {
                 let rps = f64::from(rps);
                 KeyedBuckets::new(rps, rps * VERIFY_BURST_SECS, MAX_VERIFY_CLIENTS)
             }),
+            stranger_warnings: LogThrottle::new(STRANGER_WARNINGS_PER_SEC),
             request_timeout: settings.request_timeout,
             metrics,
         };

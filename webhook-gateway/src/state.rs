@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::forwarder::Forwarder;
 use crate::http::BodyBudget;
+use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::signature::Verifier;
@@ -34,6 +35,8 @@ pub struct AppState {
     /// Each client address's share of the verify route
     /// (GATEWAY_VERIFY_PER_CLIENT_RPS); `None` when off.
     pub verify_clients: Option<KeyedBuckets<IpAddr>>,
+    /// Warnings about unauthenticated deliveries, a few a second.
+    pub stranger_warnings: LogThrottle,
     pub request_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }

@@ -21,7 +21,8 @@ pub struct DbProxy {
 impl DbProxy {
     /// A proxy to the server of `database_url` (host and port), up.
     pub async fn start(database_url: &str) -> Self {
-        let upstream = host_and_port(database_url).to_owned();
+        let url = url::Url::parse(database_url).expect("a database URL");
+        let upstream = format!("{}:{}", url.host_str().expect("a host"), url.port().unwrap_or(5432));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
         let addr = listener.local_addr().expect("proxy address");
         let proxy = Self { addr, upstream, serving: Mutex::new(None) };
@@ -31,7 +32,10 @@ impl DbProxy {
 
     /// `database_url` with the proxy in place of its server.
     pub fn url(&self, database_url: &str) -> String {
-        database_url.replacen(host_and_port(database_url), &self.addr.to_string(), 1)
+        let mut url = url::Url::parse(database_url).expect("a database URL");
+        url.set_ip_host(self.addr.ip()).expect("a host");
+        url.set_port(Some(self.addr.port())).expect("a port");
+        url.to_string()
     }
 
     /// Closes every connection and refuses new ones.
@@ -68,11 +72,4 @@ impl Drop for DbProxy {
     fn drop(&mut self) {
         self.down();
     }
-}
-
-/// `host:port` of a `postgres://user@host:port/db` URL.
-fn host_and_port(database_url: &str) -> &str {
-    let rest = database_url.split_once("://").map_or(database_url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }

@@ -14,15 +14,11 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::ApiError;
 use crate::http::{HttpResponse, declared_length, json, read_body_within};
-use crate::log_throttle::LogThrottle;
 use crate::metrics::WebhookLabels;
 use crate::payments;
 use crate::state::AppState;
 
 const SIGNATURE_HEADER: &str = "stripe-signature";
-
-/// Warnings about unauthenticated deliveries written a second, at most.
-static STRANGERS: LogThrottle = LogThrottle::new(10);
 
 /// The 200 body: tells Stripe's dashboard (and whoever reads it) what
 /// became of the event.
@@ -91,8 +87,14 @@ async fn receive_traced(
         // the secret or the signature itself. A burst of these is a wrong
         // secret, someone probing, or someone holding connections open: the
         // metric counts each, the log keeps a few a second.
-        Err(error @ ApiError::Signature(_)) => {
-            if let Some(suppressed) = STRANGERS.admit() {
+        Err(error @ (ApiError::Signature(_) | ApiError::BodyStalled)) => {
+            let message = match error {
+                ApiError::BodyStalled => {
+                    "webhook body stopped arriving; rejected before its signature could be checked"
+                }
+                _ => "webhook signature rejected",
+            };
+            if let Some(suppressed) = state.stranger_warnings.admit() {
                 tracing::warn!(
                     outcome = "rejected",
                     reason = error.code(),
@@ -101,20 +103,7 @@ async fn receive_traced(
                     signature_header_bytes = seen.signature_header_bytes,
                     latency_ms,
                     suppressed,
-                    "webhook signature rejected"
-                )
-            }
-        }
-        Err(error @ ApiError::BodyStalled) => {
-            if let Some(suppressed) = STRANGERS.admit() {
-                tracing::warn!(
-                    outcome = "rejected",
-                    reason = error.code(),
-                    %peer,
-                    body_bytes = seen.declared_bytes,
-                    latency_ms,
-                    suppressed,
-                    "webhook body stopped arriving; rejected before its signature could be checked"
+                    "{message}"
                 )
             }
         }

@@ -7,7 +7,7 @@ use payments_domain::write::{Keys, Stored, StoredPurchase};
 use sea_orm::sqlx::{self, PgConnection};
 use serde::Deserialize;
 
-use super::WriteError;
+use super::{KeyArrays, WriteError};
 
 /// One loaded row: which kind, and its columns as JSON.
 #[derive(Deserialize)]
@@ -54,19 +54,15 @@ struct FactRow {
 
 /// Everything `keys` name, and the write counter, as of one snapshot.
 pub(super) async fn load(connection: &mut PgConnection, keys: &Keys) -> Result<(i64, Stored), WriteError> {
-    fn strings(set: &std::collections::BTreeSet<String>) -> Vec<&str> {
-        set.iter().map(String::as_str).collect()
-    }
-    let (users, courses): (Vec<&str>, Vec<&str>) =
-        keys.families.iter().map(|(user, course)| (user.as_str(), course.as_str())).unzip();
+    let keys = KeyArrays::of(keys);
     let rows: Vec<(String,)> = sqlx::query_as(LOAD)
-        .bind(strings(&keys.event_ids))
-        .bind(strings(&keys.sessions))
-        .bind(strings(&keys.payment_intents))
-        .bind(strings(&keys.charges))
-        .bind(users)
-        .bind(courses)
-        .bind(strings(&keys.checkout_payments))
+        .bind(keys.event_ids)
+        .bind(keys.sessions)
+        .bind(keys.payment_intents)
+        .bind(keys.charges)
+        .bind(keys.users)
+        .bind(keys.courses)
+        .bind(keys.checkout_payments)
         .fetch_all(&mut *connection)
         .await?;
     let mut writes = None;

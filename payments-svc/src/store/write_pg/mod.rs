@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use payments_domain::rules::Policy;
-use payments_domain::write::{self, Decision, Input, Stored};
+use payments_domain::write::{self, Decision, Input, Keys, Stored};
 use sea_orm::sqlx::{self, ConnectOptions, Connection, PgConnection, PgPool};
 
 /// The write path's statements by name, for the plan test (which checks on
@@ -99,6 +99,37 @@ async fn apply_knowing<'a>(
         }
     }
     Err(WriteError::Contended)
+}
+
+/// [`Keys`] as the statements bind them: one text array each, the
+/// families as two arrays of the same length.
+struct KeyArrays<'k> {
+    event_ids: Vec<&'k str>,
+    sessions: Vec<&'k str>,
+    payment_intents: Vec<&'k str>,
+    checkout_payments: Vec<&'k str>,
+    charges: Vec<&'k str>,
+    users: Vec<&'k str>,
+    courses: Vec<&'k str>,
+}
+
+impl<'k> KeyArrays<'k> {
+    fn of(keys: &'k Keys) -> Self {
+        fn strings(set: &std::collections::BTreeSet<String>) -> Vec<&str> {
+            set.iter().map(String::as_str).collect()
+        }
+        let (users, courses) =
+            keys.families.iter().map(|(user, course)| (user.as_str(), course.as_str())).unzip();
+        Self {
+            event_ids: strings(&keys.event_ids),
+            sessions: strings(&keys.sessions),
+            payment_intents: strings(&keys.payment_intents),
+            checkout_payments: strings(&keys.checkout_payments),
+            charges: strings(&keys.charges),
+            users,
+            courses,
+        }
+    }
 }
 
 /// A connection left unused this long is pinged before its next batch, so

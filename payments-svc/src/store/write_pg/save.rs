@@ -6,7 +6,7 @@ use payments_domain::event::EventStatus;
 use payments_domain::write::{self, Decision, Keys};
 use sea_orm::sqlx::{self, PgConnection};
 
-use super::WriteError;
+use super::{KeyArrays, WriteError};
 use crate::store::refund_requests::idempotency_key;
 
 /// Writes `decision` if the write counter is still `writes` and, when
@@ -19,14 +19,8 @@ pub(super) async fn save(
     absent: Option<&Keys>,
     now: DateTime<Utc>,
 ) -> Result<Option<i64>, WriteError> {
-    fn strings(set: Option<&std::collections::BTreeSet<String>>) -> Vec<&str> {
-        set.map(|set| set.iter().map(String::as_str).collect()).unwrap_or_default()
-    }
-    let (users, courses): (Vec<&str>, Vec<&str>) = absent
-        .iter()
-        .flat_map(|keys| keys.families.iter())
-        .map(|(user, course)| (user.as_str(), course.as_str()))
-        .unzip();
+    let no_keys = Keys::default();
+    let absent = KeyArrays::of(absent.unwrap_or(&no_keys));
     let events = &decision.events;
     let settled = |event: &write::EventWrite<'_>| event.settle.as_ref().map(|(status, _)| *status);
     let purchases = &decision.purchases;
@@ -86,13 +80,13 @@ pub(super) async fn save(
         .bind(changes.iter().map(|c| c.access.has_access).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.access.amount_refunded).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.cause.as_str()).collect::<Vec<_>>())
-        .bind(strings(absent.map(|keys| &keys.event_ids)))
-        .bind(strings(absent.map(|keys| &keys.sessions)))
-        .bind(strings(absent.map(|keys| &keys.payment_intents)))
-        .bind(strings(absent.map(|keys| &keys.checkout_payments)))
-        .bind(strings(absent.map(|keys| &keys.charges)))
-        .bind(users)
-        .bind(courses);
+        .bind(absent.event_ids)
+        .bind(absent.sessions)
+        .bind(absent.payment_intents)
+        .bind(absent.checkout_payments)
+        .bind(absent.charges)
+        .bind(absent.users)
+        .bind(absent.courses);
     let (raised,) = query.fetch_one(&mut *connection).await?;
     Ok(raised)
 }
