@@ -45,6 +45,12 @@ const HTTP2_MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// its stream's last frames, and would hold the server open for ever.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// The health service's name that answers SERVING for as long as the
+/// process answers at all, whatever the database: a liveness probe on it
+/// restarts a stuck process, never one waiting out a database outage (the
+/// readiness probe asks "", which follows the database).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// How often the health service re-checks the database while it answers
 /// (failures reported by the paths that meet them are checked at once),
 /// and while it does not, to turn back soon after it recovers.
@@ -103,7 +109,7 @@ impl Application {
         }
         let db = store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
         if settings.skip_migrations {
-            tracing::info!("skipping migrations, as configured");
+            refuse_an_old_schema(&db).await?;
         } else {
             store::migrate(&db).await.context("applying migrations")?;
         }
@@ -164,6 +170,7 @@ impl Application {
         let signals = FeedSignals::default();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PaymentsServer<PaymentsService>>().await;
+        health.set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving).await;
         let failures = DatabaseHealth::default();
         tokio::spawn(watch_database(self.db.clone(), failures.clone(), health.clone(), stop.clone()));
         let render = {
@@ -251,6 +258,7 @@ impl Application {
             async move {
                 stop.cancelled().await;
                 health.set_not_serving::<PaymentsServer<PaymentsService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             }
         };
         let serving = router.serve_with_incoming_shutdown(incoming, drained);
@@ -283,6 +291,22 @@ fn server_tls(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {
         std::fs::read(cert).with_context(|| format!("reading PAYMENTS_TLS_CERT {}", cert.display()))?;
     let key = std::fs::read(key).with_context(|| format!("reading PAYMENTS_TLS_KEY {}", key.display()))?;
     Ok(Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))))
+}
+
+/// With migrations left to a step of their own, a version must not serve on
+/// a schema that step has not brought up to it: it stops, naming what is
+/// missing, and the orchestrator starts it again later.
+async fn refuse_an_old_schema(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let pending = store::pending_migrations(db).await.context("reading the applied migrations")?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "PAYMENTS_SKIP_MIGRATIONS is set but {} migration(s) are not applied ({}): run `payments-svc migrate` first",
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    tracing::info!("migrations left to the migration step; the schema is current");
+    Ok(())
 }
 
 /// Keeps the health service's answer in step with the database: serving

@@ -3,6 +3,7 @@
 //! they gather queued work into batches, how they ration what strangers
 //! could exhaust, and how they read the token between them.
 
+pub mod addr;
 pub mod admin;
 pub mod gather;
 pub mod logs;

@@ -9,13 +9,32 @@ use clap::Parser;
 use service_kit::logs::LogFormat;
 use service_kit::token::{self, TokenError};
 
+use crate::healthcheck::HealthcheckArgs;
 use crate::signature::WebhookSecret;
+
+/// What the binary does besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 when the gateway serving on GATEWAY_ADDR answers 200 on
+    /// `/readyz`, 1 otherwise: a container health check.
+    Healthcheck(HealthcheckArgs),
+}
 
 /// Receives Stripe webhooks, verifies their signatures and forwards them to
 /// payments-svc; also answers the frontend's purchase verification.
 #[derive(Clone, Parser)]
-#[command(name = "webhook-gateway", version, about, after_help = service_kit::traces::ENVIRONMENT_HELP)]
+#[command(
+    name = "webhook-gateway",
+    version,
+    about,
+    after_help = service_kit::traces::ENVIRONMENT_HELP,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// Without a subcommand the gateway serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Webhook signing secret(s) from the Stripe dashboard or `stripe listen`
     /// (`whsec_...`). Required. Several, comma-separated, while a secret is
     /// being rolled: a signature from any of them is accepted.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod error;
 pub mod forwarder;
+pub mod healthcheck;
 pub mod http;
 pub mod log_throttle;
 pub mod metrics;

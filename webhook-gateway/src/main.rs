@@ -2,7 +2,8 @@ use clap::Parser;
 use service_kit::logs::{self, Output};
 use service_kit::shutdown;
 use service_kit::traces::Traces;
-use webhook_gateway::config::{Cli, Settings};
+use webhook_gateway::config::{Cli, Command, Settings};
+use webhook_gateway::healthcheck;
 use webhook_gateway::startup::Application;
 
 /// jemalloc returns freed memory to the system soon after a burst (a flood
@@ -14,6 +15,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Healthcheck(args)) = cli.command {
+        return healthcheck::run(args).await;
+    }
     let traces = Traces::from_env("webhook-gateway")?;
     let logs = logs::init(cli.log_format, Output::Stdout, traces.as_ref());
     let settings = Settings::try_from(cli)?;

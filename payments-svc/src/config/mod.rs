@@ -75,8 +75,10 @@ pub struct Args {
     #[arg(long, env = "PAYMENTS_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
 
-    /// Do not apply pending migrations at start-up (for deployments that run
-    /// `migration up` as a separate step). By default they are applied.
+    /// Do not apply pending migrations at start-up, for deployments that run
+    /// `payments-svc migrate` as a step of their own: the service then
+    /// refuses to start on a schema that step has not brought up to date.
+    /// By default they are applied.
     #[arg(long, env = "PAYMENTS_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
 
@@ -259,7 +261,7 @@ impl TryFrom<Args> for Settings {
 }
 
 /// A positive interval: a number and a unit, `s`, `m`, `h` or `d`.
-fn parse_interval(value: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(value: &str) -> Result<Duration, String> {
     let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
     let amount: u64 = number.parse().map_err(|_| format!("{value:?}: expected e.g. 15m or 1h"))?;
     let unit_secs = match unit {

@@ -4,6 +4,8 @@
 mod changes;
 mod events;
 mod format;
+mod healthcheck;
+mod migrate;
 mod purchases;
 mod reversals;
 
@@ -12,6 +14,8 @@ use clap::Subcommand;
 
 pub use changes::ChangesCommand;
 pub use events::{EventsCommand, StatusFilter};
+pub use healthcheck::HealthcheckArgs;
+pub use migrate::MigrateArgs;
 pub use purchases::PurchasesCommand;
 pub use reversals::ReversalsCommand;
 
@@ -38,6 +42,12 @@ pub enum Command {
     /// Follow and maintain the purchase change feed.
     #[command(subcommand)]
     Changes(ChangesCommand),
+    /// Apply the database migrations, or check or wait for them: for
+    /// deployments that migrate as a step of their own.
+    Migrate(MigrateArgs),
+    /// Exit 0 when the payments-svc serving on PAYMENTS_GRPC_ADDR answers
+    /// that it serves, 1 otherwise: a container health check.
+    Healthcheck(HealthcheckArgs),
     /// Apply every checkout.session.* event Stripe sent in a recent window
     /// that is not processed here yet: recovers webhooks lost in an outage.
     /// Needs STRIPE_SECRET_KEY.
@@ -62,7 +72,7 @@ impl Command {
     /// The database the command works on.
     fn database(&self) -> Option<&DatabaseArgs> {
         match self {
-            Self::Serve(_) => None,
+            Self::Serve(_) | Self::Migrate(_) | Self::Healthcheck(_) => None,
             Self::Events(command) => Some(command.database()),
             Self::Reversals(command) => Some(command.database()),
             Self::Purchases(command) => Some(command.database()),
@@ -74,11 +84,22 @@ impl Command {
 
 /// Runs one operator command and prints its result to stdout.
 pub async fn run(command: Command) -> anyhow::Result<()> {
-    let Some(database) = command.database() else { bail!("serve is not an operator command") };
+    match command {
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
+        command => on_database(command).await,
+    }
+}
+
+/// Runs a command that works on the service's migrated database.
+async fn on_database(command: Command) -> anyhow::Result<()> {
+    let Some(database) = command.database() else { bail!("not a command on the database") };
     let db = store::open_existing(&database.database_url).await?;
     let signals = FeedSignals::default();
     let output = match command {
-        Command::Serve(_) => bail!("serve is not an operator command"),
+        Command::Serve(_) | Command::Migrate(_) | Command::Healthcheck(_) => {
+            bail!("not a command on the database")
+        }
         Command::Changes(command) => changes::run(&db, &signals, command).await?,
         Command::Events(command) => events::run(&db, &signals, command).await?,
         Command::Purchases(command) => purchases::run(&db, command).await?,

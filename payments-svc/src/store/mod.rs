@@ -61,17 +61,35 @@ pub enum OpenError {
     Db(#[from] DbErr),
 }
 
+/// Connects to a database that must exist already: never creates a SQLite
+/// file. A failure names the URL without its password.
+pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
+    Database::connect(options(url, false))
+        .await
+        .map_err(|source| OpenError::Missing { url: redacted(url), source })
+}
+
 /// Opens the service's existing database for an operator command: unlike
 /// [`connect`] it never creates a SQLite file (run from the wrong folder,
 /// a command would otherwise make an empty one and fail on a missing
 /// table), and it refuses a database the migrations have not reached,
 /// naming the URL (without its password) and what to do.
 pub async fn open_existing(url: &str) -> Result<DatabaseConnection, OpenError> {
-    let options = options(url, false);
+    let db = open(url).await?;
     let shown = redacted(url);
-    let db = Database::connect(options)
-        .await
-        .map_err(|source| OpenError::Missing { url: shown.clone(), source })?;
+    let total = Migrator::migrations().len();
+    let pending = pending_migrations(&db).await?.len();
+    if pending > 0 {
+        return Err(OpenError::NotMigrated { url: shown, pending, total });
+    }
+    Ok(db)
+}
+
+/// The migrations this binary knows that the database has not applied, in
+/// order. A database without the migrations' table has applied none; one
+/// that has applied migrations this binary does not know (a newer version's,
+/// during a rollback) is not behind.
+pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
     let applied: Vec<String> = match db
         .query_all_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),
@@ -80,15 +98,28 @@ pub async fn open_existing(url: &str) -> Result<DatabaseConnection, OpenError> {
         .await
     {
         Ok(rows) => rows.iter().filter_map(|row| row.try_get::<String>("", "version").ok()).collect(),
-        Err(_) => Vec::new(),
+        Err(_) if !migrations_table_exists(db).await? => Vec::new(),
+        Err(error) => return Err(error),
     };
-    let names: Vec<String> =
-        Migrator::migrations().iter().map(|migration| migration.name().to_owned()).collect();
-    let pending = names.iter().filter(|name| !applied.contains(name)).count();
-    if pending > 0 {
-        return Err(OpenError::NotMigrated { url: shown, pending, total: names.len() });
-    }
-    Ok(db)
+    Ok(Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .filter(|name| !applied.contains(name))
+        .collect())
+}
+
+/// Whether the migrations' bookkeeping table exists: a query on it that
+/// fails for another reason (a lost connection) must not read as "nothing
+/// applied".
+async fn migrations_table_exists(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            "SELECT 1 AS found FROM pg_tables WHERE tablename = 'seaql_migrations' AND schemaname = ANY (current_schemas(false))"
+        }
+        _ => "SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'",
+    };
+    let row = db.query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql)).await?;
+    Ok(row.is_some())
 }
 
 /// `url` without the password it may carry.

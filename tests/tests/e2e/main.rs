@@ -1,7 +1,9 @@
 //! End-to-end tests: the real webhook-gateway and payments-svc on ephemeral
 //! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
 
+mod containers;
 mod db_proxy;
+mod deploy_steps;
 mod fake_stripe;
 mod faults;
 mod feed;
@@ -12,9 +14,11 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod manifests;
 mod operations;
 mod paths;
 mod plans;
+mod podman;
 mod processes;
 mod refunds;
 mod replicas;
