@@ -33,6 +33,9 @@ pub struct Metrics {
     pub feed_watchers: Gauge,
     pub feed_lag: Gauge,
     pub feed_pruned: Counter,
+    /// Reads of the feed made to serve watchers: the shared reader's, and
+    /// those of watchers catching up.
+    pub feed_reads: Counter,
     /// Purchases the scheduled sweep found at Stripe and not here.
     pub reconcile_drift: Counter,
     /// Stored events whose payloads retention dropped.
@@ -80,6 +83,12 @@ impl Default for Metrics {
             "Stored webhook events whose payloads were dropped after WEBHOOK_EVENTS_RETENTION_DAYS",
             events_pruned.clone(),
         );
+        let feed_reads = Counter::default();
+        registry.register(
+            "change_feed_reads",
+            "Reads of the change feed made to serve watchers (the shared reader's and catch-ups)",
+            feed_reads.clone(),
+        );
         let feed_pruned = Counter::default();
         registry.register(
             "change_feed_pruned",
@@ -96,6 +105,7 @@ impl Default for Metrics {
             feed_watchers,
             feed_lag,
             feed_pruned,
+            feed_reads,
             reconcile_drift,
             events_pruned,
         }

@@ -87,6 +87,8 @@ pub struct Application {
     retention: Retention,
     /// Sweeps for missed webhooks this often, when set.
     reconcile_interval: Option<Duration>,
+    /// Most change-feed watches served at once.
+    max_watchers: usize,
     auth: RequireToken,
     tls: Option<ServerTlsConfig>,
 }
@@ -133,6 +135,7 @@ impl Application {
             stripe,
             auto_refund_duplicates: settings.auto_refund_duplicates,
             reconcile_interval: settings.reconcile_interval,
+            max_watchers: settings.max_watchers,
             retention: Retention { changes: settings.changes_retention, events: settings.events_retention },
             auth: RequireToken::new(token),
             tls,
@@ -202,15 +205,10 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone()));
+        let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone(), self.max_watchers));
         tokio::spawn(watch::listen(self.db.clone(), Arc::clone(&watchers), stop.clone()));
         tokio::spawn(watch::tell_listeners(self.db.clone(), signals.clone(), stop.clone()));
-        tokio::spawn(watch::sample(
-            self.db.clone(),
-            Arc::clone(&watchers),
-            Arc::clone(&metrics),
-            stop.clone(),
-        ));
+        tokio::spawn(watch::sample(Arc::clone(&watchers), Arc::clone(&metrics), stop.clone()));
         tokio::spawn(retention::run(
             self.db.clone(),
             signals.clone(),

@@ -261,7 +261,10 @@ impl Payments for PaymentsService {
     ) -> Result<Response<ChangeStream>, Status> {
         // Beyond i64 is beyond every cursor: refused as ahead of the feed.
         let after = i64::try_from(request.into_inner().after).unwrap_or(i64::MAX);
-        let changes = watch::start(self.db.clone(), after, &self.watchers);
+        let changes = watch::start(self.db.clone(), after, &self.watchers).map_err(|error| {
+            tracing::warn!(%error, "change-feed watch refused");
+            watch_status(error)
+        })?;
         let stream =
             ReceiverStream::new(changes).map(|change| change.map(change_message).map_err(watch_status));
         Ok(Response::new(Box::pin(stream)))
@@ -328,6 +331,7 @@ fn watch_status(error: WatchError) -> Status {
             status
         }
         WatchError::ShuttingDown => Status::unavailable(error.to_string()),
+        WatchError::TooMany { .. } => Status::resource_exhausted(error.to_string()),
         WatchError::Db(source) => Error::Database(source).into(),
     }
 }

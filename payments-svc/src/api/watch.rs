@@ -1,14 +1,17 @@
 //! Serving the change feed to watchers: each watcher is one task that reads
-//! the feed in cursor order ([`crate::store::feed`]) and sends through a small bounded
-//! channel to its gRPC stream.
+//! the feed in cursor order ([`crate::store::feed`]) until it has caught
+//! up, then takes each new change from the replica's shared reader
+//! ([`super::tail`]), and sends through a small bounded channel to its gRPC
+//! stream.
 //!
 //! The channel is the back-pressure: a consumer that reads slowly or not at
 //! all fills its HTTP/2 window, then the channel, and then its task waits,
-//! holding one page of changes and no database connection. Event handling
-//! never waits for a watcher.
+//! holding one page of changes and no database connection; one that falls
+//! behind the shared reader catches up from the database again. Event
+//! handling never waits for a watcher.
 //!
-//! A watcher that has caught up sleeps until a commit that published changes
-//! is announced: by this process after its commit, or, on PostgreSQL, by a
+//! The shared reader reads after each commit that published changes, as
+//! announced by this process after its commit, or, on PostgreSQL, by a
 //! `NOTIFY` from another replica ([`listen`]), which each replica sends after
 //! its commits while some replica listens ([`tell_listeners`]). It also
 //! looks once a second in case a wake-up was lost (a dropped `LISTEN`
@@ -23,6 +26,7 @@ use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::tail::Tail;
 use crate::metrics::Metrics;
 use crate::store::feed::{self, Change};
 use crate::store::signals::{self, FeedSignals};
@@ -31,7 +35,7 @@ use crate::store::signals::{self, FeedSignals};
 const PAGE: u64 = 256;
 /// Changes a watcher holds ready beyond what its stream has taken.
 const BUFFERED: usize = 32;
-/// How often a caught-up watcher looks even without a wake-up.
+/// How often notifications are asked about again after a failure.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
 
 /// Why a watch ended without the consumer hanging up.
@@ -50,6 +54,11 @@ pub enum WatchError {
         "cursor {after} is beyond the newest change, {newest}: this feed was restored or rebuilt; read the current state with ListPurchases, then watch from {newest}"
     )]
     Ahead { after: i64, newest: i64 },
+    /// This replica already serves as many watches as it may.
+    #[error(
+        "this replica serves its limit of {limit} change-feed watches (PAYMENTS_MAX_WATCHERS): retry later, or on another replica"
+    )]
+    TooMany { limit: usize },
     /// payments-svc is stopping; the consumer reconnects (to another
     /// replica) with its last cursor.
     #[error("payments-svc is shutting down; reconnect with the cursor of the last change handled")]
@@ -61,21 +70,34 @@ pub enum WatchError {
 /// Every open watch: where each stands, for the lag metric, and the signal
 /// that ends them all at shutdown (a server drains its calls before it
 /// stops, and a watch would never finish by itself).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watchers {
     next_id: AtomicU64,
     positions: Mutex<BTreeMap<u64, i64>>,
     /// How many watches are open, for [`listen`] to wait on.
     open: tokio::sync::watch::Sender<usize>,
     shutdown: CancellationToken,
-    /// The application's wake-ups, which caught-up watchers wait for.
+    /// The application's wake-ups, which the shared reader waits for.
     signals: FeedSignals,
+    /// The one reader of new changes that caught-up watchers share.
+    tail: Arc<Tail>,
+    /// Most watches open at once.
+    limit: usize,
 }
 
 impl Watchers {
-    /// Watches woken by `signals` that end when `shutdown` is cancelled.
-    pub fn new(signals: FeedSignals, shutdown: CancellationToken) -> Self {
-        Self { shutdown, signals, ..Self::default() }
+    /// At most `limit` watches, woken by `signals`, that end when
+    /// `shutdown` is cancelled.
+    pub fn new(signals: FeedSignals, shutdown: CancellationToken, limit: usize) -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            positions: Mutex::default(),
+            open: tokio::sync::watch::Sender::default(),
+            tail: Tail::new(signals.clone(), shutdown.clone()),
+            shutdown,
+            signals,
+            limit,
+        }
     }
 
     /// How many watches are open, and the cursor of the one furthest behind.
@@ -84,11 +106,17 @@ impl Watchers {
         (positions.len(), positions.values().min().copied())
     }
 
-    fn register(self: &Arc<Self>, position: i64) -> Registration {
+    fn register(self: &Arc<Self>, position: i64) -> Result<Registration, WatchError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.set(id, position);
+        {
+            let mut positions = self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if positions.len() >= self.limit {
+                return Err(WatchError::TooMany { limit: self.limit });
+            }
+            positions.insert(id, position);
+        }
         self.open.send_modify(|open| *open += 1);
-        Registration { watchers: Arc::clone(self), id }
+        Ok(Registration { watchers: Arc::clone(self), id })
     }
 
     fn set(&self, id: u64, position: i64) {
@@ -118,19 +146,20 @@ impl Drop for Registration {
 /// Starts a watch of the changes after `after` (0: from the oldest kept).
 /// The receiver yields them in cursor order, then each new one as it
 /// commits; it ends with the error that stopped the watch, if any. The task
-/// stops when the receiver is dropped.
+/// stops when the receiver is dropped. Refused when the replica serves its
+/// limit of watches.
 pub fn start(
     db: DatabaseConnection,
     after: i64,
     watchers: &Arc<Watchers>,
-) -> mpsc::Receiver<Result<Change, WatchError>> {
+) -> Result<mpsc::Receiver<Result<Change, WatchError>>, WatchError> {
+    let registration = watchers.register(after)?;
     let (sender, receiver) = mpsc::channel(BUFFERED);
-    let registration = watchers.register(after);
     let shutdown = watchers.shutdown.clone();
-    let announcements = watchers.signals.announcements();
+    let tail = Arc::clone(&watchers.tail);
     tokio::spawn(async move {
         let result = tokio::select! {
-            result = follow(&db, after, announcements, &sender, &registration) => result,
+            result = follow(&db, after, &tail, &sender, &registration) => result,
             () = shutdown.cancelled() => Err(WatchError::ShuttingDown),
         };
         if let Err(error) = result {
@@ -138,40 +167,67 @@ pub fn start(
             let _ = sender.try_send(Err(error));
         }
     });
-    receiver
+    Ok(receiver)
 }
 
 async fn follow(
     db: &DatabaseConnection,
     after: i64,
-    mut announcements: tokio::sync::watch::Receiver<u64>,
+    tail: &Arc<Tail>,
     sender: &mpsc::Sender<Result<Change, WatchError>>,
     registration: &Registration,
 ) -> Result<(), WatchError> {
     check_not_ahead(db, after).await?;
     let mut position = after;
     loop {
-        announcements.borrow_and_update();
-        let page = feed::read(db, position, PAGE).await?;
-        check_kept(db, after, position).await?;
-        let full = page.len() as u64 == PAGE;
-        for change in page {
-            let cursor = change.change.cursor;
-            if sender.send(Ok(change)).await.is_err() {
-                return Ok(());
+        // Subscribed before the last page is read: see `tail`.
+        let mut live = tail.subscribe(db).await?;
+        loop {
+            let page = tail.read_page(db, position, PAGE).await?;
+            check_kept(db, after, position).await?;
+            let full = page.len() as u64 == PAGE;
+            for change in page {
+                if !send(sender, change, &mut position, registration).await {
+                    return Ok(());
+                }
             }
-            position = cursor;
-            registration.advance(position);
+            if !full {
+                break;
+            }
         }
-        if full {
-            continue;
-        }
-        tokio::select! {
-            _ = announcements.changed() => {}
-            () = tokio::time::sleep(SAFETY_POLL) => {}
-            () = sender.closed() => return Ok(()),
+        // Caught up: from the shared reader, until this one falls behind it.
+        loop {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                () = sender.closed() => return Ok(()),
+            };
+            match received {
+                Ok(change) if change.change.cursor <= position => {}
+                Ok(change) => {
+                    if !send(sender, Change::clone(&change), &mut position, registration).await {
+                        return Ok(());
+                    }
+                }
+                Err(_lagged_or_closed) => break,
+            }
         }
     }
+}
+
+/// Sends one change to the consumer; false once it has hung up.
+async fn send(
+    sender: &mpsc::Sender<Result<Change, WatchError>>,
+    change: Change,
+    position: &mut i64,
+    registration: &Registration,
+) -> bool {
+    let cursor = change.change.cursor;
+    if sender.send(Ok(change)).await.is_err() {
+        return false;
+    }
+    *position = cursor;
+    registration.advance(cursor);
+    true
 }
 
 /// Fails when changes right after `position` may have been pruned. Called
@@ -322,19 +378,16 @@ async fn shutdown_or_idle(open: &mut tokio::sync::watch::Receiver<usize>, shutdo
 /// Keeps the watcher metrics current (once a second) until `shutdown`: how
 /// many watches are open, and how many cursors the slowest is behind the
 /// newest change.
-pub async fn sample(
-    db: DatabaseConnection,
-    watchers: Arc<Watchers>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+pub async fn sample(watchers: Arc<Watchers>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut reads_counted = 0;
     loop {
         let (open, slowest) = watchers.slowest();
         metrics.feed_watchers.set(open as i64);
-        let lag = match slowest {
-            Some(position) => feed::head(&db).await.map_or(0, |head| (head - position).max(0)),
-            None => 0,
-        };
+        let reads = watchers.tail.reads();
+        metrics.feed_reads.inc_by(reads - reads_counted);
+        reads_counted = reads;
+        // Measured against what the shared reader has read: no query.
+        let lag = slowest.map_or(0, |position| (watchers.tail.head() - position).max(0));
         metrics.feed_lag.set(lag);
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -96,6 +96,13 @@ pub struct Args {
     #[arg(long, env = "RECONCILE_INTERVAL", value_parser = parse_interval)]
     pub reconcile_interval: Option<Duration>,
 
+    /// Most change-feed watches (WatchPurchaseChanges streams) this replica
+    /// serves at once; beyond it a new one is refused with
+    /// RESOURCE_EXHAUSTED, to retry later or on another replica. An open
+    /// watch costs memory, not queries.
+    #[arg(long, env = "PAYMENTS_MAX_WATCHERS", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watchers: u32,
+
     /// Log line format (the operator commands read LOG_FORMAT too).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -168,6 +175,8 @@ pub struct Settings {
     /// How often payments-svc sweeps for missed webhooks itself (needs
     /// `stripe`); `None`: never.
     pub reconcile_interval: Option<Duration>,
+    /// Most change-feed watches served at once.
+    pub max_watchers: usize,
     pub log_format: LogFormat,
 }
 
@@ -194,6 +203,7 @@ impl fmt::Debug for Settings {
             .field("auto_refund_duplicates", &self.auto_refund_duplicates)
             .field("changes_retention", &self.changes_retention)
             .field("events_retention", &self.events_retention)
+            .field("max_watchers", &self.max_watchers)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -255,6 +265,7 @@ impl TryFrom<Args> for Settings {
             changes_retention: args.retention.changes(),
             events_retention: args.retention.events(),
             reconcile_interval: args.reconcile_interval,
+            max_watchers: usize::try_from(args.max_watchers).unwrap_or(usize::MAX),
             log_format: args.log_format,
         })
     }

@@ -77,11 +77,11 @@ async fn tail(db: &DatabaseConnection, signals: &FeedSignals, after: u64, json: 
             stop.cancel();
         }
     });
-    let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone()));
+    let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone(), 1));
     tokio::spawn(watch::listen(db.clone(), Arc::clone(&watchers), stop.clone()));
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let backlog_end = feed::head(db).await?;
-    let mut changes = watch::start(db.clone(), after, &watchers);
+    let mut changes = watch::start(db.clone(), after, &watchers)?;
     let mut stdout = std::io::stdout().lock();
     let mut table = (!json).then(|| Table::new(backlog_end));
     if let Some(table) = table.as_mut().filter(|_| backlog_end <= after) {

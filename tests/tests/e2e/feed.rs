@@ -79,7 +79,7 @@ pub(crate) async fn assert_each_change_is_a_change(
     changes.last().cloned().expect("non-empty")
 }
 
-async fn watch(client: &mut PaymentsClient<Channel>, after: u64) -> Streaming<PurchaseChange> {
+pub(crate) async fn watch(client: &mut PaymentsClient<Channel>, after: u64) -> Streaming<PurchaseChange> {
     client
         .watch_purchase_changes(WatchPurchaseChangesRequest { after })
         .await
@@ -88,7 +88,7 @@ async fn watch(client: &mut PaymentsClient<Channel>, after: u64) -> Streaming<Pu
 }
 
 /// The next `n` changes of `stream`; fails the test if they do not arrive.
-async fn next_changes(stream: &mut Streaming<PurchaseChange>, n: usize) -> Vec<PurchaseChange> {
+pub(crate) async fn next_changes(stream: &mut Streaming<PurchaseChange>, n: usize) -> Vec<PurchaseChange> {
     let mut changes = Vec::with_capacity(n);
     let deadline = Instant::now() + DEADLINE;
     while changes.len() < n {

@@ -7,6 +7,7 @@ mod deploy_steps;
 mod fake_stripe;
 mod faults;
 mod feed;
+mod feed_sharing;
 mod final_answers;
 mod forwarding;
 mod group_commit;
