@@ -18,6 +18,7 @@ mod m20261203_000009_second_payments_decided_by_the_rules;
 mod m20261203_000010_count_the_writes;
 mod m20261203_000011_index_purchases_by_payment_intent;
 mod m20261204_000012_index_reversals_by_recording;
+mod m20261204_000013_index_events_by_arrival;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_count_the_writes::Migration),
             Box::new(m20261203_000011_index_purchases_by_payment_intent::Migration),
             Box::new(m20261204_000012_index_reversals_by_recording::Migration),
+            Box::new(m20261204_000013_index_events_by_arrival::Migration),
         ]
     }
 }

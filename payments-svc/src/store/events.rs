@@ -10,7 +10,12 @@ use sea_orm::{
 use super::entities::stripe_webhook_event::{Column, Entity, EventStatus, Model};
 
 pub async fn find(db: &impl ConnectionTrait, event_id: &str) -> Result<Option<Model>, DbErr> {
-    Entity::find().filter(Column::EventId.eq(event_id)).one(db).await
+    find_query(event_id).one(db).await
+}
+
+/// [`find`]'s query, for the plan test.
+pub fn find_query(event_id: &str) -> sea_orm::Select<Entity> {
+    Entity::find().filter(Column::EventId.eq(event_id))
 }
 
 /// Which events [`list`] returns.
@@ -25,8 +30,13 @@ pub struct ListFilter {
 
 /// Events matching `filter`, newest first.
 pub async fn list(db: &impl ConnectionTrait, filter: &ListFilter) -> Result<Vec<Model>, DbErr> {
+    list_query(filter).all(db).await
+}
+
+/// [`list`]'s query, for the plan test.
+pub fn list_query(filter: &ListFilter) -> sea_orm::Select<Entity> {
     let query = Entity::find().order_by_desc(Column::ReceivedAt).order_by_desc(Column::Id);
-    filtered(query, filter).limit(filter.limit).all(db).await
+    filtered(query, filter).limit(filter.limit)
 }
 
 /// Events matching `filter` with a row id above `after_id`, in row order
@@ -37,8 +47,13 @@ pub async fn page(
     filter: &ListFilter,
     after_id: i64,
 ) -> Result<Vec<Model>, DbErr> {
+    page_query(filter, after_id).all(db).await
+}
+
+/// [`page`]'s query, for the plan test.
+pub fn page_query(filter: &ListFilter, after_id: i64) -> sea_orm::Select<Entity> {
     let query = Entity::find().filter(Column::Id.gt(after_id)).order_by_asc(Column::Id);
-    filtered(query, filter).limit(filter.limit).all(db).await
+    filtered(query, filter).limit(filter.limit)
 }
 
 fn filtered(mut query: sea_orm::Select<Entity>, filter: &ListFilter) -> sea_orm::Select<Entity> {

@@ -31,27 +31,30 @@ pub struct Change {
     pub purchase: course_purchase::Model,
 }
 
-/// Changes after `after`, oldest first, at most `limit`, with their
-/// purchases as stored now.
-pub async fn read(db: &impl ConnectionTrait, after: i64, limit: u64) -> Result<Vec<Change>, DbErr> {
-    let changes = purchase_change::Entity::find()
+/// [`read`]'s first query: the changes after `after`, oldest first.
+pub fn changes_query(after: i64, limit: u64) -> sea_orm::Select<purchase_change::Entity> {
+    purchase_change::Entity::find()
         .filter(purchase_change::Column::Cursor.gt(after))
         .order_by_asc(purchase_change::Column::Cursor)
         .limit(limit)
-        .all(db)
-        .await?;
+}
+
+/// [`read`]'s second query: the purchases of those changes.
+pub fn purchases_query(ids: impl IntoIterator<Item = i64>) -> sea_orm::Select<course_purchase::Entity> {
+    course_purchase::Entity::find().filter(course_purchase::Column::Id.is_in(ids))
+}
+
+/// Changes after `after`, oldest first, at most `limit`, with their
+/// purchases as stored now.
+pub async fn read(db: &impl ConnectionTrait, after: i64, limit: u64) -> Result<Vec<Change>, DbErr> {
+    let changes = changes_query(after, limit).all(db).await?;
     if changes.is_empty() {
         // A caught-up reader's look costs one query, not two.
         return Ok(Vec::new());
     }
     let ids: BTreeSet<i64> = changes.iter().map(|change| change.purchase_id).collect();
-    let purchases: BTreeMap<i64, course_purchase::Model> = course_purchase::Entity::find()
-        .filter(course_purchase::Column::Id.is_in(ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|purchase| (purchase.id, purchase))
-        .collect();
+    let purchases: BTreeMap<i64, course_purchase::Model> =
+        purchases_query(ids).all(db).await?.into_iter().map(|purchase| (purchase.id, purchase)).collect();
     changes
         .into_iter()
         .map(|change| {

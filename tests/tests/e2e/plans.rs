@@ -5,7 +5,9 @@
 //! `NOT IN (subquery)` that is not hashed is a cost that grows with the
 //! table, which no benchmark on empty tables shows.
 
-use payments_svc::store::{self, reversals, write_pg};
+use payments_svc::store::entities::stripe_webhook_event::EventStatus;
+use payments_svc::store::events::ListFilter;
+use payments_svc::store::{self, events, feed, purchases, reversals, write_pg};
 use sea_orm::{ConnectionTrait, DatabaseBackend, QueryTrait, Statement, TransactionTrait};
 use serde_json::Value;
 
@@ -80,6 +82,36 @@ fn problems(plan: &Value, in_subplan: bool, found: &mut Vec<String>) {
     }
 }
 
+/// The statements built by sea-orm on the verify, feed and operator paths,
+/// with example values inlined (their plans hold for any such values).
+fn built_statements() -> Vec<(String, String)> {
+    let sql = |query: &dyn QueryTrait<QueryStatement = sea_orm::sea_query::SelectStatement>| {
+        query.build(DatabaseBackend::Postgres).to_string()
+    };
+    let failed = ListFilter { status: Some(EventStatus::Failed), limit: Some(50), ..ListFilter::default() };
+    let recent = ListFilter { limit: Some(50), ..ListFilter::default() };
+    vec![
+        ("verify by session".to_owned(), sql(&purchases::by_session_query("cs_test_42"))),
+        ("verify by user and course".to_owned(), sql(&purchases::by_user_course_query("u_42", "c_7"))),
+        ("reversal's purchase".to_owned(), sql(&purchases::by_payment_intent_query("pi_42"))),
+        ("ListPurchases page".to_owned(), sql(&purchases::page_query(None, 25_000, 100))),
+        ("ListPurchases page of a buyer".to_owned(), sql(&purchases::page_query(Some("u_42"), 0, 100))),
+        ("purchases list".to_owned(), sql(&purchases::list_query(false, 50))),
+        ("watch: changes after a cursor".to_owned(), sql(&feed::changes_query(25_000, 256))),
+        ("watch: their purchases".to_owned(), sql(&feed::purchases_query([1, 2, 3]))),
+        ("events show".to_owned(), sql(&events::find_query("evt_42"))),
+        ("events list".to_owned(), sql(&events::list_query(&recent))),
+        ("events list --status failed".to_owned(), sql(&events::list_query(&failed))),
+        ("events replay --failed (a page)".to_owned(), sql(&events::page_query(&failed, 0))),
+        (
+            "reversals unmatched".to_owned(),
+            reversals::unmatched_query(DatabaseBackend::Postgres, 10)
+                .build(DatabaseBackend::Postgres)
+                .to_string(),
+        ),
+    ]
+}
+
 /// The highest `$n` in `sql`: how many parameters it takes.
 fn parameters(sql: &str) -> usize {
     let mut highest = 0;
@@ -99,10 +131,7 @@ async fn statements_on_the_hot_paths_reach_large_tables_by_index() {
 
     let mut statements: Vec<(String, String)> =
         write_pg::STATEMENTS.iter().map(|(name, sql)| ((*name).to_owned(), (*sql).to_owned())).collect();
-    let unmatched = reversals::unmatched_query(DatabaseBackend::Postgres, 10)
-        .build(DatabaseBackend::Postgres)
-        .to_string();
-    statements.push(("reversals unmatched".to_owned(), unmatched));
+    statements.extend(built_statements());
 
     let mut found = Vec::new();
     for (name, sql) in &statements {
@@ -110,7 +139,6 @@ async fn statements_on_the_hot_paths_reach_large_tables_by_index() {
         // arguments.
         let txn = db.begin().await.expect("begins");
         txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan").await.expect("set");
-        txn.execute_unprepared("DEALLOCATE ALL").await.expect("deallocates");
         txn.execute_unprepared(&format!("PREPARE probe AS {sql}"))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -129,11 +157,13 @@ async fn statements_on_the_hot_paths_reach_large_tables_by_index() {
             .unwrap_or_else(|e| panic!("{name}: {e}"))
             .expect("a plan");
         let plan: Value = explained.try_get("", "QUERY PLAN").expect("JSON plan");
+        // Prepared statements outlive transactions; sqlx's own stay.
+        txn.execute_unprepared("DEALLOCATE probe").await.expect("deallocates");
         txn.rollback().await.expect("rolls back");
         let mut problems_of = Vec::new();
         problems(&plan, false, &mut problems_of);
         found.extend(problems_of.into_iter().map(|problem| format!("{name}: {problem}\n{plan:#}")));
     }
     assert!(found.is_empty(), "{}", found.join("\n\n"));
-    assert_eq!(statements.len(), 3, "every statement was planned");
+    assert_eq!(statements.len(), write_pg::STATEMENTS.len() + built_statements().len());
 }
