@@ -3,6 +3,7 @@
 // (pg_stat_database) with and without them, and payments-svc's memory
 // before, with them, and 30 s after they leave.
 // Run after `npm run build`: node bench/watchers.mjs [watchers] [seconds]
+import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 
 import { PaymentsClient } from "../dist/index.js";
@@ -11,6 +12,7 @@ import { TOKEN, deliver, paidCheckout, sql, startStack } from "../test/stack.mjs
 const watchers = Number(process.argv[2] ?? 1000);
 const seconds = Number(process.argv[3] ?? 10);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const STATS_DELAY_MS = 12_000;
 
 const stack = await startStack();
 const rssMb = () => {
@@ -28,11 +30,14 @@ const transactionsPerSecond = async () => {
 const clients = Array.from({ length: Math.ceil(watchers / 100) }, () => new PaymentsClient({ url: stack.grpcUrl, token: TOKEN }));
 try {
   for (let n = 0; n < 5; n++) await deliver(stack.gatewayUrl, paidCheckout(n).body);
-  await sleep(2000);
+  // PostgreSQL's backends report their counts up to 10 s late once idle:
+  // each measurement starts after the burst before it has been reported.
+  await sleep(STATS_DELAY_MS);
   const idle = await transactionsPerSecond();
   const rssIdle = rssMb();
 
   const controller = new AbortController();
+  setMaxListeners(watchers + 10, controller.signal);
   let caughtUp = 0;
   const streams = Array.from({ length: watchers }, async (_, i) => {
     const client = clients[i % clients.length];
@@ -42,7 +47,7 @@ try {
     }
   });
   while (caughtUp < watchers) await sleep(50);
-  await sleep(2000);
+  await sleep(STATS_DELAY_MS);
   const watched = await transactionsPerSecond();
   const rssWatched = rssMb();
   controller.abort();
