@@ -13,7 +13,7 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::routes::READY_PATH;
+use crate::paths::READY_PATH;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthcheckArgs {

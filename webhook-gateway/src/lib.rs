@@ -15,6 +15,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod log_throttle;
 pub mod metrics;
+pub mod paths;
 pub mod payments;
 pub mod routes;
 pub mod signature;

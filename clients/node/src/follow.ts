@@ -1,6 +1,11 @@
-import type { PaymentsClient } from "./client.js";
 import { PaymentsError } from "./errors.js";
-import type { PurchaseChange } from "./views.js";
+import type { Purchase, PurchaseChange } from "./views.js";
+
+/** What the follower reads: the two calls of PaymentsClient it needs. */
+export interface ChangeSource {
+  watchPurchaseChanges(options: { after?: bigint; signal?: AbortSignal }): AsyncIterable<PurchaseChange>;
+  purchases(list: { pageSize?: number }, options: { signal?: AbortSignal }): AsyncIterable<Purchase>;
+}
 
 export interface FollowOptions {
   /** The cursor saved last (`undefined` or 0n on the first run: from the oldest change kept). */
@@ -36,7 +41,7 @@ export type FollowEvent =
  * order and save its cursor, reconnect with backoff when the stream ends or
  * fails transiently, resync on FAILED_PRECONDITION.
  */
-export async function follow(client: PaymentsClient, options: FollowOptions): Promise<void> {
+export async function follow(client: ChangeSource, options: FollowOptions): Promise<void> {
   const { signal } = options;
   const initialMs = options.backoff?.initialMs ?? 100;
   const maxMs = options.backoff?.maxMs ?? 5_000;
@@ -72,7 +77,7 @@ export async function follow(client: PaymentsClient, options: FollowOptions): Pr
 }
 
 /** Hands every purchase over as a `resync` change, then saves where to go on from. */
-async function resync(client: PaymentsClient, options: FollowOptions, stale: bigint, resumeAfter: bigint) {
+async function resync(client: ChangeSource, options: FollowOptions, stale: bigint, resumeAfter: bigint) {
   for await (const purchase of client.purchases({ pageSize: 1000 }, { signal: options.signal })) {
     await options.onChange({ cursor: stale, kind: "resync", purchase, causeEventId: "", at: purchase.updatedAt });
   }

@@ -243,29 +243,27 @@ async fn passes(probe: &Probe, which: &str) {
 /// How many rows the event and the session have in the database.
 async fn recorded(url: &str, event: &str, session: &str) -> (i64, i64) {
     let db = Database::connect(url).await.expect("database");
-    let count = |sql: &str, id: &str| Statement::from_sql_and_values(DbBackend::Postgres, sql, [id.into()]);
-    let events = db
-        .query_one_raw(count(
-            "SELECT count(*) AS n FROM stripe_webhook_events WHERE event_id = $1 AND status = 'processed'",
-            event,
-        ))
-        .await
-        .expect("query")
-        .expect("row")
-        .try_get::<i64>("", "n")
-        .expect("count");
-    let purchases = db
-        .query_one_raw(count(
-            "SELECT count(*) AS n FROM course_purchases WHERE stripe_checkout_session_id = $1",
-            session,
-        ))
-        .await
-        .expect("query")
-        .expect("row")
-        .try_get::<i64>("", "n")
-        .expect("count");
+    let events = count(
+        &db,
+        "SELECT count(*) AS n FROM stripe_webhook_events WHERE event_id = $1 AND status = 'processed'",
+        event,
+    )
+    .await;
+    let purchases = count(
+        &db,
+        "SELECT count(*) AS n FROM course_purchases WHERE stripe_checkout_session_id = $1",
+        session,
+    )
+    .await;
     db.close().await.expect("close");
     (events, purchases)
+}
+
+/// The `n` that `sql` counts for `id`.
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str, id: &str) -> i64 {
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, [id.into()]);
+    let row = db.query_one_raw(statement).await.expect("query").expect("row");
+    row.try_get::<i64>("", "n").expect("count")
 }
 
 fn env_value<'a>(env: &'a [(String, String)], name: &str) -> &'a str {

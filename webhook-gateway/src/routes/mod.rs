@@ -14,18 +14,8 @@ use hyper::{Method, Request, StatusCode};
 use crate::error::ApiError;
 use crate::http::{HttpResponse, json};
 use crate::metrics::WebhookLabels;
+pub use crate::paths::{HEALTH_PATH, READY_PATH, SUCCESS_PAGE_PATH, VERIFY_PATH, WEBHOOK_PATH};
 use crate::state::AppState;
-
-/// Where Stripe posts events.
-pub const WEBHOOK_PATH: &str = "/api/payments/webhook";
-/// Where the frontend asks whether a checkout became a purchase.
-pub const VERIFY_PATH: &str = "/api/payments/verify";
-/// Liveness: the process is up and serving HTTP.
-pub const HEALTH_PATH: &str = "/healthz";
-/// Readiness: payments-svc is reachable and serving.
-pub const READY_PATH: &str = "/readyz";
-/// Where Stripe Checkout sends the buyer back (`success_url`).
-pub const SUCCESS_PAGE_PATH: &str = "/checkout/success";
 
 /// Dispatches one request. Never fails: every error becomes its response.
 /// The webhook and verify routes each count against an in-flight limit of
