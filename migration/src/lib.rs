@@ -20,6 +20,7 @@ mod m20261203_000011_index_purchases_by_payment_intent;
 mod m20261204_000012_index_reversals_by_recording;
 mod m20261204_000013_index_events_by_arrival;
 mod m20261204_000014_index_events_by_status;
+mod m20261204_000015_retention_without_a_walk;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000012_index_reversals_by_recording::Migration),
             Box::new(m20261204_000013_index_events_by_arrival::Migration),
             Box::new(m20261204_000014_index_events_by_status::Migration),
+            Box::new(m20261204_000015_retention_without_a_walk::Migration),
         ]
     }
 }

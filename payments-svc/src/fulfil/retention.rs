@@ -52,15 +52,33 @@ fn cutoff(retention: Duration) -> chrono::DateTime<Utc> {
 
 /// How many stored events' payloads [`prune_events`] would drop now.
 pub async fn prunable_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
-    events::count_prunable(db, cutoff(retention)).await
+    let from = events::payloads_pruned_before(db).await?.map(|mark| (mark, i64::MIN));
+    events::count_prunable(db, cutoff(retention), from).await
 }
 
 /// Drops the payloads of every settled event older than `retention` now, one
 /// replica at a time; returns how many (0 when another replica is at it).
+///
+/// A pass starts where the last one left off (the retention mark) and
+/// walks forward in arrival order, so its cost is what arrived since, not
+/// every payload ever dropped. It then moves the mark to its cutoff, or to
+/// the oldest failed event if that is older: a failed event keeps its
+/// payload until it is resolved, and the next pass must reach it then.
 pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
     let Some(held) = lease::try_take(db, lease::EVENTS_PRUNE).await? else { return Ok(0) };
     let cutoff = cutoff(retention);
-    let pruned = in_chunks(|| events::prune_payloads(db, cutoff, CHUNK)).await?;
+    let mut from = events::payloads_pruned_before(db).await?.map(|mark| (mark, i64::MIN));
+    let mut pruned = 0;
+    loop {
+        let chunk = events::prune_payloads(db, cutoff, from, CHUNK).await?;
+        pruned += chunk.dropped;
+        from = chunk.last.or(from);
+        if chunk.looked_at < CHUNK {
+            break;
+        }
+    }
+    let oldest_failed = events::oldest_failed(db).await?;
+    events::set_payloads_pruned_before(db, oldest_failed.map_or(cutoff, |failed| failed.min(cutoff))).await?;
     held.release().await?;
     Ok(pruned)
 }

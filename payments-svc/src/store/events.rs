@@ -1,7 +1,7 @@
 //! Queries on `stripe_webhook_events`.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -109,31 +109,134 @@ fn prunable(cutoff: DateTime<Utc>) -> Condition {
         .add(Column::Payload.ne(""))
 }
 
-/// How many events [`prune_payloads`] would reach.
-pub async fn count_prunable(db: &impl ConnectionTrait, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
-    Entity::find().filter(prunable(cutoff)).count(db).await
+/// A place in arrival order: `received_at`, then the row id.
+pub type Position = (DateTime<Utc>, i64);
+
+/// The events after `from` in arrival order, or all when `None`.
+fn after(from: Option<Position>) -> Condition {
+    let Some((received_at, id)) = from else { return Condition::all() };
+    Condition::all().add(
+        Expr::tuple([Expr::col(Column::ReceivedAt), Expr::col(Column::Id)])
+            .gt(Expr::tuple([Expr::value(received_at), Expr::value(id)])),
+    )
 }
 
-/// Drops the payloads (the conflicting one too) of at most `chunk` prunable
-/// events, oldest first, keeping their rows: the id and outcome are small
-/// and are what recognises a late redelivery. Returns how many.
+/// How many events [`prune_payloads`] would reach from `from`.
+pub async fn count_prunable(
+    db: &impl ConnectionTrait,
+    cutoff: DateTime<Utc>,
+    from: Option<Position>,
+) -> Result<u64, DbErr> {
+    count_prunable_query(cutoff, from).count(db).await
+}
+
+/// [`count_prunable`]'s query, for the plan test.
+pub fn count_prunable_query(cutoff: DateTime<Utc>, from: Option<Position>) -> sea_orm::Select<Entity> {
+    Entity::find().filter(prunable(cutoff)).filter(after(from))
+}
+
+/// The next at most `chunk` prunable events after `from`, in arrival order
+/// (their ids and arrival times), read through the `(received_at, id)`
+/// index from `from`: a pass that starts at the retention mark never steps
+/// over the payloads dropped before it.
+pub fn prunable_query(cutoff: DateTime<Utc>, from: Option<Position>, chunk: u64) -> sea_orm::Select<Entity> {
+    Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .column(Column::ReceivedAt)
+        .filter(prunable(cutoff))
+        .filter(after(from))
+        .order_by_asc(Column::ReceivedAt)
+        .order_by_asc(Column::Id)
+        .limit(chunk)
+}
+
+/// Drops the payloads (the conflicting one too) of the next at most `chunk`
+/// prunable events after `from`, keeping their rows: the id and outcome are
+/// small and are what recognises a late redelivery.
 pub async fn prune_payloads(
     db: &impl ConnectionTrait,
     cutoff: DateTime<Utc>,
+    from: Option<Position>,
     chunk: u64,
-) -> Result<u64, DbErr> {
-    let oldest = Query::select()
-        .column(Column::Id)
-        .from(Entity)
-        .cond_where(prunable(cutoff))
-        .order_by(Column::Id, sea_orm::Order::Asc)
-        .limit(chunk)
-        .to_owned();
-    let pruned = Entity::update_many()
+) -> Result<Pruned, DbErr> {
+    let next: Vec<(i64, DateTime<Utc>)> = prunable_query(cutoff, from, chunk).into_tuple().all(db).await?;
+    let Some(&(last_id, last_received)) = next.last() else {
+        return Ok(Pruned { looked_at: 0, dropped: 0, last: None });
+    };
+    let dropped = Entity::update_many()
         .col_expr(Column::Payload, Expr::value(""))
         .col_expr(Column::ConflictingPayload, Expr::value(Option::<String>::None))
-        .filter(Column::Id.in_subquery(oldest))
+        .filter(Column::Id.is_in(next.iter().map(|(id, _)| *id)))
+        // Settled again meanwhile (a replay) is settled still; anything else waits.
+        .filter(prunable(cutoff))
         .exec(db)
-        .await?;
-    Ok(pruned.rows_affected)
+        .await?
+        .rows_affected;
+    Ok(Pruned { looked_at: next.len() as u64, dropped, last: Some((last_received, last_id)) })
+}
+
+/// What one chunk of [`prune_payloads`] did.
+#[derive(Debug)]
+pub struct Pruned {
+    /// Prunable events it found: fewer than asked for means the pass is done.
+    pub looked_at: u64,
+    /// Payloads it dropped.
+    pub dropped: u64,
+    /// Where the events it found end.
+    pub last: Option<Position>,
+}
+
+/// When the oldest failed event was received: payload retention's mark
+/// must not pass it, since its payload is kept until it is resolved.
+pub async fn oldest_failed(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>, DbErr> {
+    oldest_failed_query().into_tuple().one(db).await
+}
+
+/// [`oldest_failed`]'s query, for the plan test.
+pub fn oldest_failed_query() -> sea_orm::Select<Entity> {
+    Entity::find()
+        .select_only()
+        .column(Column::ReceivedAt)
+        .filter(Column::Status.eq(EventStatus::Failed))
+        .order_by_asc(Column::ReceivedAt)
+        .limit(1)
+}
+
+/// The retention mark of event payloads, in `retention_marks`.
+const PAYLOADS_MARK: &str = "event_payloads";
+
+#[derive(sea_orm::DeriveIden)]
+enum RetentionMarks {
+    Table,
+    Name,
+    PrunedBefore,
+}
+
+/// Where payload retention's last pass left off: every settled event
+/// received before it holds no payload. `None` before the first pass.
+pub async fn payloads_pruned_before(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>, DbErr> {
+    let select = Query::select()
+        .column(RetentionMarks::PrunedBefore)
+        .from(RetentionMarks::Table)
+        .and_where(Expr::col(RetentionMarks::Name).eq(PAYLOADS_MARK))
+        .to_owned();
+    let row = db.query_one_raw(db.get_database_backend().build(&select)).await?;
+    row.map(|row| row.try_get_by_index::<DateTime<Utc>>(0)).transpose()
+}
+
+/// Records where payload retention's pass left off.
+pub async fn set_payloads_pruned_before(db: &impl ConnectionTrait, mark: DateTime<Utc>) -> Result<(), DbErr> {
+    let upsert = Query::insert()
+        .into_table(RetentionMarks::Table)
+        .columns([RetentionMarks::Name, RetentionMarks::PrunedBefore])
+        .values_panic([PAYLOADS_MARK.into(), mark.into()])
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(RetentionMarks::Name)
+                .update_column(RetentionMarks::PrunedBefore)
+                .to_owned(),
+        )
+        .to_owned();
+    db.execute_raw(db.get_database_backend().build(&upsert)).await?;
+    Ok(())
 }

@@ -120,6 +120,18 @@ pub async fn prune(db: &DatabaseConnection, cutoff: DateTime<Utc>, chunk: u64) -
     Ok(removed)
 }
 
+/// The sessions of up to `chunk` purchases the feed has not published,
+/// oldest first (through a partial index that holds those alone); for the
+/// plan test too.
+pub fn unpublished_query(chunk: u64) -> sea_orm::Select<course_purchase::Entity> {
+    course_purchase::Entity::find()
+        .select_only()
+        .column(course_purchase::Column::StripeCheckoutSessionId)
+        .filter(course_purchase::Column::AccessStatus.is_null())
+        .order_by_asc(course_purchase::Column::Id)
+        .limit(chunk)
+}
+
 /// The PostgreSQL advisory lock one pruning replica holds.
 const PRUNE_LOCK: i64 = 0x6665_6564_7072_756e; // "feedprun"
 
@@ -132,15 +144,7 @@ pub async fn backfill(
     policy: Policy,
     chunk: u64,
 ) -> Result<usize, DbErr> {
-    let unpublished: Vec<String> = course_purchase::Entity::find()
-        .select_only()
-        .column(course_purchase::Column::StripeCheckoutSessionId)
-        .filter(course_purchase::Column::AccessStatus.is_null())
-        .order_by_asc(course_purchase::Column::Id)
-        .limit(chunk)
-        .into_tuple()
-        .all(db)
-        .await?;
+    let unpublished: Vec<String> = unpublished_query(chunk).into_tuple().all(db).await?;
     let inputs: Vec<Input<'_>> =
         unpublished.iter().map(|session_id| Input::Touch { session_id, cause: BACKFILL }).collect();
     if !inputs.is_empty() {

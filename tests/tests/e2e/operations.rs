@@ -8,8 +8,8 @@ use std::time::Duration;
 use e2e::{fixture, unix_now};
 use hyper::StatusCode;
 use payments_svc::store::entities::stripe_webhook_event::{self, EventStatus};
-use sea_orm::EntityTrait;
 use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use webhook_gateway::signature::{WebhookSecret, sign};
 
 use crate::helpers::{Stack, StackOptions, TEST_SECRET, TestDb, eventually, metric, on_both_databases};
@@ -264,6 +264,8 @@ async fn settled_events_lose_their_payloads_after_retention_and_stay_duplicates(
         .exec(&stack.db)
         .await
         .expect("aged");
+    // Received long ago means before any retention pass, too.
+    stack.db.execute_unprepared("DELETE FROM retention_marks").await.expect("marks forgotten");
     let database_url = stack.database_url().to_owned();
     let cli = |args: &[&str]| payments_cli(&database_url, &[], args);
 
@@ -299,5 +301,29 @@ async fn settled_events_lose_their_payloads_after_retention_and_stay_duplicates(
     assert!(String::from_utf8_lossy(&shown.stdout).contains("dropped after WEBHOOK_EVENTS_RETENTION_DAYS"));
     assert!(!too_short.status.success());
     assert!(String::from_utf8_lossy(&too_short.stderr).contains("not in 30.."), "{too_short:?}");
+
+    // Passes start where the last one left off, but never past a failure
+    // still waiting: resolved later (as a replay under a fixed rule would),
+    // the next pass reaches it; so does an event settled since.
+    stripe_webhook_event::Entity::update_many()
+        .col_expr(stripe_webhook_event::Column::Status, Expr::value(EventStatus::Processed.as_str()))
+        .filter(stripe_webhook_event::Column::Status.eq(EventStatus::Failed))
+        .exec(&stack.db)
+        .await
+        .expect("resolved");
+    let late = fixture("checkout_session_completed_unpaid_async.json").expect("fixture");
+    assert_eq!(stack.deliver(&late).await.json()["outcome"], "processed");
+    stripe_webhook_event::Entity::update_many()
+        .col_expr(stripe_webhook_event::Column::ReceivedAt, Expr::value(long_ago + chrono::Duration::days(5)))
+        .filter(stripe_webhook_event::Column::EventId.eq(event_id_of(&late)))
+        .exec(&stack.db)
+        .await
+        .expect("aged");
+    let resolved = cli(&["events", "prune"]);
+    assert!(String::from_utf8_lossy(&resolved.stdout).contains("dropped the payloads of 2 "), "{resolved:?}");
+    assert!(
+        stack.events().await.iter().all(|e| e.payload.is_empty()),
+        "every payload past retention dropped"
+    );
     stack.shutdown().await;
 }
