@@ -21,6 +21,7 @@ mod m20261204_000012_index_reversals_by_recording;
 mod m20261204_000013_index_events_by_arrival;
 mod m20261204_000014_index_events_by_status;
 mod m20261204_000015_retention_without_a_walk;
+mod m20261204_000016_events_name_the_payment_they_reverse;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000013_index_events_by_arrival::Migration),
             Box::new(m20261204_000014_index_events_by_status::Migration),
             Box::new(m20261204_000015_retention_without_a_walk::Migration),
+            Box::new(m20261204_000016_events_name_the_payment_they_reverse::Migration),
         ]
     }
 }

@@ -74,29 +74,31 @@ fn filtered(mut query: sea_orm::Select<Entity>, filter: &ListFilter) -> sea_orm:
 
 /// Every event that touched a payment, oldest first: the checkout events of
 /// `session_id`, the events in `event_ids` (those that recorded its
-/// reversals), and any other refund or dispute event whose payload names
-/// one of `mentions` (its payment intent or charge: a second Event object
-/// for a change already recorded). That last part reads payloads, so it
-/// is for operators, not for the request path.
+/// reversals), and every refund or dispute event that names one of
+/// `mentions` (its payment intent or charges: a second Event object for a
+/// change already recorded, say), each found by index.
 pub async fn touching(
     db: &impl ConnectionTrait,
     session_id: &str,
     event_ids: &[String],
     mentions: &[String],
 ) -> Result<Vec<Model>, DbErr> {
-    let mut touched = Condition::any()
+    touching_query(session_id, event_ids, mentions).all(db).await
+}
+
+/// [`touching`]'s query, for the plan test.
+pub fn touching_query(
+    session_id: &str,
+    event_ids: &[String],
+    mentions: &[String],
+) -> sea_orm::Select<Entity> {
+    let mentions = || mentions.iter().map(String::as_str);
+    let touched = Condition::any()
         .add(Column::CheckoutSessionId.eq(session_id))
-        .add(Column::EventId.is_in(event_ids.iter().map(String::as_str)));
-    for id in mentions {
-        let reversal_types = Condition::any()
-            .add(Column::EventType.eq("charge.refunded"))
-            .add(Column::EventType.starts_with("refund."))
-            .add(Column::EventType.starts_with("charge.refund."))
-            .add(Column::EventType.starts_with("charge.dispute."));
-        touched = touched
-            .add(Condition::all().add(reversal_types).add(Column::Payload.contains(format!("\"{id}\""))));
-    }
-    Entity::find().filter(touched).order_by_asc(Column::ReceivedAt).order_by_asc(Column::Id).all(db).await
+        .add(Column::EventId.is_in(event_ids.iter().map(String::as_str)))
+        .add(Column::ReversedPaymentIntentId.is_in(mentions()))
+        .add(Column::ReversedChargeId.is_in(mentions()));
+    Entity::find().filter(touched).order_by_asc(Column::ReceivedAt).order_by_asc(Column::Id)
 }
 
 /// Events whose payload retention drops: settled for good (a failed event is

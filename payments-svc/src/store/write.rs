@@ -252,6 +252,11 @@ async fn save_event_group(
             last_received_at: Set(now),
             processed_at: Set(Some(now)),
             settled_by: Set(None),
+            reversed_payment_intent_id: Set(event
+                .reversal
+                .as_ref()
+                .and_then(|r| r.payment_intent_id.clone())),
+            reversed_charge_id: Set(event.reversal.as_ref().and_then(|r| r.charge_id.clone())),
         }
     });
     let existing = |column: Column| Expr::col((Entity, column));
@@ -284,6 +289,8 @@ async fn save_event_group(
             Column::CheckoutSessionId,
             Column::Payload,
             Column::StripeCreatedAt,
+            Column::ReversedPaymentIntentId,
+            Column::ReversedChargeId,
         ] {
             on_conflict.value(column, excluded(column));
         }

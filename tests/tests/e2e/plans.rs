@@ -103,6 +103,14 @@ fn built_statements() -> Vec<(String, String)> {
         ("purchases list".to_owned(), sql(&purchases::list_query(false, 50))),
         ("watch: changes after a cursor".to_owned(), sql(&feed::changes_query(25_000, 256))),
         ("watch: their purchases".to_owned(), sql(&feed::purchases_query([1, 2, 3]))),
+        (
+            "purchases show: the events about a payment".to_owned(),
+            sql(&events::touching_query(
+                "cs_test_42",
+                &["evt_r42".to_owned()],
+                &["pi_42".to_owned(), "ch_42".to_owned()],
+            )),
+        ),
         ("events show, and reconcile's check of each event".to_owned(), sql(&events::find_query("evt_42"))),
         ("events list".to_owned(), sql(&events::list_query(&recent))),
         ("events list --status failed".to_owned(), sql(&events::list_query(&failed))),

@@ -11,6 +11,7 @@ use payments_domain::reversals::DisputeAccess;
 use payments_proto::v1::{
     PurchaseStatus, UserCourse, VerifyPurchaseRequest, verify_purchase_request::Lookup,
 };
+use sea_orm::ConnectionTrait;
 
 use crate::feed;
 use crate::helpers::{Stack, StackOptions, TestDb, on_both_databases};
@@ -259,6 +260,54 @@ async fn a_purchase_timeline_shows_every_event_that_touched_it_in_arrival_order(
     assert!(shown.contains("refund re_3RfD8kLq2VxN0pAa1s0Fe7Gh_timeline failed 4900 usd"), "{shown}");
     assert!(shown.contains("checkout: paid"), "{shown}");
     assert!(shown.contains("(4 events)"), "the other purchase's event is not listed:\n{shown}");
+    stack.shutdown().await;
+}
+
+on_both_databases!(refund_events_stored_before_they_named_their_payment_are_found_after_the_migration);
+async fn refund_events_stored_before_they_named_their_payment_are_found_after_the_migration(db: TestDb) {
+    use migration::MigratorTrait;
+    let url = db.url.clone();
+    let stack = Stack::start(db).await;
+    let suffix = "_legacy";
+    let refund = variant(REFUND_CREATED, suffix);
+    let charge = variant(CHARGE_REFUNDED, suffix);
+    for body in [variant(CHECKOUT, suffix), refund.clone(), second_event_object(&refund), charge.clone()] {
+        assert_eq!(stack.deliver(&body).await.status, StatusCode::OK);
+    }
+    let named =
+        "SELECT COUNT(*) AS n FROM stripe_webhook_events WHERE reversed_payment_intent_id IS NOT NULL";
+    let count = |sql: String| {
+        let db = stack.db.clone();
+        async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .expect("counts")
+                .expect("a row");
+            row.try_get::<i64>("", "n").expect("n")
+        }
+    };
+    let written = count(named.to_owned()).await;
+    // Back to the schema before the columns, and forward again: the
+    // migration fills them in from the stored payloads.
+    migration::Migrator::down(&stack.db, Some(1)).await.expect("down");
+    migration::Migrator::up(&stack.db, None).await.expect("up");
+    let filled = count(named.to_owned()).await;
+    let session =
+        json_of(&variant(CHECKOUT, suffix))["data"]["object"]["id"].as_str().expect("id").to_owned();
+    let shown = payments_cli(&url, &[], &["purchases", "show", &session]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+
+    assert_eq!(written, 3, "each refund event names its payment as it is written");
+    assert_eq!(filled, 3, "and the migration names it from the payload");
+    let charge_id = json_of(&charge)["data"]["object"]["id"].as_str().expect("charge").to_owned();
+    let by_charge =
+        format!("SELECT COUNT(*) AS n FROM stripe_webhook_events WHERE reversed_charge_id = '{charge_id}'");
+    assert_eq!(count(by_charge).await, 3, "a charge names itself, a refund its charge");
+    for body in [&refund, &second_event_object(&refund), &charge] {
+        let id = json_of(body)["id"].as_str().expect("id").to_owned();
+        assert!(shown.contains(&format!("{id} ")), "{id} missing from\n{shown}");
+    }
     stack.shutdown().await;
 }
 

@@ -36,6 +36,12 @@ pub struct Model {
     /// (none when the per-event path did): how a batch tells the events it
     /// applied from ones already settled, even with other replicas at work.
     pub settled_by: Option<i64>,
+    /// The payment intent a refund or dispute event names (none for other
+    /// events): how `purchases show` finds every event about a payment
+    /// without reading payloads.
+    pub reversed_payment_intent_id: Option<String>,
+    /// The charge a refund or dispute event names.
+    pub reversed_charge_id: Option<String>,
 }
 
 /// Where an event stands. Only `Processed` and `Ignored` are settled for good:

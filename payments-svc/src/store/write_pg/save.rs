@@ -86,7 +86,19 @@ pub(super) async fn save(
         .bind(absent.checkout_payments)
         .bind(absent.charges)
         .bind(absent.users)
-        .bind(absent.courses);
+        .bind(absent.courses)
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event.reversal.as_ref().and_then(|r| r.payment_intent_id.as_deref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event.reversal.as_ref().and_then(|r| r.charge_id.as_deref()))
+                .collect::<Vec<_>>(),
+        );
     let (raised,) = query.fetch_one(&mut *connection).await?;
     Ok(raised)
 }
@@ -120,13 +132,14 @@ WITH raised AS (
 ), events AS (
     INSERT INTO stripe_webhook_events AS e (event_id, event_type, livemode, api_version,
         checkout_session_id, status, error, payload, conflicting_payload, delivery_count,
-        stripe_created_at, received_at, last_received_at, processed_at, settled_by)
+        stripe_created_at, received_at, last_received_at, processed_at, settled_by,
+        reversed_payment_intent_id, reversed_charge_id)
     SELECT i.event_id, i.event_type, i.livemode, i.api_version, i.session, i.status,
-        i.error::json, i.payload, NULL, i.deliveries, i.created, $2, $2, $2, NULL
+        i.error::json, i.payload, NULL, i.deliveries, i.created, $2, $2, $2, NULL, i.pi, i.charge
     FROM unnest($3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[],
-        $9::text[], $10::text[], $11::int4[], $12::int8[])
+        $9::text[], $10::text[], $11::int4[], $12::int8[], $52::text[], $53::text[])
         AS i(event_id, event_type, livemode, api_version, session, status, error, payload,
-            deliveries, created)
+            deliveries, created, pi, charge)
     CROSS JOIN raised
     ON CONFLICT (event_id) DO UPDATE SET
         delivery_count = e.delivery_count + excluded.delivery_count,
@@ -144,7 +157,11 @@ WITH raised AS (
             ELSE excluded.checkout_session_id END,
         payload = CASE WHEN excluded.status = 'received' THEN e.payload ELSE excluded.payload END,
         stripe_created_at = CASE WHEN excluded.status = 'received' THEN e.stripe_created_at
-            ELSE excluded.stripe_created_at END
+            ELSE excluded.stripe_created_at END,
+        reversed_payment_intent_id = CASE WHEN excluded.status = 'received' THEN e.reversed_payment_intent_id
+            ELSE excluded.reversed_payment_intent_id END,
+        reversed_charge_id = CASE WHEN excluded.status = 'received' THEN e.reversed_charge_id
+            ELSE excluded.reversed_charge_id END
 ), purchases AS (
     INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
         stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
