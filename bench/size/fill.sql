@@ -26,9 +26,10 @@ SELECT 'evt_' || g, 'checkout.session.completed', false,
     now() - ((:n - g)::float8 / :n) * interval '120 days', now() - ((:n - g)::float8 / :n) * interval '120 days', 'cs_test_' || g
 FROM generate_series(1, :n) g;
 INSERT INTO stripe_webhook_events (event_id, event_type, livemode, status, payload, stripe_created_at,
-    received_at, last_received_at)
+    received_at, last_received_at, reversed_payment_intent_id, reversed_charge_id)
 SELECT 'evt_r' || g, 'charge.refunded', false, 'processed', '{"object": "event"}', 1764000000 + g,
-    now() - ((:n - g)::float8 / :n) * interval '120 days', now() - ((:n - g)::float8 / :n) * interval '120 days'
+    now() - ((:n - g)::float8 / :n) * interval '120 days', now() - ((:n - g)::float8 / :n) * interval '120 days',
+    'pi_' || g, 'ch_' || g
 FROM generate_series(10, :n, 10) g;
 
 INSERT INTO payment_reversals (kind, object_id, status, amount, complete, currency, payment_intent_id,

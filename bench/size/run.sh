@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The operator commands at production size: a PostgreSQL database filled
-# with N purchases and what comes with them (fill.sql), then each command
-# timed with its default limit, three times, the best kept; the prunes,
-# which change what they work on, once.
+# Production size: a PostgreSQL database filled with N purchases and what
+# comes with them (fill.sql), then each operator command timed with its
+# default limit, three times, the best kept; the prunes, which change what
+# they work on, once, then again with nothing left; then the webhook path
+# (checkouts, refunds and disputes of stored payments, of unknown ones) and
+# verify and the feed's catch-up through the Node client. N=0 runs the same
+# on empty tables. Needs the release build (payments-svc, webhook-gateway,
+# loadgen) and clients/node built (npm run build).
 #   bench/size/run.sh 1000000 [bin dir, default target/release]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,4 +52,19 @@ tail_100() { head -n 100 < <(timeout 30 "$bin/payments-svc" changes tail --json 
 best tail_100
 once "$bin/payments-svc" changes prune
 once "$bin/payments-svc" events prune
+echo "again, with nothing left to prune (what every retention pass costs):"
+once "$bin/payments-svc" changes prune
+once "$bin/payments-svc" events prune
+psql "$url" -qc "VACUUM ANALYZE" -c "CHECKPOINT" # what autovacuum would have done by now
+
+webhooks() { # a 20 s loadgen run on the filled database
+  "$bin/loadgen" --bin-dir "$bin" --database-url "$url" --keep-database --duration 20 "$@" 2>&1 |
+    grep -E '^(events/s|latency|database  .*CPU|check|Error)' | sed "s/^/  $* /"
+}
+for connections in 16 64; do
+  webhooks --connections "$connections" --timed checkouts
+  webhooks --connections "$connections" --timed reversals --events 200000
+  webhooks --connections "$connections" --timed unmatched
+done
+BENCH_DATABASE_URL="$url" BENCH_PURCHASES="$n" PAYMENTS_BIN_DIR="$bin" node clients/node/bench/latency.mjs 4000 300 10
 [ -n "${KEEP:-}" ] || psql "$admin" -qc "DROP DATABASE ${db} WITH (FORCE)"

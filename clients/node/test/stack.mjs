@@ -65,9 +65,12 @@ export class Process {
   }
 }
 
-/** payments-svc and the gateway in front of it. */
-export async function startStack() {
-  const db = createDatabase();
+/**
+ * payments-svc and the gateway in front of it, on a database of their own
+ * or, given `databaseUrl`, on that one (kept when the stack stops).
+ */
+export async function startStack({ databaseUrl } = {}) {
+  const db = databaseUrl ? { url: databaseUrl, drop: () => {} } : createDatabase();
   const stack = { db, token: TOKEN };
   const startPayments = async (addr = "127.0.0.1:0") => {
     stack.payments = new Process(

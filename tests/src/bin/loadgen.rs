@@ -80,6 +80,24 @@ struct Args {
     /// the one this binary is in.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Send to the database as it is (one filled by `bench/size`, say)
+    /// instead of emptying it; the check then counts what this run added.
+    #[arg(long)]
+    keep_database: bool,
+    /// What the timed events are: `checkouts` (with `--reversals` mixed
+    /// in); `reversals`, each of a checkout delivered untimed before the
+    /// timed part starts; `unmatched`, refunds and disputes of payments
+    /// nobody stored.
+    #[arg(long, value_enum, default_value_t = Timed::Checkouts)]
+    timed: Timed,
+}
+
+/// What the timed part of a run sends.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Timed {
+    Checkouts,
+    Reversals,
+    Unmatched,
 }
 
 /// One thread: a load generator should spend its CPU on requests, not on
@@ -89,22 +107,35 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!((0.0..=1.0).contains(&args.duplicates), "--duplicates is a share from 0.0 to 1.0");
     ensure!((0.0..=0.5).contains(&args.reversals), "--reversals is a share from 0.0 to 0.5");
+    ensure!(
+        args.timed == Timed::Checkouts || args.reversals == 0.0,
+        "--reversals mixes reversals into checkouts; with --timed {} every event is one",
+        if args.timed == Timed::Reversals { "reversals" } else { "unmatched" }
+    );
     let bin_dir = services::bin_dir(args.bin_dir.as_deref())?;
-    reset_database(&args.database_url).await?;
+    if !args.keep_database {
+        reset_database(&args.database_url).await?;
+    }
 
     let started = Instant::now();
-    let events = Arc::new(presign(args.events, args.reversals)?);
-    eprintln!("pre-signed {} events in {:.1} s", events.len(), started.elapsed().as_secs_f64());
+    let signer = Signer::new()?;
+    let (setup, events) = presign(&signer, args.events, args.reversals, args.timed);
+    let events = Arc::new(events);
+    eprintln!("pre-signed {} events in {:.1} s", setup.len() + events.len(), started.elapsed().as_secs_f64());
 
     // Limits well above the load, so that what is measured is throughput.
     let limits = [("GATEWAY_MAX_CONNECTIONS", "4096"), ("GATEWAY_MAX_IN_FLIGHT", "4096")];
     let collector = args.trace_ratio.map(traced).transpose()?;
     let tracing_env = collector.as_ref().map(|(env, _)| env.clone()).unwrap_or_default();
     let stack = Services::start(&bin_dir, &args.database_url, SECRET, &limits, &tracing_env)?;
+    let stored = Stored::count(&args.database_url).await?;
+    let setup = deliver_untimed(&stack.gateway_addr, setup, args.connections).await?;
     let feed = watch::attach(&stack.payments_grpc, args.watchers, args.stuck_watchers).await?;
     let database_before = DatabaseCost::read(&args.database_url).await?;
     let before = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
-    let report = drive(&stack.gateway_addr, Arc::clone(&events), &args).await;
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let report =
+        drive(&stack.gateway_addr, Arc::clone(&events), args.connections, deadline, args.duplicates).await;
     let after = [cpu_seconds(stack.payments.id())?, cpu_seconds(stack.gateway.id())?];
     let database_after = DatabaseCost::read(&args.database_url).await?;
     let peak_rss = [peak_rss_kib(stack.payments.id())?, peak_rss_kib(stack.gateway.id())?];
@@ -151,7 +182,28 @@ async fn main() -> anyhow::Result<()> {
     if let Some(feed) = feed {
         println!("{feed}");
     }
-    check_database(&args.database_url, &report).await
+    let run = setup.totals().plus(report.totals());
+    check_database(&args.database_url, &stored, &run, &signer.run).await
+}
+
+/// Delivers `events` as fast as the connections go, before the timed part
+/// (the checkouts that `--timed reversals` reverses); every one must be
+/// accepted.
+async fn deliver_untimed(addr: &str, events: Vec<Signed>, connections: usize) -> anyhow::Result<Report> {
+    if events.is_empty() {
+        return Ok(Report::empty());
+    }
+    let started = Instant::now();
+    let total = events.len();
+    let far = Instant::now() + Duration::from_secs(3600);
+    let report = drive(addr, Arc::new(events), connections, far, 0.0).await;
+    ensure!(
+        report.delivered == total,
+        "only {} of the {total} untimed checkouts were accepted",
+        report.delivered
+    );
+    eprintln!("delivered {total} untimed checkouts in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(report)
 }
 
 /// A collector for the services' traces, and the variables that make them
@@ -186,39 +238,88 @@ const REVERSALS: &[&str] = &[
 ];
 
 /// Bodies of `count` distinct events with their signature headers, signed
-/// now (the run must finish within the gateway's 300 s tolerance): paid
-/// checkouts (fresh event, session and payment intent ids, a buyer each),
-/// and with `reversals` above 0 every so often a refund or dispute of the
-/// checkout just before it.
-fn presign(count: usize, reversals: f64) -> anyhow::Result<Vec<Signed>> {
-    let paid = fixture("checkout_session_completed_paid.json")?;
-    let marked = with_fresh_ids(&paid, MARK)?;
-    let marked = replace_once(
-        &marked,
-        &format!("\"userId\": \"{FIXTURE_USER}\""),
-        &format!("\"userId\": \"u{MARK}\""),
-    )?;
-    let checkout = template(&marked)?;
-    let reversal_templates = REVERSALS
-        .iter()
-        .map(|name| template(&reversal_marked(&fixture(name)?)?))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let period = if reversals > 0.0 { (1.0 / reversals).round() as usize } else { usize::MAX };
-    let secret = WebhookSecret::new(SECRET).map_err(anyhow::Error::msg)?;
-    let now = unix_now();
-    Ok((0..count)
-        .map(|n| {
-            let is_reversal = n % period == period - 1;
-            let body = if is_reversal {
-                let kind = (n / period) % reversal_templates.len();
-                Bytes::from(reversal_templates[kind].join(&(n - 1).to_string()))
-            } else {
-                Bytes::from(checkout.join(&n.to_string()))
-            };
-            let header = sign(&secret, now, &body);
-            (body, header, is_reversal)
+/// now (the run must finish within the gateway's 300 s tolerance), with
+/// ids of this run's own (so that runs on a kept database never meet):
+/// what to deliver untimed first, and what to time. For `--timed
+/// checkouts`: paid checkouts (fresh event, session and payment intent
+/// ids, a buyer each), with `reversals` above 0 every so often a refund or
+/// dispute of the checkout just before it. For `reversals`: `count`
+/// checkouts untimed, then a refund or dispute of each. For `unmatched`:
+/// refunds and disputes of payments nobody stored.
+fn presign(signer: &Signer, count: usize, reversals: f64, timed: Timed) -> (Vec<Signed>, Vec<Signed>) {
+    match timed {
+        Timed::Checkouts => {
+            let period = if reversals > 0.0 { (1.0 / reversals).round() as usize } else { usize::MAX };
+            let events = (0..count)
+                .map(|n| {
+                    if n % period == period - 1 {
+                        signer.reversal(n / period, &(n - 1).to_string())
+                    } else {
+                        signer.checkout(&n.to_string())
+                    }
+                })
+                .collect();
+            (Vec::new(), events)
+        }
+        Timed::Reversals => (
+            (0..count).map(|n| signer.checkout(&n.to_string())).collect(),
+            (0..count).map(|n| signer.reversal(n, &n.to_string())).collect(),
+        ),
+        Timed::Unmatched => (Vec::new(), (0..count).map(|n| signer.reversal(n, &format!("u{n}"))).collect()),
+    }
+}
+
+/// Signs deliveries made from the fixtures' templates.
+struct Signer {
+    checkout: Vec<String>,
+    /// The reversal fixtures in [`REVERSALS`]' order.
+    reversals: Vec<Vec<String>>,
+    secret: WebhookSecret,
+    now: i64,
+    /// Begins every number that makes an id unique.
+    run: String,
+}
+
+impl Signer {
+    fn new() -> anyhow::Result<Self> {
+        let paid = fixture("checkout_session_completed_paid.json")?;
+        let marked = with_fresh_ids(&paid, MARK)?;
+        let marked = replace_once(
+            &marked,
+            &format!("\"userId\": \"{FIXTURE_USER}\""),
+            &format!("\"userId\": \"u{MARK}\""),
+        )?;
+        let reversals = REVERSALS
+            .iter()
+            .map(|name| template(&reversal_marked(&fixture(name)?)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let now = unix_now();
+        Ok(Self {
+            checkout: template(&marked)?,
+            reversals,
+            secret: WebhookSecret::new(SECRET).map_err(anyhow::Error::msg)?,
+            now,
+            run: format!("r{}_", now % 100_000_000),
         })
-        .collect())
+    }
+
+    /// A paid checkout with ids ending in `number`.
+    fn checkout(&self, number: &str) -> Signed {
+        self.signed(self.checkout.join(&format!("{}{number}", self.run)), false)
+    }
+
+    /// The `nth` refund or dispute (the fixtures in turn) of the payment of
+    /// the checkout whose ids end in `number`.
+    fn reversal(&self, nth: usize, number: &str) -> Signed {
+        let template = &self.reversals[nth % self.reversals.len()];
+        self.signed(template.join(&format!("{}{number}", self.run)), true)
+    }
+
+    fn signed(&self, body: String, is_reversal: bool) -> Signed {
+        let body = Bytes::from(body);
+        let header = sign(&self.secret, self.now, &body);
+        (body, header, is_reversal)
+    }
 }
 
 /// A body split at every [`MARK`].
@@ -261,7 +362,37 @@ struct Report {
     connection_errors: usize,
 }
 
+/// How many distinct events a run handed out and how many were accepted,
+/// and of those the refunds and disputes: what the check expects stored.
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    distinct: usize,
+    delivered: usize,
+    distinct_reversals: usize,
+    delivered_reversals: usize,
+}
+
+impl Totals {
+    fn plus(self, other: Self) -> Self {
+        Self {
+            distinct: self.distinct + other.distinct,
+            delivered: self.delivered + other.delivered,
+            distinct_reversals: self.distinct_reversals + other.distinct_reversals,
+            delivered_reversals: self.delivered_reversals + other.delivered_reversals,
+        }
+    }
+}
+
 impl Report {
+    fn totals(&self) -> Totals {
+        Totals {
+            distinct: self.distinct,
+            delivered: self.delivered,
+            distinct_reversals: self.distinct_reversals,
+            delivered_reversals: self.delivered_reversals,
+        }
+    }
+
     fn empty() -> Self {
         Self {
             sent: 0,
@@ -278,22 +409,23 @@ impl Report {
     }
 }
 
-/// Sends from `connections` tasks until the duration or the events run out.
-async fn drive(addr: &str, events: Arc<Vec<Signed>>, args: &Args) -> Report {
+/// Sends from `connections` tasks until `deadline` or the events run out,
+/// re-sending a share `duplicates` of earlier ones.
+async fn drive(
+    addr: &str,
+    events: Arc<Vec<Signed>>,
+    connections: usize,
+    deadline: Instant,
+    duplicates: f64,
+) -> Report {
     let next = Arc::new(AtomicUsize::new(0));
     let delivered: Arc<Vec<AtomicBool>> =
         Arc::new((0..events.len()).map(|_| AtomicBool::new(false)).collect());
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for connection in 0..args.connections {
-        let (addr, events, next, delivered, duplicates) = (
-            addr.to_owned(),
-            Arc::clone(&events),
-            Arc::clone(&next),
-            Arc::clone(&delivered),
-            args.duplicates,
-        );
+    for connection in 0..connections {
+        let (addr, events, next, delivered) =
+            (addr.to_owned(), Arc::clone(&events), Arc::clone(&next), Arc::clone(&delivered));
         tasks.spawn(async move {
             let shared = Shared { events: &events, next: &next, delivered: &delivered };
             connection_loop(&addr, shared, deadline, duplicates, connection).await
@@ -489,52 +621,101 @@ async fn reset_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One event row per distinct event, one purchase per distinct checkout
-/// and one reversal fact per distinct refund or dispute, every event
-/// processed, nothing else. Every event that got a 2xx is there; one whose
-/// answer was lost may be too, so with failures each count lies between the
-/// delivered and the issued.
-async fn check_database(url: &str, report: &Report) -> anyhow::Result<()> {
-    let db = Database::connect(url).await?;
-    let count = |sql: &str| {
+/// What the database held before the run, so that the check counts only
+/// what the run added (a kept database holds millions of rows already).
+struct Stored {
+    events: i64,
+    purchases: i64,
+    reversals: i64,
+    changes: i64,
+}
+
+impl Stored {
+    async fn count(url: &str) -> anyhow::Result<Self> {
+        let db = Database::connect(url).await?;
+        let [events, purchases, reversals, changes] = counts(
+            &db,
+            [
+                "SELECT COUNT(*) FROM stripe_webhook_events",
+                "SELECT COUNT(*) FROM course_purchases",
+                "SELECT COUNT(*) FROM payment_reversals",
+                "SELECT COUNT(*) FROM purchase_changes",
+            ],
+        )
+        .await?;
+        db.close().await?;
+        Ok(Self { events, purchases, reversals, changes })
+    }
+}
+
+/// Each query's single count.
+async fn counts<const N: usize>(
+    db: &sea_orm::DatabaseConnection,
+    queries: [&str; N],
+) -> anyhow::Result<[i64; N]> {
+    let mut values = [0; N];
+    for (value, sql) in values.iter_mut().zip(queries) {
         let statement = Statement::from_string(db.get_database_backend(), sql.to_owned());
-        let db = db.clone();
-        async move {
-            let row = db.query_one_raw(statement).await?.context("a count")?;
-            anyhow::Ok(row.try_get_by_index::<i64>(0)?)
-        }
-    };
-    let events = count("SELECT COUNT(*) FROM stripe_webhook_events").await?;
-    let processed = count("SELECT COUNT(*) FROM stripe_webhook_events WHERE status = 'processed'").await?;
-    let purchases = count("SELECT COUNT(*) FROM course_purchases").await?;
-    let sessions = count("SELECT COUNT(DISTINCT stripe_checkout_session_id) FROM course_purchases").await?;
-    let reversals = count("SELECT COUNT(*) FROM payment_reversals").await?;
-    let changes = count("SELECT COUNT(*) FROM purchase_changes").await?;
-    let unpublished = count("SELECT COUNT(*) FROM course_purchases WHERE access_status IS NULL").await?;
+        let row = db.query_one_raw(statement).await?.context("a count")?;
+        *value = row.try_get_by_index::<i64>(0)?;
+    }
+    Ok(values)
+}
+
+/// Since `stored`: one event row per distinct event, one purchase per
+/// distinct checkout and one reversal fact per distinct refund or dispute,
+/// nothing else; and every event processed, every purchase published.
+/// Every event that got a 2xx is there; one whose answer was lost may be
+/// too, so with failures each count lies between the delivered and the
+/// issued.
+async fn check_database(url: &str, stored: &Stored, run: &Totals, tag: &str) -> anyhow::Result<()> {
+    let db = Database::connect(url).await?;
+    let unprocessed = format!(
+        "SELECT COUNT(*) FROM stripe_webhook_events WHERE status <> 'processed' AND event_id LIKE '%{tag}%'"
+    );
+    let [events, unprocessed, purchases, sessions, reversals, changes, unpublished] = counts(
+        &db,
+        [
+            "SELECT COUNT(*) FROM stripe_webhook_events",
+            &unprocessed,
+            "SELECT COUNT(*) FROM course_purchases",
+            "SELECT COUNT(DISTINCT stripe_checkout_session_id) FROM course_purchases",
+            "SELECT COUNT(*) FROM payment_reversals",
+            "SELECT COUNT(*) FROM purchase_changes",
+            "SELECT COUNT(*) FROM course_purchases WHERE access_status IS NULL",
+        ],
+    )
+    .await?;
+    let added = (
+        events - stored.events,
+        purchases - stored.purchases,
+        reversals - stored.reversals,
+        changes - stored.changes,
+    );
+    let (events, purchases, reversals, changes) = added;
     println!(
-        "database          {events} events ({processed} processed), {purchases} purchases, {sessions} sessions, {reversals} reversals, {changes} changes"
+        "database          +{events} events ({unprocessed} of this run's not processed), +{purchases} purchases, +{reversals} reversals, +{changes} changes"
     );
     ensure!(unpublished == 0 && changes >= purchases, "expected every purchase published to the change feed");
     let within = |value: i64, low: usize, high: usize| (low as i64..=high as i64).contains(&value);
-    let checkouts =
-        (report.delivered - report.delivered_reversals, report.distinct - report.distinct_reversals);
+    let checkouts = (run.delivered - run.delivered_reversals, run.distinct - run.distinct_reversals);
     ensure!(
-        within(events, report.delivered, report.distinct) && processed == events,
+        within(events, run.delivered, run.distinct) && unprocessed == 0,
         "expected one processed event row per delivered event ({} to {})",
-        report.delivered,
-        report.distinct
+        run.delivered,
+        run.distinct
     );
     ensure!(
-        within(purchases, checkouts.0, checkouts.1) && sessions == purchases,
+        within(purchases, checkouts.0, checkouts.1) && sessions == stored.purchases + purchases,
         "expected one purchase per delivered checkout ({} to {})",
         checkouts.0,
         checkouts.1
     );
     ensure!(
-        within(reversals, report.delivered_reversals, report.distinct_reversals),
+        within(reversals, run.delivered_reversals, run.distinct_reversals),
         "expected one reversal fact per delivered refund or dispute ({} to {})",
-        report.delivered_reversals,
-        report.distinct_reversals
+        run.delivered_reversals,
+        run.distinct_reversals
     );
     println!(
         "check             ok: one event row per distinct event, one purchase per checkout, one fact per reversal, every purchase in the feed"
