@@ -213,6 +213,16 @@ impl IncomingEvent {
         self.session.as_ref().map(|s| s.id.as_str())
     }
 
+    /// The payment intent a refund or dispute event names.
+    pub fn reversed_payment_intent_id(&self) -> Option<&str> {
+        self.reversal.as_ref().and_then(|r| r.payment_intent_id.as_deref())
+    }
+
+    /// The charge a refund or dispute event names.
+    pub fn reversed_charge_id(&self) -> Option<&str> {
+        self.reversal.as_ref().and_then(|r| r.charge_id.as_deref())
+    }
+
     fn from_parts(
         event: Delivered,
         session: Option<Session>,

@@ -52,8 +52,7 @@ fn cutoff(retention: Duration) -> chrono::DateTime<Utc> {
 
 /// How many stored events' payloads [`prune_events`] would drop now.
 pub async fn prunable_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
-    let from = events::payloads_pruned_before(db).await?.map(|mark| (mark, i64::MIN));
-    events::count_prunable(db, cutoff(retention), from).await
+    events::count_prunable(db, cutoff(retention), events::next_pass_from(db).await?).await
 }
 
 /// Drops the payloads of every settled event older than `retention` now, one
@@ -67,7 +66,7 @@ pub async fn prunable_events(db: &DatabaseConnection, retention: Duration) -> Re
 pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
     let Some(held) = lease::try_take(db, lease::EVENTS_PRUNE).await? else { return Ok(0) };
     let cutoff = cutoff(retention);
-    let mut from = events::payloads_pruned_before(db).await?.map(|mark| (mark, i64::MIN));
+    let mut from = events::next_pass_from(db).await?;
     let mut pruned = 0;
     loop {
         let chunk = events::prune_payloads(db, cutoff, from, CHUNK).await?;

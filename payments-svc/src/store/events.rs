@@ -215,9 +215,13 @@ enum RetentionMarks {
     PrunedBefore,
 }
 
-/// Where payload retention's last pass left off: every settled event
-/// received before it holds no payload. `None` before the first pass.
-pub async fn payloads_pruned_before(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>, DbErr> {
+/// Where the next pass of payload retention starts: at its mark, before
+/// which every settled event holds no payload. `None` before the first pass.
+pub async fn next_pass_from(db: &impl ConnectionTrait) -> Result<Option<Position>, DbErr> {
+    Ok(payloads_pruned_before(db).await?.map(|mark| (mark, i64::MIN)))
+}
+
+async fn payloads_pruned_before(db: &impl ConnectionTrait) -> Result<Option<DateTime<Utc>>, DbErr> {
     let select = Query::select()
         .column(RetentionMarks::PrunedBefore)
         .from(RetentionMarks::Table)

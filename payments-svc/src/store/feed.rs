@@ -69,13 +69,18 @@ pub async fn read(db: &impl ConnectionTrait, after: i64, limit: u64) -> Result<V
 /// The newest cursor retention removed (0 while none was), and the oldest
 /// cursor still kept.
 pub async fn horizon(db: &impl ConnectionTrait) -> Result<(i64, Option<i64>), DbErr> {
-    let pruned = purchase_feed::Entity::find().one(db).await?.map_or(0, |feed| feed.pruned_through);
+    let pruned = pruned_through(db).await?;
     let oldest = purchase_change::Entity::find()
         .order_by_asc(purchase_change::Column::Cursor)
         .one(db)
         .await?
         .map(|change| change.cursor);
     Ok((pruned, oldest))
+}
+
+/// The newest cursor retention removed, 0 while none was.
+async fn pruned_through(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    Ok(purchase_feed::Entity::find().one(db).await?.map_or(0, |feed| feed.pruned_through))
 }
 
 /// The newest cursor published so far, 0 if none.
@@ -101,7 +106,7 @@ pub async fn prune(db: &DatabaseConnection, cutoff: DateTime<Utc>, chunk: u64) -
     // in the index until a vacuum, and a read from the start would step
     // over all of them again for every chunk (minutes for a pass over
     // millions).
-    let pruned = purchase_feed::Entity::find().one(&txn).await?.map_or(0, |feed| feed.pruned_through);
+    let pruned = pruned_through(&txn).await?;
     let oldest = purchase_change::Entity::find()
         .filter(purchase_change::Column::Cursor.gt(pruned))
         .order_by_asc(purchase_change::Column::Cursor)

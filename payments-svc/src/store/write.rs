@@ -252,11 +252,8 @@ async fn save_event_group(
             last_received_at: Set(now),
             processed_at: Set(Some(now)),
             settled_by: Set(None),
-            reversed_payment_intent_id: Set(event
-                .reversal
-                .as_ref()
-                .and_then(|r| r.payment_intent_id.clone())),
-            reversed_charge_id: Set(event.reversal.as_ref().and_then(|r| r.charge_id.clone())),
+            reversed_payment_intent_id: Set(event.reversed_payment_intent_id().map(str::to_owned)),
+            reversed_charge_id: Set(event.reversed_charge_id().map(str::to_owned)),
         }
     });
     let existing = |column: Column| Expr::col((Entity, column));

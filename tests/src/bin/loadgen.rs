@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = report.elapsed.as_secs_f64();
     let cpu = [after[0] - before[0], after[1] - before[1]];
     println!("connections       {}", args.connections);
-    println!("sent              {} in {elapsed:.1} s ({} distinct)", report.sent, report.distinct);
+    println!("sent              {} in {elapsed:.1} s ({} distinct)", report.sent, report.totals.distinct);
     println!("events/s (2xx)    {:.0}", accepted as f64 / elapsed);
     println!(
         "latency           p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(feed) = feed {
         println!("{feed}");
     }
-    let run = setup.totals().plus(report.totals());
+    let run = setup.totals.plus(report.totals);
     check_database(&args.database_url, &stored, &run, &signer.run).await
 }
 
@@ -198,9 +198,9 @@ async fn deliver_untimed(addr: &str, events: Vec<Signed>, connections: usize) ->
     let far = Instant::now() + Duration::from_secs(3600);
     let report = drive(addr, Arc::new(events), connections, far, 0.0).await;
     ensure!(
-        report.delivered == total,
+        report.totals.delivered == total,
         "only {} of the {total} untimed checkouts were accepted",
-        report.delivered
+        report.totals.delivered
     );
     eprintln!("delivered {total} untimed checkouts in {:.1} s", started.elapsed().as_secs_f64());
     Ok(report)
@@ -349,13 +349,8 @@ fn reversal_marked(body: &[u8]) -> anyhow::Result<Bytes> {
 #[derive(Debug)]
 struct Report {
     sent: usize,
-    /// Distinct events handed out to connections.
-    distinct: usize,
-    /// Distinct events that got a 2xx.
-    delivered: usize,
-    /// Of `distinct` and `delivered`, the refunds and disputes.
-    distinct_reversals: usize,
-    delivered_reversals: usize,
+    /// What was handed out and accepted, for the check.
+    totals: Totals,
     elapsed: Duration,
     latency: Histogram<u64>,
     statuses: BTreeMap<u16, usize>,
@@ -364,10 +359,13 @@ struct Report {
 
 /// How many distinct events a run handed out and how many were accepted,
 /// and of those the refunds and disputes: what the check expects stored.
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Totals {
+    /// Distinct events handed out to connections.
     distinct: usize,
+    /// Distinct events that got a 2xx.
     delivered: usize,
+    /// Of `distinct` and `delivered`, the refunds and disputes.
     distinct_reversals: usize,
     delivered_reversals: usize,
 }
@@ -384,22 +382,10 @@ impl Totals {
 }
 
 impl Report {
-    fn totals(&self) -> Totals {
-        Totals {
-            distinct: self.distinct,
-            delivered: self.delivered,
-            distinct_reversals: self.distinct_reversals,
-            delivered_reversals: self.delivered_reversals,
-        }
-    }
-
     fn empty() -> Self {
         Self {
             sent: 0,
-            distinct: 0,
-            delivered: 0,
-            distinct_reversals: 0,
-            delivered_reversals: 0,
+            totals: Totals::default(),
             elapsed: Duration::ZERO,
             // Microseconds, from 1 µs to a minute, three significant digits.
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
@@ -441,11 +427,17 @@ async fn drive(
         }
     }
     report.elapsed = started.elapsed();
-    report.distinct = next.load(Ordering::Relaxed).min(events.len());
-    report.delivered = delivered.iter().filter(|d| d.load(Ordering::Relaxed)).count();
-    report.distinct_reversals = events[..report.distinct].iter().filter(|(_, _, reversal)| *reversal).count();
-    report.delivered_reversals =
-        delivered.iter().zip(events.iter()).filter(|(d, e)| e.2 && d.load(Ordering::Relaxed)).count();
+    let distinct = next.load(Ordering::Relaxed).min(events.len());
+    report.totals = Totals {
+        distinct,
+        delivered: delivered.iter().filter(|d| d.load(Ordering::Relaxed)).count(),
+        distinct_reversals: events[..distinct].iter().filter(|(_, _, reversal)| *reversal).count(),
+        delivered_reversals: delivered
+            .iter()
+            .zip(events.iter())
+            .filter(|(d, e)| e.2 && d.load(Ordering::Relaxed))
+            .count(),
+    };
     report
 }
 
@@ -548,7 +540,6 @@ async fn batch_sizes(admin: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Empties the database (drops and recreates it on PostgreSQL, deletes the
 /// What the database server spent: its processes' CPU (when it runs on
 /// this machine) and the WAL it wrote. PostgreSQL shares the cores with the
 /// services, so its cost per event is part of theirs; and unlike events/s
@@ -602,6 +593,7 @@ fn postgres_cpu_seconds() -> anyhow::Result<f64> {
     Ok(total)
 }
 
+/// Empties the database (drops and recreates it on PostgreSQL, deletes the
 /// file on SQLite) so the check afterwards counts this run only.
 async fn reset_database(url: &str) -> anyhow::Result<()> {
     if let Some(rest) = url.strip_prefix("sqlite://") {

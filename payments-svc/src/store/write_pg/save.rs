@@ -87,18 +87,8 @@ pub(super) async fn save(
         .bind(absent.charges)
         .bind(absent.users)
         .bind(absent.courses)
-        .bind(
-            events
-                .iter()
-                .map(|e| e.event.reversal.as_ref().and_then(|r| r.payment_intent_id.as_deref()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.event.reversal.as_ref().and_then(|r| r.charge_id.as_deref()))
-                .collect::<Vec<_>>(),
-        );
+        .bind(events.iter().map(|e| e.event.reversed_payment_intent_id()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event.reversed_charge_id()).collect::<Vec<_>>());
     let (raised,) = query.fetch_one(&mut *connection).await?;
     Ok(raised)
 }
