@@ -126,6 +126,36 @@ async fn concurrent_batches_apply_each_event_once_whichever_batch_holds_its_copi
     stack.shutdown().await;
 }
 
+on_both_databases!(events_and_sessions_stored_before_are_met_again_without_a_fallback);
+/// A batch of checkouts that is written without first reading what is
+/// stored (PostgreSQL, once its worker has written) still meets what is:
+/// a redelivered event and a later event of a stored session make its
+/// write fail on their unique indexes, and the batch is read and written
+/// again with every caller's outcome, not applied one by one.
+async fn events_and_sessions_stored_before_are_met_again_without_a_fallback(db: TestDb) {
+    let stack = Stack::start_with(db, gathered_by_payments_svc()).await;
+    let clearing = fixture("checkout_session_completed_unpaid_async.json").expect("fixture");
+    let cleared = fixture("checkout_session_async_payment_succeeded.json").expect("fixture");
+    assert_eq!(outcome(&stack.deliver(&clearing).await), "processed");
+    assert_eq!(outcome(&stack.deliver(&unique_paid_event(1).expect("event")).await), "processed");
+
+    let burst = [cleared, clearing, unique_paid_event(2).expect("event")];
+    let answers = stack.deliver_concurrently(&burst).await;
+
+    let outcomes: Vec<String> = answers.iter().map(outcome).collect();
+    assert_eq!(outcomes, ["processed", "duplicate", "processed"]);
+    let metrics = stack.payments_metrics().await;
+    assert_eq!(metric(&metrics, "payments_batch_size_count"), 3.0, "the burst in one batch");
+    assert_eq!(metric(&metrics, "payments_batch_fallbacks_total"), 0.0);
+    let purchases = stack.purchases().await;
+    assert_eq!(purchases.len(), 3);
+    assert!(purchases.iter().all(|p| p.status == PurchaseStatus::Paid && !p.needs_refund), "{purchases:?}");
+    let events = stack.events().await;
+    assert_eq!(events.len(), 4);
+    assert_eq!(events.iter().map(|e| e.delivery_count).sum::<i32>(), 5, "the redelivery counted");
+    stack.shutdown().await;
+}
+
 /// A connection that died while idle is noticed (pinged when taken from the
 /// pool) and replaced before the next batch is sent, so that batch is not
 /// lost to a fallback.

@@ -1,6 +1,8 @@
 //! The write: what the domain decided, if the write counter is unchanged,
 //! in one statement.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use payments_domain::event::EventStatus;
 use payments_domain::write::{self, Decision, Keys};
@@ -9,9 +11,17 @@ use sea_orm::sqlx::{self, PgConnection};
 use super::{KeyArrays, WriteError};
 use crate::store::refund_requests::idempotency_key;
 
-/// Writes `decision` if the write counter is still `writes` and, when
-/// `absent` names keys, nothing is stored for any of them; the counter
+/// Writes `decision` if the write counter is still `writes`; the counter
 /// after the write, `None` if it wrote nothing.
+///
+/// `absent` names the keys of a batch decided without a load, as if
+/// nothing were stored for any of them; the write then checks that this
+/// is so. The facts of its payments and the purchases of its families are
+/// looked up in the statement; its events and purchases are inserted with
+/// no conflict clause, so that one already stored fails the statement on
+/// its unique index with nothing written ([`is_stored_key`]): the
+/// insert's own check, where a lookup beside it would search each index
+/// twice.
 pub(super) async fn save(
     connection: &mut PgConnection,
     decision: &Decision<'_>,
@@ -19,8 +29,7 @@ pub(super) async fn save(
     absent: Option<&Keys>,
     now: DateTime<Utc>,
 ) -> Result<Option<i64>, WriteError> {
-    let no_keys = Keys::default();
-    let absent = KeyArrays::of(absent.unwrap_or(&no_keys));
+    let text = if absent.is_some() { &SAVE_FRESH } else { &SAVE };
     let events = &decision.events;
     let settled = |event: &write::EventWrite<'_>| event.settle.as_ref().map(|(status, _)| *status);
     let purchases = &decision.purchases;
@@ -28,7 +37,7 @@ pub(super) async fn save(
     let facts = &decision.facts;
     let owed = &decision.refunds_owed;
     let changes = &decision.changes;
-    let query = sqlx::query_as::<_, (Option<i64>,)>(SAVE)
+    let query = sqlx::query_as::<_, (Option<i64>,)>(text.as_str())
         .bind(writes)
         .bind(now)
         .bind(events.iter().map(|e| e.event.id.as_str()).collect::<Vec<_>>())
@@ -48,6 +57,8 @@ pub(super) async fn save(
         .bind(events.iter().map(|e| e.event.payload.as_str()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.deliveries).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.event.created).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event.reversed_payment_intent_id()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event.reversed_charge_id()).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| p.purchase.user_id.as_str()).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| p.purchase.course_id.as_str()).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| p.purchase.checkout_session_id.as_str()).collect::<Vec<_>>())
@@ -61,16 +72,6 @@ pub(super) async fn save(
         .bind(purchases.iter().map(|p| published(p).is_some_and(|a| a.has_access)).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| published(p).map_or(0, |a| a.amount_refunded)).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| p.cause.as_deref()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.kind().as_str()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.object_id.as_str()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.status.as_str()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.amount).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.complete()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.currency.as_deref()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.payment_intent_id.as_deref()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.reversal.charge_id.as_deref()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.event_id.as_str()).collect::<Vec<_>>())
-        .bind(facts.iter().map(|f| f.created).collect::<Vec<_>>())
         .bind(owed.iter().map(|o| o.checkout_session_id.as_str()).collect::<Vec<_>>())
         .bind(owed.iter().map(|o| o.payment_intent_id.as_str()).collect::<Vec<_>>())
         .bind(owed.iter().map(|o| idempotency_key(&o.checkout_session_id)).collect::<Vec<_>>())
@@ -79,45 +80,68 @@ pub(super) async fn save(
         .bind(changes.iter().map(|c| c.access.status.as_str()).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.access.has_access).collect::<Vec<_>>())
         .bind(changes.iter().map(|c| c.access.amount_refunded).collect::<Vec<_>>())
-        .bind(changes.iter().map(|c| c.cause.as_str()).collect::<Vec<_>>())
-        .bind(absent.event_ids)
-        .bind(absent.sessions)
-        .bind(absent.payment_intents)
-        .bind(absent.checkout_payments)
-        .bind(absent.charges)
-        .bind(absent.users)
-        .bind(absent.courses)
-        .bind(events.iter().map(|e| e.event.reversed_payment_intent_id()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event.reversed_charge_id()).collect::<Vec<_>>());
+        .bind(changes.iter().map(|c| c.cause.as_str()).collect::<Vec<_>>());
+    // Last, what only one of the two statements takes.
+    let query = match absent {
+        None => query
+            .bind(facts.iter().map(|f| f.reversal.kind().as_str()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.object_id.as_str()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.status.as_str()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.amount).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.complete()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.currency.as_deref()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.payment_intent_id.as_deref()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.reversal.charge_id.as_deref()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.event_id.as_str()).collect::<Vec<_>>())
+            .bind(facts.iter().map(|f| f.created).collect::<Vec<_>>()),
+        Some(keys) => {
+            let keys = KeyArrays::of(keys);
+            query.bind(keys.checkout_payments).bind(keys.users).bind(keys.courses)
+        }
+    };
     let (raised,) = query.fetch_one(&mut *connection).await?;
     Ok(raised)
 }
 
+/// Whether `error` is a fresh write meeting an event or session already
+/// stored: the batch is then loaded and decided again.
+pub(super) fn is_stored_key(error: &WriteError) -> bool {
+    match error {
+        WriteError::Database(error) => {
+            error.as_database_error().is_some_and(|error| error.is_unique_violation())
+        }
+        _ => false,
+    }
+}
+
+/// The write of a batch decided from a load: an event or purchase stored
+/// under the same key is updated as decided.
+pub(super) static SAVE: LazyLock<String> =
+    LazyLock::new(|| statement("", EVENTS_ON_CONFLICT, PURCHASES_ON_CONFLICT, FACTS));
+
+/// The write of a batch decided without a load, which names no payment or
+/// charge (so has no facts): nothing may be stored for its keys. Its
+/// payments' facts and its families are looked up; an event or purchase
+/// already stored fails the statement on its unique index.
+pub(super) static SAVE_FRESH: LazyLock<String> = LazyLock::new(|| statement(ABSENT, "", "", ""));
+
 /// The write: raises the counter from the value the load read (and, for a
-/// batch decided without a load, only if nothing is stored for any of its
-/// keys: what a load would have found), then, joined
+/// batch decided without a load, only if nothing is stored for its
+/// payments and families: what a load would have found), then, joined
 /// to that raise so that nothing is written when it matched no row, the
 /// event rows (a row given the status `received` is one settled before:
 /// only its deliveries count, and a body that differs is kept aside), the
 /// purchases as decided, the new facts, the refunds owed, and the change
 /// rows in publishing order; the counter as raised.
-pub(super) const SAVE: &str = "
+///
+/// `absent` adds to the raise the lookups of a batch decided without a
+/// load; the `on_conflict` clauses are where a loaded batch meets rows
+/// stored under its keys; `facts` inserts the new facts.
+fn statement(absent: &str, events_on_conflict: &str, purchases_on_conflict: &str, facts: &str) -> String {
+    format!(
+        "
 WITH raised AS (
-    UPDATE purchase_feed SET writes = writes + 1 WHERE writes = $1
-    AND NOT EXISTS (SELECT 1 FROM unnest($45::text[]) AS k(id)
-        CROSS JOIN LATERAL (SELECT 1 FROM stripe_webhook_events WHERE event_id = k.id OFFSET 0) e)
-    AND NOT EXISTS (SELECT 1 FROM unnest($46::text[]) AS k(session)
-        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases
-            WHERE stripe_checkout_session_id = k.session OFFSET 0) p)
-    AND NOT EXISTS (SELECT 1 FROM unnest($47::text[]) AS k(pi)
-        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases WHERE stripe_payment_intent_id = k.pi OFFSET 0) p)
-    AND NOT EXISTS (SELECT 1 FROM (SELECT unnest($47::text[]) UNION ALL SELECT unnest($48::text[])) AS k(pi)
-        CROSS JOIN LATERAL (SELECT 1 FROM payment_reversals WHERE payment_intent_id = k.pi OFFSET 0) r)
-    AND NOT EXISTS (SELECT 1 FROM unnest($49::text[]) AS k(charge)
-        CROSS JOIN LATERAL (SELECT 1 FROM payment_reversals WHERE charge_id = k.charge OFFSET 0) r)
-    AND NOT EXISTS (SELECT 1 FROM unnest($50::text[], $51::text[]) AS k(user_id, course_id)
-        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases
-            WHERE user_id = k.user_id AND course_id = k.course_id OFFSET 0) p)
+    UPDATE purchase_feed SET writes = writes + 1 WHERE writes = $1{absent}
     RETURNING writes
 ), events AS (
     INSERT INTO stripe_webhook_events AS e (event_id, event_type, livemode, api_version,
@@ -127,10 +151,69 @@ WITH raised AS (
     SELECT i.event_id, i.event_type, i.livemode, i.api_version, i.session, i.status,
         i.error::json, i.payload, NULL, i.deliveries, i.created, $2, $2, $2, NULL, i.pi, i.charge
     FROM unnest($3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[],
-        $9::text[], $10::text[], $11::int4[], $12::int8[], $52::text[], $53::text[])
+        $9::text[], $10::text[], $11::int4[], $12::int8[], $13::text[], $14::text[])
         AS i(event_id, event_type, livemode, api_version, session, status, error, payload,
             deliveries, created, pi, charge)
     CROSS JOIN raised
+{events_on_conflict}), purchases AS (
+    INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
+        stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
+        created_at, updated_at, access_status, has_access, amount_refunded, access_cause)
+    SELECT c.user_id, c.course_id, c.session, c.pi, c.amount_total, c.currency, c.status,
+        c.source, c.needs_refund, $2, $2, c.access_status, c.has_access, c.amount_refunded, c.cause
+    FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::int8[], $20::text[],
+        $21::text[], $22::text[], $23::bool[], $24::text[], $25::bool[], $26::int8[], $27::text[])
+        AS c(user_id, course_id, session, pi, amount_total, currency, status, source,
+            needs_refund, access_status, has_access, amount_refunded, cause)
+    CROSS JOIN raised
+    ORDER BY c.session
+{purchases_on_conflict}    RETURNING id, stripe_checkout_session_id
+{facts}), owed AS (
+    INSERT INTO refund_requests (checkout_session_id, payment_intent_id, idempotency_key, status,
+        stripe_refund_id, attempts, next_attempt_at, claimed_until, last_error, created_at, updated_at)
+    SELECT o.session, o.pi, o.key, 'pending', NULL, 0, $2, NULL, NULL, $2, $2
+    FROM unnest($28::text[], $29::text[], $30::text[]) AS o(session, pi, key)
+    CROSS JOIN raised
+    ON CONFLICT (checkout_session_id) DO NOTHING
+), changes AS (
+    INSERT INTO purchase_changes (purchase_id, kind, status, has_access, amount_refunded,
+        cause_event_id, at)
+    SELECT p.id, c.kind, c.status, c.has_access, c.amount_refunded, c.cause, $2
+    FROM unnest($31::text[], $32::text[], $33::text[], $34::bool[], $35::int8[], $36::text[])
+        WITH ORDINALITY AS c(session, kind, status, has_access, amount_refunded, cause, n)
+    JOIN purchases p ON p.stripe_checkout_session_id = c.session
+    ORDER BY c.n
+)
+SELECT (SELECT writes FROM raised)"
+    )
+}
+
+/// The lookups of a batch decided without a load: no fact of a payment it
+/// may create, and no purchase of its families.
+const ABSENT: &str = "
+    AND NOT EXISTS (SELECT 1 FROM unnest($37::text[]) AS k(pi)
+        CROSS JOIN LATERAL (SELECT 1 FROM payment_reversals WHERE payment_intent_id = k.pi OFFSET 0) r)
+    AND NOT EXISTS (SELECT 1 FROM unnest($38::text[], $39::text[]) AS k(user_id, course_id)
+        CROSS JOIN LATERAL (SELECT 1 FROM course_purchases
+            WHERE user_id = k.user_id AND course_id = k.course_id OFFSET 0) p)";
+
+/// The new facts (a loaded batch's: only refunds and disputes, which name
+/// their payment, make them).
+const FACTS: &str = "
+), facts AS (
+    INSERT INTO payment_reversals (kind, object_id, status, amount, complete, currency,
+        payment_intent_id, charge_id, event_id, stripe_created_at, recorded_at)
+    SELECT f.kind, f.object_id, f.status, f.amount, f.complete, f.currency, f.pi, f.charge,
+        f.event_id, f.created, $2
+    FROM unnest($37::text[], $38::text[], $39::text[], $40::int8[], $41::bool[], $42::text[],
+        $43::text[], $44::text[], $45::text[], $46::int8[])
+        AS f(kind, object_id, status, amount, complete, currency, pi, charge, event_id, created)
+    CROSS JOIN raised
+    ON CONFLICT (object_id, status, amount) DO NOTHING
+";
+
+/// A stored event met again.
+const EVENTS_ON_CONFLICT: &str = "
     ON CONFLICT (event_id) DO UPDATE SET
         delivery_count = e.delivery_count + excluded.delivery_count,
         last_received_at = CASE WHEN excluded.delivery_count > 0 THEN excluded.last_received_at
@@ -152,18 +235,10 @@ WITH raised AS (
             ELSE excluded.reversed_payment_intent_id END,
         reversed_charge_id = CASE WHEN excluded.status = 'received' THEN e.reversed_charge_id
             ELSE excluded.reversed_charge_id END
-), purchases AS (
-    INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
-        stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
-        created_at, updated_at, access_status, has_access, amount_refunded, access_cause)
-    SELECT c.user_id, c.course_id, c.session, c.pi, c.amount_total, c.currency, c.status,
-        c.source, c.needs_refund, $2, $2, c.access_status, c.has_access, c.amount_refunded, c.cause
-    FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::int8[], $18::text[],
-        $19::text[], $20::text[], $21::bool[], $22::text[], $23::bool[], $24::int8[], $25::text[])
-        AS c(user_id, course_id, session, pi, amount_total, currency, status, source,
-            needs_refund, access_status, has_access, amount_refunded, cause)
-    CROSS JOIN raised
-    ORDER BY c.session
+";
+
+/// A stored purchase decided again.
+const PURCHASES_ON_CONFLICT: &str = "
     ON CONFLICT (stripe_checkout_session_id) DO UPDATE SET
         stripe_payment_intent_id = excluded.stripe_payment_intent_id,
         amount_total = excluded.amount_total, currency = excluded.currency,
@@ -171,31 +246,4 @@ WITH raised AS (
         updated_at = excluded.updated_at, access_status = excluded.access_status,
         has_access = excluded.has_access, amount_refunded = excluded.amount_refunded,
         access_cause = excluded.access_cause
-    RETURNING id, stripe_checkout_session_id
-), facts AS (
-    INSERT INTO payment_reversals (kind, object_id, status, amount, complete, currency,
-        payment_intent_id, charge_id, event_id, stripe_created_at, recorded_at)
-    SELECT f.kind, f.object_id, f.status, f.amount, f.complete, f.currency, f.pi, f.charge,
-        f.event_id, f.created, $2
-    FROM unnest($26::text[], $27::text[], $28::text[], $29::int8[], $30::bool[], $31::text[],
-        $32::text[], $33::text[], $34::text[], $35::int8[])
-        AS f(kind, object_id, status, amount, complete, currency, pi, charge, event_id, created)
-    CROSS JOIN raised
-    ON CONFLICT (object_id, status, amount) DO NOTHING
-), owed AS (
-    INSERT INTO refund_requests (checkout_session_id, payment_intent_id, idempotency_key, status,
-        stripe_refund_id, attempts, next_attempt_at, claimed_until, last_error, created_at, updated_at)
-    SELECT o.session, o.pi, o.key, 'pending', NULL, 0, $2, NULL, NULL, $2, $2
-    FROM unnest($36::text[], $37::text[], $38::text[]) AS o(session, pi, key)
-    CROSS JOIN raised
-    ON CONFLICT (checkout_session_id) DO NOTHING
-), changes AS (
-    INSERT INTO purchase_changes (purchase_id, kind, status, has_access, amount_refunded,
-        cause_event_id, at)
-    SELECT p.id, c.kind, c.status, c.has_access, c.amount_refunded, c.cause, $2
-    FROM unnest($39::text[], $40::text[], $41::text[], $42::bool[], $43::int8[], $44::text[])
-        WITH ORDINALITY AS c(session, kind, status, has_access, amount_refunded, cause, n)
-    JOIN purchases p ON p.stripe_checkout_session_id = c.session
-    ORDER BY c.n
-)
-SELECT (SELECT writes FROM raised)";
+";
