@@ -1,10 +1,11 @@
 //! A TCP proxy in front of PostgreSQL that a test takes down (every
 //! connection closed, new ones refused, as when the server crashes) and
 //! brings back on the same address, the way a database restarts behind
-//! its unchanged host name.
+//! its unchanged host name, or points at another server, the way a managed
+//! database's name moves to its promoted standby.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -12,7 +13,7 @@ use tokio::task::{JoinHandle, JoinSet};
 #[derive(Debug)]
 pub struct DbProxy {
     addr: SocketAddr,
-    upstream: String,
+    upstream: Arc<Mutex<String>>,
     /// The task accepting connections while up; it owns every relay, so
     /// aborting it closes them all.
     serving: Mutex<Option<JoinHandle<()>>>,
@@ -25,7 +26,7 @@ impl DbProxy {
         let upstream = format!("{}:{}", url.host_str().expect("a host"), url.port().unwrap_or(5432));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
         let addr = listener.local_addr().expect("proxy address");
-        let proxy = Self { addr, upstream, serving: Mutex::new(None) };
+        let proxy = Self { addr, upstream: Arc::new(Mutex::new(upstream)), serving: Mutex::new(None) };
         proxy.serve(listener);
         proxy
     }
@@ -51,12 +52,25 @@ impl DbProxy {
         self.serve(listener);
     }
 
+    /// Closes every connection and sends new ones to `upstream`
+    /// (`host:port`) instead.
+    pub async fn switch_to(&self, upstream: String) {
+        let serving = self.serving.lock().expect("proxy state").take();
+        if let Some(serving) = serving {
+            serving.abort();
+            // Its listener is closed once the task has stopped.
+            let _ = serving.await;
+        }
+        *self.upstream.lock().expect("proxy state") = upstream;
+        self.up().await;
+    }
+
     fn serve(&self, listener: TcpListener) {
-        let upstream = self.upstream.clone();
+        let upstream = Arc::clone(&self.upstream);
         let serving = tokio::spawn(async move {
             let mut relays = JoinSet::new();
             while let Ok((mut client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
+                let upstream = upstream.lock().expect("proxy state").clone();
                 relays.spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(&upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;

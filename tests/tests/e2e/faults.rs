@@ -22,7 +22,7 @@ use crate::processes::ProcessStack;
 const STRIKE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `count` distinct paid checkouts, then the first `duplicates` of them again.
-fn stream(count: usize, duplicates: usize) -> Vec<Bytes> {
+pub(crate) fn stream(count: usize, duplicates: usize) -> Vec<Bytes> {
     let events: Vec<Bytes> = (0..count).map(|n| unique_paid_event(n).expect("event")).collect();
     events.iter().cloned().chain(events.iter().take(duplicates).cloned()).collect()
 }
@@ -32,7 +32,7 @@ async fn purchase_count(db: &DatabaseConnection) -> u64 {
 }
 
 /// Waits until `db` holds at least `count` purchases.
-async fn wait_for_purchases(db: &DatabaseConnection, count: u64) {
+pub(crate) async fn wait_for_purchases(db: &DatabaseConnection, count: u64) {
     let deadline = Instant::now() + STRIKE_DEADLINE;
     while purchase_count(db).await < count {
         assert!(Instant::now() < deadline, "the stream never reached {count} purchases");
@@ -43,7 +43,7 @@ async fn wait_for_purchases(db: &DatabaseConnection, count: u64) {
 /// Nothing lost, nothing doubled: one processed event row per distinct
 /// event, one purchase per distinct session, and every processed event's
 /// purchase present.
-async fn assert_exactly_once(db: &DatabaseConnection, distinct: usize) {
+pub(crate) async fn assert_exactly_once(db: &DatabaseConnection, distinct: usize) {
     let purchases = course_purchase::Entity::find().all(db).await.expect("purchases");
     let sessions: HashSet<_> = purchases.iter().map(|p| p.stripe_checkout_session_id.clone()).collect();
     assert_eq!(purchases.len(), distinct, "one purchase per paid session");
@@ -57,7 +57,7 @@ async fn assert_exactly_once(db: &DatabaseConnection, distinct: usize) {
     }
 }
 
-fn all_delivered(deliveries: &[Delivery]) {
+pub(crate) fn all_delivered(deliveries: &[Delivery]) {
     let undelivered: Vec<_> = deliveries.iter().filter(|d| !d.delivered()).collect();
     assert!(
         undelivered.is_empty(),

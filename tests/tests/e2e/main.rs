@@ -4,6 +4,7 @@
 mod containers;
 mod db_proxy;
 mod deploy_steps;
+mod failover;
 mod fake_stripe;
 mod faults;
 mod feed;
