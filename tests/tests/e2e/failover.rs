@@ -2,7 +2,8 @@
 //! streaming standby that the test makes on ports of its own, behind a TCP
 //! proxy that the services use as their database address. The primary is
 //! killed under a stream of webhooks, the standby promoted and the proxy
-//! switched to it, the way a managed database's failover moves its name.
+//! switched to it, the way a managed database's failover moves its name;
+//! or it is stopped cleanly, as in a planned switchover.
 //! Every webhook answered 200 must be on the new primary exactly once, and
 //! every other one is redelivered until it is.
 
@@ -142,6 +143,11 @@ impl Cluster {
         run(Command::new("kill").args(["-KILL", &pid]));
     }
 
+    /// A clean shutdown of the primary (`pg_ctl stop -m fast`).
+    fn stop_primary(&self) {
+        run(postgres_command("pg_ctl").arg("-D").arg(&self.primary.data).args(["-m", "fast", "-w", "stop"]));
+    }
+
     fn promote_standby(&self) {
         run(postgres_command("pg_ctl").arg("-D").arg(&self.standby.data).args(["-w", "promote"]));
     }
@@ -210,8 +216,21 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_primary_replaced_by_its_synchronous_standby_loses_nothing_acknowledged() {
+/// How the primary goes away.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// SIGKILL, as when its host dies.
+    Killed,
+    /// A clean shutdown, as in a planned switchover: it waits for its
+    /// standby to receive everything it committed.
+    Stopped,
+}
+
+/// Streams webhooks at the stack through the proxy, takes the primary away
+/// midway, promotes the standby and switches the proxy to it; then every
+/// event must be on the new primary exactly once. Prints how soon after
+/// the switch a webhook got a 200.
+async fn fail_over(loss: Loss) {
     const EVENTS: usize = 600;
     let cluster = Cluster::start().await;
     let proxy = DbProxy::start(&cluster.primary.url()).await;
@@ -225,7 +244,10 @@ async fn a_killed_primary_replaced_by_its_synchronous_standby_loses_nothing_ackn
     };
 
     wait_for_purchases(&stack.db, 150).await;
-    cluster.kill_primary();
+    match loss {
+        Loss::Killed => cluster.kill_primary(),
+        Loss::Stopped => cluster.stop_primary(),
+    }
     cluster.promote_standby();
     proxy.switch_to(cluster.standby.addr()).await;
     let switched = Instant::now();
@@ -241,9 +263,19 @@ async fn a_killed_primary_replaced_by_its_synchronous_standby_loses_nothing_ackn
         .map(|d| d.answers.iter().filter(|a| !a.is_some_and(|s| s.is_success())).count())
         .sum();
     eprintln!(
-        "failover, primary killed: first 200 {first_200:?} after the switch; {refused} answers not 2xx"
+        "failover, primary {loss:?}: first 200 {first_200:?} after the switch; {refused} answers not 2xx"
     );
     let new_primary = Database::connect(cluster.standby.url()).await.expect("connects to the new primary");
     assert_exactly_once(&new_primary, EVENTS + 1).await;
     stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_replaced_by_its_synchronous_standby_loses_nothing_acknowledged() {
+    fail_over(Loss::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_to_the_standby_loses_nothing_acknowledged() {
+    fail_over(Loss::Stopped).await;
 }
