@@ -193,7 +193,10 @@ fn postgres_command(program: &str) -> Command {
 }
 
 fn running_as_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+    static ROOT: LazyLock<bool> = LazyLock::new(|| {
+        Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+    });
+    *ROOT
 }
 
 fn run(command: &mut Command) {

@@ -70,13 +70,13 @@ impl TestDb {
         Self { url, _dir: Some(dir), postgres: None }
     }
 
-    /// A new database on the server at `TEST_DATABASE_URL`. Fails the test,
-    /// never skips it, when PostgreSQL cannot be reached.
     /// A PostgreSQL database the test made itself and drops with its server.
     pub fn external(url: String) -> Self {
         Self { url, _dir: None, postgres: None }
     }
 
+    /// A new database on the server at `TEST_DATABASE_URL`. Fails the test,
+    /// never skips it, when PostgreSQL cannot be reached.
     pub async fn postgres() -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let admin_url =

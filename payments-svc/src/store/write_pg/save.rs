@@ -116,14 +116,13 @@ pub(super) fn is_stored_key(error: &WriteError) -> bool {
 
 /// The write of a batch decided from a load: an event or purchase stored
 /// under the same key is updated as decided.
-pub(super) static SAVE: LazyLock<String> =
-    LazyLock::new(|| statement("", EVENTS_ON_CONFLICT, PURCHASES_ON_CONFLICT, FACTS));
+pub(super) static SAVE: LazyLock<String> = LazyLock::new(|| statement(false));
 
 /// The write of a batch decided without a load, which names no payment or
 /// charge (so has no facts): nothing may be stored for its keys. Its
 /// payments' facts and its families are looked up; an event or purchase
 /// already stored fails the statement on its unique index.
-pub(super) static SAVE_FRESH: LazyLock<String> = LazyLock::new(|| statement(ABSENT, "", "", ""));
+pub(super) static SAVE_FRESH: LazyLock<String> = LazyLock::new(|| statement(true));
 
 /// The write: raises the counter from the value the load read (and, for a
 /// batch decided without a load, only if nothing is stored for its
@@ -134,10 +133,13 @@ pub(super) static SAVE_FRESH: LazyLock<String> = LazyLock::new(|| statement(ABSE
 /// purchases as decided, the new facts, the refunds owed, and the change
 /// rows in publishing order; the counter as raised.
 ///
-/// `absent` adds to the raise the lookups of a batch decided without a
-/// load; the `on_conflict` clauses are where a loaded batch meets rows
-/// stored under its keys; `facts` inserts the new facts.
-fn statement(absent: &str, events_on_conflict: &str, purchases_on_conflict: &str, facts: &str) -> String {
+/// `fresh` is a batch decided without a load: the raise also makes
+/// [`ABSENT`]'s lookups, and there are no facts and no conflict clauses.
+/// A loaded batch meets rows stored under its keys in the conflict clauses
+/// and inserts its new [`FACTS`].
+fn statement(fresh: bool) -> String {
+    let (absent, events_on_conflict, purchases_on_conflict, facts) =
+        if fresh { (ABSENT, "", "", "") } else { ("", EVENTS_ON_CONFLICT, PURCHASES_ON_CONFLICT, FACTS) };
     format!(
         "
 WITH raised AS (
