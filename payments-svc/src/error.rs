@@ -15,6 +15,11 @@ pub enum Error {
     /// transaction was rolled back and the same request may be retried.
     #[error("database error")]
     Database(#[from] DbErr),
+    /// The database's connection was lost or its server cannot take writes
+    /// now (logged where it happened); the work was not done and may be
+    /// retried.
+    #[error("database unavailable")]
+    Unavailable,
     /// The service is shutting down and did not take the work; another
     /// replica, or this one after its restart, will.
     #[error("shutting down")]
@@ -41,6 +46,7 @@ impl From<Error> for Status {
                 tracing::error!(error = %source, debug = ?source, "database error; transaction rolled back");
                 Status::unavailable("database unavailable; retry later")
             }
+            Error::Unavailable => Status::unavailable("database unavailable; retry later"),
             Error::Stopping => Status::unavailable("shutting down; retry later"),
         }
     }

@@ -21,6 +21,12 @@ pub struct VerifyLabels {
     pub unconfirmed: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// writer (a group-commit worker's), listener (change notifications).
+    pub connection: &'static str,
+}
+
 /// Every metric, registered once at start-up and shared.
 #[derive(Debug)]
 pub struct Metrics {
@@ -40,6 +46,11 @@ pub struct Metrics {
     pub reconcile_drift: Counter,
     /// Stored events whose payloads retention dropped.
     pub events_pruned: Counter,
+    /// Times the database's connections were distrusted: it stopped
+    /// answering, came back, or turned read-only.
+    pub connections_distrusted: Counter,
+    /// Connections of its own a task opened again after losing one.
+    pub reconnects: Family<ConnectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +106,18 @@ impl Default for Metrics {
             "Changes removed after PURCHASE_CHANGES_RETENTION_DAYS",
             feed_pruned.clone(),
         );
+        let connections_distrusted = Counter::default();
+        registry.register(
+            "db_connections_distrusted",
+            "Times every database connection was retired: the server stopped answering, came back, or was read-only",
+            connections_distrusted.clone(),
+        );
+        let reconnects = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "db_reconnects",
+            "Own database connections opened again after one was lost, by connection",
+            reconnects.clone(),
+        );
         Self {
             registry,
             events,
@@ -108,6 +131,8 @@ impl Default for Metrics {
             feed_reads,
             reconcile_drift,
             events_pruned,
+            connections_distrusted,
+            reconnects,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use payments_proto::v1::FILE_DESCRIPTOR_SET;
 use payments_proto::v1::payments_server::PaymentsServer;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbBackend};
 use service_kit::logs::{self, Output};
 use service_kit::traces::Traces;
 use service_kit::{admin, shutdown};
@@ -28,7 +28,7 @@ use crate::fulfil::batch::{BatchSettings, EventBatcher};
 use crate::fulfil::retention::{self, Retention};
 use crate::fulfil::{reconcile, refunds};
 use crate::metrics::Metrics;
-use crate::store::health::{DatabaseHealth, Probe};
+use crate::store::health::{Answer, DatabaseHealth, Probe};
 use crate::store::{self, signals::FeedSignals};
 use crate::stripe::StripeApi;
 
@@ -78,6 +78,8 @@ pub struct Application {
     listener: TcpListener,
     admin_listener: TcpListener,
     db: DatabaseConnection,
+    /// Whether the database answers, and which of its connections to trust.
+    health: DatabaseHealth,
     policy: Policy,
     batching: BatchSettings,
     stripe: Option<StripeApi>,
@@ -109,7 +111,10 @@ impl Application {
         if stripe.is_none() {
             tracing::info!("STRIPE_SECRET_KEY is not set: verify answers from the database only");
         }
-        let db = store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
+        let health = DatabaseHealth::default();
+        let db = store::connect_guarded(&settings.database_url, &health)
+            .await
+            .context("connecting to DATABASE_URL")?;
         if settings.skip_migrations {
             refuse_an_old_schema(&db).await?;
         } else {
@@ -130,6 +135,7 @@ impl Application {
             listener,
             admin_listener,
             db,
+            health,
             policy: settings.policy,
             batching: settings.batching,
             stripe,
@@ -174,8 +180,13 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<PaymentsServer<PaymentsService>>().await;
         health.set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving).await;
-        let failures = DatabaseHealth::default();
-        tokio::spawn(watch_database(self.db.clone(), failures.clone(), health.clone(), stop.clone()));
+        tokio::spawn(watch_database(
+            self.db.clone(),
+            self.health.clone(),
+            health.clone(),
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
         let render = {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.render())
@@ -185,6 +196,7 @@ impl Application {
                 self.db.clone(),
                 stripe.clone(),
                 self.policy.dispute_access,
+                self.health.clone(),
                 stop.clone(),
             ));
         }
@@ -195,6 +207,7 @@ impl Application {
                 stripe.clone(),
                 self.policy,
                 interval,
+                self.health.clone(),
                 Arc::clone(&metrics),
                 stop.clone(),
             ));
@@ -205,22 +218,35 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone(), self.max_watchers));
-        tokio::spawn(watch::listen(self.db.clone(), Arc::clone(&watchers), stop.clone()));
-        tokio::spawn(watch::tell_listeners(self.db.clone(), signals.clone(), stop.clone()));
+        let watchers =
+            Arc::new(Watchers::new(signals.clone(), self.health.clone(), stop.clone(), self.max_watchers));
+        tokio::spawn(watch::listen(
+            self.db.clone(),
+            Arc::clone(&watchers),
+            self.health.clone(),
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
+        tokio::spawn(watch::tell_listeners(
+            self.db.clone(),
+            signals.clone(),
+            self.health.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(watch::sample(Arc::clone(&watchers), Arc::clone(&metrics), stop.clone()));
         tokio::spawn(retention::run(
             self.db.clone(),
             signals.clone(),
             self.retention,
             self.policy,
+            self.health.clone(),
             Arc::clone(&metrics),
             stop.clone(),
         ));
         let batcher = EventBatcher::start(
             self.db.clone(),
             signals.clone(),
-            failures,
+            self.health.clone(),
             self.policy,
             self.batching,
             Arc::clone(&metrics),
@@ -233,6 +259,7 @@ impl Application {
             self.stripe,
             metrics,
             watchers,
+            self.health.clone(),
         );
 
         // Each call carries a ~5 KB payload; HTTP/2's default 64 KiB windows
@@ -269,7 +296,15 @@ impl Application {
         }
         stop.cancel();
         let _ = admin.await;
-        self.db.close().await.context("closing the database pool")?;
+        // Closing waits for every connection to be given back, and one
+        // stuck on a server that stopped answering never would.
+        match tokio::time::timeout(DRAIN_LIMIT, self.db.close()).await {
+            Ok(closed) => closed.context("closing the database pool")?,
+            Err(_) => tracing::warn!(
+                limit = ?DRAIN_LIMIT,
+                "database connections still in use after draining (a server that stopped answering?); leaving them"
+            ),
+        }
         tracing::info!("payments-svc stopped");
         Ok(())
     }
@@ -308,26 +343,46 @@ async fn refuse_an_old_schema(db: &DatabaseConnection) -> anyhow::Result<()> {
 }
 
 /// Keeps the health service's answer in step with the database: serving
-/// while it answers a probe, not serving while it does not. Probes at once
-/// when a path reports a failed operation, so the answer turns within a
-/// probe's timeout of the first failure.
+/// while it answers a probe and takes writes, not serving otherwise. Probes
+/// at once when a path reports a failed operation, so the answer turns
+/// within a probe's timeout of the first failure.
+///
+/// Connections are distrusted ([`DatabaseHealth::distrust`]) whenever a
+/// probe finds no writable server, and once more when one answers again:
+/// a connection opened while the server was silent may be stuck on the
+/// way to it, and one opened before may lead to an old primary.
 async fn watch_database(
     db: DatabaseConnection,
-    failures: DatabaseHealth,
+    connections: DatabaseHealth,
     health: HealthReporter,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    // A SQLite file has no connection to go half-open or server to fail
+    // over, and a probe that waits behind a long write is no reason to
+    // abandon it.
+    let distrusts = db.get_database_backend() == DbBackend::Postgres;
     let mut probe = Probe::new(db);
     let mut serving = true;
     loop {
-        let answers = probe.answers().await;
+        let answer = probe.ask().await;
+        let answers = answer == Answer::Writable;
+        if distrusts && (!answers || !serving) {
+            connections.distrust();
+            metrics.connections_distrusted.inc();
+        }
         if serving != answers {
             if answers {
                 tracing::info!("database answers again; health set to serving");
                 health.set_serving::<PaymentsServer<PaymentsService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::Serving).await;
             } else {
-                tracing::warn!("database unreachable; health set to not serving");
+                match answer {
+                    Answer::ReadOnly => tracing::warn!(
+                        "database read-only (in recovery: not the primary); health set to not serving"
+                    ),
+                    _ => tracing::warn!("database unreachable; health set to not serving"),
+                }
                 health.set_not_serving::<PaymentsServer<PaymentsService>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             }
@@ -336,7 +391,7 @@ async fn watch_database(
         let wait = if serving { HEALTH_CHECK_INTERVAL } else { HEALTH_RECHECK_INTERVAL };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = failures.next_failure(), if serving => {}
+            () = connections.next_failure(), if serving => {}
             () = stop.cancelled() => return,
         }
     }

@@ -36,6 +36,7 @@ use crate::fulfil::verify::{self, Lookup, Recorded, Verdict, Verification};
 use crate::metrics::{Metrics, OutcomeLabels, VerifyLabels};
 use crate::store::entities::course_purchase;
 use crate::store::feed::Change;
+use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
 use crate::stripe::StripeApi;
 
@@ -68,10 +69,13 @@ pub struct PaymentsService {
     metrics: Arc<Metrics>,
     /// Open change-feed watches.
     watchers: Arc<Watchers>,
+    /// Bounds every call's statements.
+    health: DatabaseHealth,
 }
 
 impl PaymentsService {
     /// The service, sending events to `batcher`'s group-commit workers.
+    #[expect(clippy::too_many_arguments, reason = "the service's collaborators, wired once at start-up")]
     pub fn new(
         db: DatabaseConnection,
         signals: FeedSignals,
@@ -80,9 +84,10 @@ impl PaymentsService {
         stripe: Option<StripeApi>,
         metrics: Arc<Metrics>,
         watchers: Arc<Watchers>,
+        health: DatabaseHealth,
     ) -> Self {
         let stripe = stripe.map(|stripe| Arc::new(SessionLookups::new(stripe)));
-        Self { db, signals, policy, batcher, stripe, metrics, watchers }
+        Self { db, signals, policy, batcher, stripe, metrics, watchers, health }
     }
 
     /// Validates `event` and queues it for group commit; the returned
@@ -133,8 +138,8 @@ impl PaymentsService {
         request: VerifyPurchaseRequest,
     ) -> Result<Response<VerifyPurchaseResponse>, Status> {
         let lookup = lookup(request)?;
-        let result =
-            verify::verify(&self.db, &self.signals, self.stripe.as_deref(), self.policy, &lookup).await;
+        let verified = verify::verify(&self.db, &self.signals, self.stripe.as_deref(), self.policy, &lookup);
+        let result = self.health.bounded(verified).await;
         let response = result.map(verify_response);
         let labels = match &response {
             Ok(answer) => VerifyLabels {
@@ -261,10 +266,11 @@ impl Payments for PaymentsService {
     ) -> Result<Response<ChangeStream>, Status> {
         // Beyond i64 is beyond every cursor: refused as ahead of the feed.
         let after = i64::try_from(request.into_inner().after).unwrap_or(i64::MAX);
-        let changes = watch::start(self.db.clone(), after, &self.watchers).map_err(|error| {
-            tracing::warn!(%error, "change-feed watch refused");
-            watch_status(error)
-        })?;
+        let changes =
+            watch::start(self.db.clone(), self.health.clone(), after, &self.watchers).map_err(|error| {
+                tracing::warn!(%error, "change-feed watch refused");
+                watch_status(error)
+            })?;
         let stream =
             ReceiverStream::new(changes).map(|change| change.map(change_message).map_err(watch_status));
         Ok(Response::new(Box::pin(stream)))
@@ -286,9 +292,8 @@ impl Payments for PaymentsService {
             token => page_token::decode(token, user_id)
                 .ok_or(Error::invalid("page_token", "is not a token this service gave for this listing"))?,
         };
-        let (page, more) = verify::list(&self.db, self.policy, user_id, after_id, u64::from(page_size))
-            .await
-            .map_err(Error::from)?;
+        let listed = verify::list(&self.db, self.policy, user_id, after_id, u64::from(page_size));
+        let (page, more) = self.health.bounded(listed).await.map_err(Error::from)?;
         let next_page_token = match page.last() {
             Some(last) if more => page_token::encode(last.purchase.id, user_id),
             _ => String::new(),

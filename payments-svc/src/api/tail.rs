@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::feed::{self, Change};
+use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
 
 /// Changes kept for subscribers that have not taken them yet.
@@ -40,6 +41,8 @@ pub struct Tail {
     /// subscriber never meets a task that is about to stop.
     running: Mutex<bool>,
     signals: FeedSignals,
+    /// Bounds the reads.
+    health: DatabaseHealth,
     shutdown: CancellationToken,
     /// Reads of the feed made for watchers, this one's and catch-ups'.
     reads: AtomicU64,
@@ -49,10 +52,10 @@ pub struct Tail {
 }
 
 impl Tail {
-    pub fn new(signals: FeedSignals, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(signals: FeedSignals, health: DatabaseHealth, shutdown: CancellationToken) -> Arc<Self> {
         let (sender, _) = broadcast::channel(CAPACITY);
         let (reads, head) = (AtomicU64::new(0), AtomicI64::new(0));
-        Arc::new(Self { sender, running: Mutex::new(false), signals, shutdown, reads, head })
+        Arc::new(Self { sender, running: Mutex::new(false), signals, health, shutdown, reads, head })
     }
 
     /// A receiver of every change committed after the newest one the
@@ -79,7 +82,7 @@ impl Tail {
         let mut announcements = self.signals.announcements();
         loop {
             announcements.borrow_and_update();
-            match self.read_page(&db, head, PAGE).await {
+            match self.health.bounded(self.read_page(&db, head, PAGE)).await {
                 Ok(page) => {
                     let full = page.len() as u64 == PAGE;
                     for change in page {

@@ -27,8 +27,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::tail::Tail;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionLabels, Metrics};
 use crate::store::feed::{self, Change};
+use crate::store::health::{Abandoned, DatabaseHealth};
 use crate::store::signals::{self, FeedSignals};
 
 /// Changes read per query.
@@ -67,6 +68,12 @@ pub enum WatchError {
     Db(#[from] DbErr),
 }
 
+impl From<Abandoned> for WatchError {
+    fn from(abandoned: Abandoned) -> Self {
+        Self::Db(abandoned.into())
+    }
+}
+
 /// Every open watch: where each stands, for the lag metric, and the signal
 /// that ends them all at shutdown (a server drains its calls before it
 /// stops, and a watch would never finish by itself).
@@ -88,12 +95,17 @@ pub struct Watchers {
 impl Watchers {
     /// At most `limit` watches, woken by `signals`, that end when
     /// `shutdown` is cancelled.
-    pub fn new(signals: FeedSignals, shutdown: CancellationToken, limit: usize) -> Self {
+    pub fn new(
+        signals: FeedSignals,
+        health: DatabaseHealth,
+        shutdown: CancellationToken,
+        limit: usize,
+    ) -> Self {
         Self {
             next_id: AtomicU64::new(0),
             positions: Mutex::default(),
             open: tokio::sync::watch::Sender::default(),
-            tail: Tail::new(signals.clone(), shutdown.clone()),
+            tail: Tail::new(signals.clone(), health, shutdown.clone()),
             shutdown,
             signals,
             limit,
@@ -148,8 +160,14 @@ impl Drop for Registration {
 /// commits; it ends with the error that stopped the watch, if any. The task
 /// stops when the receiver is dropped. Refused when the replica serves its
 /// limit of watches.
+///
+/// A watch ends when `health` distrusts the database's connections (it
+/// stopped answering, or failed over): its consumer reconnects with the
+/// cursor of the last change it handled, which is then checked against the
+/// database as it is now.
 pub fn start(
     db: DatabaseConnection,
+    health: DatabaseHealth,
     after: i64,
     watchers: &Arc<Watchers>,
 ) -> Result<mpsc::Receiver<Result<Change, WatchError>>, WatchError> {
@@ -159,7 +177,7 @@ pub fn start(
     let tail = Arc::clone(&watchers.tail);
     tokio::spawn(async move {
         let result = tokio::select! {
-            result = follow(&db, after, &tail, &sender, &registration) => result,
+            result = health.bounded(follow(&db, after, &tail, &sender, &registration)) => result,
             () = shutdown.cancelled() => Err(WatchError::ShuttingDown),
         };
         if let Err(error) = result {
@@ -270,19 +288,39 @@ async fn check_not_ahead(db: &DatabaseConnection, after: i64) -> Result<(), Watc
 /// wake-up per notification, which a replica without watchers has no use
 /// for. sqlx's listener reconnects by itself; a notification lost meanwhile
 /// is covered by the watchers' safety poll, and each reconnect wakes them.
-pub async fn listen(db: DatabaseConnection, watchers: Arc<Watchers>, shutdown: CancellationToken) {
+/// When `health` distrusts the database's connections, the listening one
+/// is dropped and another opened: a `LISTEN` on a half-open connection, or
+/// on a server that has since been replaced, would never hear again.
+pub async fn listen(
+    db: DatabaseConnection,
+    watchers: Arc<Watchers>,
+    health: DatabaseHealth,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     if db.get_database_backend() != DbBackend::Postgres {
         return;
     }
     let mut open = watchers.open.subscribe();
+    let mut listened = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             watched = async { open.wait_for(|open| *open > 0).await.is_ok() } => if !watched { return },
         }
-        relay(&db, &watchers.signals, &mut open, &shutdown).await;
+        if std::mem::replace(&mut listened, true) {
+            metrics.reconnects.get_or_create(&LISTENER).inc();
+        }
+        let relayed = health.bounded(relay(&db, &watchers.signals, &mut open, &shutdown)).await;
+        if let Err(abandoned) = relayed {
+            tracing::info!(%abandoned, "listening for change notifications again");
+            watchers.signals.wake_readers();
+        }
     }
 }
+
+/// The label of the listening connection's reconnects.
+const LISTENER: ConnectionLabels = ConnectionLabels { connection: "listener" };
 
 /// Relays notifications until no watch is open or `shutdown`.
 async fn relay(
@@ -290,13 +328,14 @@ async fn relay(
     readers: &FeedSignals,
     open: &mut tokio::sync::watch::Receiver<usize>,
     shutdown: &CancellationToken,
-) {
+) -> Result<(), Abandoned> {
     let pool = db.get_postgres_connection_pool().clone();
     let mut listener = match sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await {
         Ok(listener) => listener,
         Err(error) => {
             tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
-            return shutdown_or_idle(open, shutdown).await;
+            shutdown_or_idle(open, shutdown).await;
+            return Ok(());
         }
     };
     // The shared lock first, so that other replicas notify from now on;
@@ -308,13 +347,14 @@ async fn relay(
     };
     if let Err(error) = listened {
         tracing::warn!(%error, "cannot LISTEN for change notifications; watchers poll once a second");
-        return shutdown_or_idle(open, shutdown).await;
+        shutdown_or_idle(open, shutdown).await;
+        return Ok(());
     }
     readers.wake_readers();
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = async { let _ = open.wait_for(|open| *open == 0).await; } => return,
+            () = shutdown.cancelled() => return Ok(()),
+            () = async { let _ = open.wait_for(|open| *open == 0).await; } => return Ok(()),
             received = listener.try_recv() => match received {
                 Ok(_) => readers.wake_readers(),
                 Err(error) => {
@@ -322,7 +362,7 @@ async fn relay(
                     tracing::warn!(%error, "change notifications interrupted; reconnecting");
                     tokio::time::sleep(SAFETY_POLL).await;
                     readers.wake_readers();
-                    return;
+                    return Ok(());
                 }
             },
         }
@@ -339,7 +379,12 @@ async fn relay(
 /// no task and costs no round trip. A replica that starts listening
 /// meanwhile is told within that interval, which its watchers' own look
 /// covers.
-pub async fn tell_listeners(db: DatabaseConnection, signals: FeedSignals, shutdown: CancellationToken) {
+pub async fn tell_listeners(
+    db: DatabaseConnection,
+    signals: FeedSignals,
+    health: DatabaseHealth,
+    shutdown: CancellationToken,
+) {
     if db.get_database_backend() != DbBackend::Postgres {
         return;
     }
@@ -354,11 +399,12 @@ pub async fn tell_listeners(db: DatabaseConnection, signals: FeedSignals, shutdo
                 if commits != commits_when_asked {
                     commits_when_asked = commits;
                     // Unknown counts as listening: a notification too many is harmless.
-                    signals.set_listened(signals::anyone_listening(&db).await.unwrap_or(true));
+                    let listening = health.bounded(signals::anyone_listening(&db)).await;
+                    signals.set_listened(listening.unwrap_or(true));
                 }
             }
             () = signals.notification_due() => {
-                if let Err(error) = signals::notify_listeners(&db).await {
+                if let Err(error) = health.bounded(signals::notify_listeners(&db)).await {
                     tracing::warn!(%error, "cannot notify other replicas of changes; their watchers look within a second");
                 }
             }

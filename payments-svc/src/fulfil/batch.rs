@@ -13,8 +13,11 @@
 //! change feed. Within a batch an event delivered several times is applied
 //! once (the later copies answer duplicate). If the transaction fails (a
 //! lost connection, say), its events are applied one by one through
-//! [`apply::handle_event`]: one bad event never fails its batch-mates, and
-//! a database outage fails only the calls it touches, which Stripe retries.
+//! [`apply::handle_event`]: one bad event never fails its batch-mates. When
+//! the connection or the server failed instead (it stopped answering, went
+//! away, or turned read-only), one at a time would fail the same way, so
+//! every call of the batch is answered unavailable at once, and Stripe
+//! retries them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,11 +35,14 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::Error;
 use crate::fulfil::apply;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionLabels, Metrics};
 use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
-use crate::store::write;
 use crate::store::write_pg::{self, Writer};
+use crate::store::{self, write};
+
+/// The label of writers' reconnects.
+const WRITER: ConnectionLabels = ConnectionLabels { connection: "writer" };
 
 /// How calls are gathered into transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +83,7 @@ impl EventBatcher {
     pub fn start(
         db: DatabaseConnection,
         signals: FeedSignals,
-        failures: DatabaseHealth,
+        health: DatabaseHealth,
         policy: Policy,
         settings: BatchSettings,
         metrics: Arc<Metrics>,
@@ -88,7 +94,7 @@ impl EventBatcher {
             let worker = Worker {
                 db: db.clone(),
                 signals: signals.clone(),
-                failures: failures.clone(),
+                health: health.clone(),
                 policy,
                 metrics: Arc::clone(&metrics),
             };
@@ -119,8 +125,9 @@ struct Worker {
     db: DatabaseConnection,
     /// Told after each commit that published changes.
     signals: FeedSignals,
-    /// Told when a batch fails, so that health probes the database now.
-    failures: DatabaseHealth,
+    /// Told when a batch fails, so that health probes the database now;
+    /// bounds every write.
+    health: DatabaseHealth,
     policy: Policy,
     metrics: Arc<Metrics>,
 }
@@ -128,7 +135,9 @@ struct Worker {
 impl Worker {
     async fn work(self, settings: BatchSettings, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
         let mut writer = match self.db.get_database_backend() {
-            DbBackend::Postgres => Some(Writer::new(self.db.get_postgres_connection_pool().clone())),
+            DbBackend::Postgres => {
+                Some(Writer::new(self.db.get_postgres_connection_pool().clone(), self.health.clone()))
+            }
             _ => None,
         };
         loop {
@@ -139,7 +148,12 @@ impl Worker {
             };
             self.metrics.batch_size.observe(jobs.len() as f64);
             let span = batch_span(&jobs, self.db.get_database_backend());
+            let opened = writer.as_ref().map_or(0, Writer::connections_opened);
             self.run(writer.as_mut(), jobs).instrument(span).await;
+            let reopened = writer.as_ref().map_or(0, Writer::connections_opened) - opened;
+            if reopened > 0 && opened > 0 {
+                self.metrics.reconnects.get_or_create(&WRITER).inc_by(reopened);
+            }
         }
     }
 
@@ -150,7 +164,7 @@ impl Worker {
             jobs.iter().map(|job| Input::Event { event: &job.event, deliveries: 1 }).collect();
         let applied = match writer {
             Some(writer) => writer.apply(&inputs, self.policy, Utc::now()).await.map_err(write_pg::db_error),
-            None => write::apply(&self.db, &self.signals, &inputs, self.policy).await,
+            None => self.health.bounded(write::apply(&self.db, &self.signals, &inputs, self.policy)).await,
         };
         match applied {
             Ok(decision) => {
@@ -167,14 +181,24 @@ impl Worker {
                     let _ = job.reply.send(Ok(outcome));
                 }
             }
+            Err(error) if store::is_connection_lost(&error) => {
+                drop(inputs);
+                self.health.failed();
+                Span::current().record("outcome", "connection lost; rolled back");
+                tracing::warn!(size = jobs.len(), %error, "database connection lost; batch rolled back, its calls answered unavailable");
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Unavailable));
+                }
+            }
             Err(error) => {
                 drop(inputs);
-                self.failures.failed();
+                self.health.failed();
                 self.metrics.batch_fallbacks.inc();
                 Span::current().record("outcome", "rolled back; applied one by one");
                 tracing::info!(size = jobs.len(), %error, "batch rolled back; applying its events one by one");
                 for job in jobs {
-                    let result = apply::handle_event(&self.db, &self.signals, &job.event, self.policy).await;
+                    let applied = apply::handle_event(&self.db, &self.signals, &job.event, self.policy);
+                    let result = self.health.bounded(applied).await;
                     let _ = job.reply.send(result.map_err(Error::from));
                 }
             }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::fulfil::apply;
 use crate::metrics::Metrics;
+use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
 use crate::store::{events, lease};
 use crate::stripe::{StripeApi, StripeError};
@@ -45,6 +46,12 @@ pub enum ReconcileError {
     Stripe(#[from] StripeError),
     #[error(transparent)]
     Service(#[from] Error),
+}
+
+impl From<DbErr> for ReconcileError {
+    fn from(error: DbErr) -> Self {
+        Self::Service(error.into())
+    }
 }
 
 /// Sweeps events created at or after `since`, newest first, `page_size` per
@@ -98,12 +105,14 @@ pub fn window(interval: Duration) -> Duration {
 
 /// Sweeps every `interval` until `shutdown`, one replica at a time, counting
 /// the drift found in `payments_reconcile_drift_total`.
+#[expect(clippy::too_many_arguments, reason = "the task's collaborators, wired once at start-up")]
 pub async fn run(
     db: DatabaseConnection,
     signals: FeedSignals,
     stripe: StripeApi,
     policy: Policy,
     interval: Duration,
+    health: DatabaseHealth,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -114,7 +123,7 @@ pub async fn run(
         }
         let since =
             Utc::now() - chrono::Duration::from_std(window(interval)).unwrap_or(chrono::Duration::MAX);
-        match sweep_alone(&db, &signals, &stripe, policy, since).await {
+        match sweep_alone(&db, &health, &signals, &stripe, policy, since).await {
             Ok(Some(summary)) => {
                 metrics.reconcile_drift.inc_by(summary.drift);
                 if summary.drift > 0 || summary.failed > 0 {
@@ -137,17 +146,14 @@ pub async fn run(
 /// One sweep, unless another replica holds the lease.
 async fn sweep_alone(
     db: &DatabaseConnection,
+    health: &DatabaseHealth,
     signals: &FeedSignals,
     stripe: &StripeApi,
     policy: Policy,
     since: DateTime<Utc>,
 ) -> Result<Option<Summary>, ReconcileError> {
-    let Some(held) = lease::try_take(db, lease::RECONCILE).await.map_err(Error::from)? else {
-        return Ok(None);
-    };
-    let summary = sweep(db, signals, stripe, policy, since, PAGE_SIZE).await;
-    held.release().await.map_err(Error::from)?;
-    summary.map(Some)
+    let swept = sweep(db, signals, stripe, policy, since, PAGE_SIZE);
+    lease::under(db, health, lease::RECONCILE, swept).await
 }
 
 /// Events per page a scheduled sweep asks for: Stripe's largest.

@@ -17,6 +17,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::entities::refund_request::{Model as Request, RefundRequestStatus};
+use crate::store::health::DatabaseHealth;
 use crate::store::{purchases, refund_requests, reversals};
 use crate::stripe::{StripeApi, StripeError};
 use payments_domain::reversals::DisputeAccess;
@@ -42,9 +43,19 @@ pub enum Attempt {
 }
 
 /// Asks Stripe for the refunds due, until `stop`.
-pub async fn run(db: DatabaseConnection, stripe: StripeApi, policy: DisputeAccess, stop: CancellationToken) {
+///
+/// A pass abandoned when `health` distrusts the database's connections is
+/// taken up again by the next: each refund's idempotency key makes the
+/// retry of a refund Stripe already made return that refund.
+pub async fn run(
+    db: DatabaseConnection,
+    stripe: StripeApi,
+    policy: DisputeAccess,
+    health: DatabaseHealth,
+    stop: CancellationToken,
+) {
     loop {
-        if let Err(error) = refund_due(&db, &stripe, policy).await {
+        if let Err(error) = health.bounded(refund_due(&db, &stripe, policy)).await {
             tracing::warn!(%error, "refunding duplicate payments failed; trying again");
         }
         tokio::select! {

@@ -15,6 +15,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
 use crate::store::{events, feed, lease};
 use payments_domain::rules::Policy;
@@ -63,8 +64,17 @@ pub async fn prunable_events(db: &DatabaseConnection, retention: Duration) -> Re
 /// every payload ever dropped. It then moves the mark to its cutoff, or to
 /// the oldest failed event if that is older: a failed event keeps its
 /// payload until it is resolved, and the next pass must reach it then.
-pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
-    let Some(held) = lease::try_take(db, lease::EVENTS_PRUNE).await? else { return Ok(0) };
+pub async fn prune_events(
+    db: &DatabaseConnection,
+    health: &DatabaseHealth,
+    retention: Duration,
+) -> Result<u64, DbErr> {
+    let pruned = lease::under(db, health, lease::EVENTS_PRUNE, prune_events_leased(db, retention)).await?;
+    Ok(pruned.unwrap_or(0))
+}
+
+/// [`prune_events`] once the lease is held.
+async fn prune_events_leased(db: &DatabaseConnection, retention: Duration) -> Result<u64, DbErr> {
     let cutoff = cutoff(retention);
     let mut from = events::next_pass_from(db).await?;
     let mut pruned = 0;
@@ -78,7 +88,6 @@ pub async fn prune_events(db: &DatabaseConnection, retention: Duration) -> Resul
     }
     let oldest_failed = events::oldest_failed(db).await?;
     events::set_payloads_pruned_before(db, oldest_failed.map_or(cutoff, |failed| failed.min(cutoff))).await?;
-    held.release().await?;
     Ok(pruned)
 }
 
@@ -103,14 +112,15 @@ pub async fn run(
     signals: FeedSignals,
     retention: Retention,
     policy: Policy,
+    health: DatabaseHealth,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    if let Err(error) = backfill(&db, &signals, policy).await {
+    if let Err(error) = health.bounded(backfill(&db, &signals, policy)).await {
         tracing::warn!(%error, "publishing purchases recorded before the change feed failed; retrying at the next start");
     }
     loop {
-        match prune_events(&db, retention.events).await {
+        match prune_events(&db, &health, retention.events).await {
             Ok(0) => {}
             Ok(pruned) => {
                 metrics.events_pruned.inc_by(pruned);
@@ -121,7 +131,7 @@ pub async fn run(
             }
             Err(error) => tracing::warn!(%error, "pruning stored events failed; retrying in an hour"),
         }
-        match prune(&db, retention.changes).await {
+        match health.bounded(prune(&db, retention.changes)).await {
             Ok(0) => {}
             Ok(removed) => {
                 metrics.feed_pruned.inc_by(removed);

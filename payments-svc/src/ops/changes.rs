@@ -11,7 +11,9 @@ use super::format::{fixed_row, time, widths};
 use crate::api::watch::{self, Watchers};
 use crate::config::{DatabaseArgs, RetentionArgs};
 use crate::fulfil::retention;
+use crate::metrics::Metrics;
 use crate::store::feed::{self, Change};
+use crate::store::health::DatabaseHealth;
 use crate::store::signals::FeedSignals;
 
 #[derive(Debug, Subcommand)]
@@ -77,11 +79,14 @@ async fn tail(db: &DatabaseConnection, signals: &FeedSignals, after: u64, json: 
             stop.cancel();
         }
     });
-    let watchers = Arc::new(Watchers::new(signals.clone(), stop.clone(), 1));
-    tokio::spawn(watch::listen(db.clone(), Arc::clone(&watchers), stop.clone()));
+    // A command's connections are its own to lose: nothing probes them.
+    let health = DatabaseHealth::default();
+    let watchers = Arc::new(Watchers::new(signals.clone(), health.clone(), stop.clone(), 1));
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(watch::listen(db.clone(), Arc::clone(&watchers), health.clone(), metrics, stop.clone()));
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let backlog_end = feed::head(db).await?;
-    let mut changes = watch::start(db.clone(), after, &watchers)?;
+    let mut changes = watch::start(db.clone(), health, after, &watchers)?;
     let mut stdout = std::io::stdout().lock();
     let mut table = (!json).then(|| Table::new(backlog_end));
     if let Some(table) = table.as_mut().filter(|_| backlog_end <= after) {

@@ -15,6 +15,7 @@ use crate::fulfil::{apply, retention};
 use crate::store::entities::course_purchase;
 use crate::store::entities::stripe_webhook_event::{EventStatus, Model as Event};
 use crate::store::events::{self, ListFilter};
+use crate::store::health::DatabaseHealth;
 use crate::store::purchases;
 use crate::store::signals::FeedSignals;
 
@@ -134,7 +135,8 @@ pub(super) async fn run(
                     "would drop the payloads of {count} processed or ignored events older than {days} days (--dry-run)\n"
                 )
             } else {
-                let count = retention::prune_events(db, kept.events()).await?;
+                // Nothing probes a command's connections: it waits as long as they do.
+                let count = retention::prune_events(db, &DatabaseHealth::default(), kept.events()).await?;
                 format!(
                     "dropped the payloads of {count} processed or ignored events older than {days} days\n"
                 )

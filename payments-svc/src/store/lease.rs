@@ -1,10 +1,20 @@
 //! One replica at a time: work that every replica schedules but only one
 //! should do at once (the missed-webhook sweep, pruning stored payloads)
 //! takes a lease first.
+//!
+//! A lease is an advisory lock held by a transaction, so it lives exactly
+//! as long as that transaction's connection to that server: a server that
+//! stopped answering, or that a promoted standby replaced, took the lock
+//! with it, and another replica may already hold it anew. Work under a
+//! lease ([`under`]) therefore runs only while the connections are trusted.
+
+use std::future::Future;
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait,
 };
+
+use super::health::DatabaseHealth;
 
 /// The advisory lock of the scheduled missed-webhook sweep.
 pub const RECONCILE: i64 = 0x7265_636f_6e63_696c; // "reconcil"
@@ -26,6 +36,28 @@ impl Lease {
             Self::Postgres(txn) => txn.commit().await,
             Self::Alone => Ok(()),
         }
+    }
+}
+
+/// `work` under lease `key`, unless another replica holds it (then `None`).
+/// When `health` distrusts the database's connections before `work` is
+/// done, `work` is abandoned rather than finished under a lock that may no
+/// longer be held.
+pub async fn under<T, E: From<DbErr>>(
+    db: &DatabaseConnection,
+    health: &DatabaseHealth,
+    key: i64,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<Option<T>, E> {
+    let leased = async {
+        let Some(held) = try_take(db, key).await? else { return Ok(None) };
+        let done = work.await?;
+        held.release().await?;
+        Ok(Some(done))
+    };
+    match health.bounded(async { Ok::<_, DbErr>(leased.await) }).await {
+        Ok(result) => result,
+        Err(abandoned) => Err(abandoned.into()),
     }
 }
 

@@ -23,6 +23,8 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use self::health::DatabaseHealth;
+
 /// How long a SQLite writer waits for the file lock before giving up. The
 /// embedded database has one writer at a time; this is how long a burst of
 /// concurrent webhooks may queue behind each other.
@@ -36,9 +38,21 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeout (switching the file to WAL needs it to itself), so connecting is
 /// retried on that error for as long as the busy timeout.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(options(url, true)).await
+}
+
+/// [`connect`] for the service: on PostgreSQL its pool follows `health`
+/// ([`health::guard`]).
+pub async fn connect_guarded(url: &str, health: &DatabaseHealth) -> Result<DatabaseConnection, DbErr> {
+    let mut options = options(url, true);
+    health::guard(&mut options, health);
+    connect_with(options).await
+}
+
+async fn connect_with(options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
     let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
     loop {
-        match Database::connect(options(url, true)).await {
+        match Database::connect(options.clone()).await {
             Err(error) if is_sqlite_busy(&error) && Instant::now() < deadline => {
                 tracing::info!(%error, "database file busy while connecting; retrying");
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -151,6 +165,33 @@ fn options(url: &str, create: bool) -> ConnectOptions {
                 .foreign_keys(true)
         });
     options
+}
+
+/// Whether `error` says the connection or the server failed, rather than
+/// the statement: retrying the statement elsewhere on the same server (one
+/// event at a time, say) cannot help until the database is back.
+pub fn is_connection_lost(error: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)) => {
+            match error.as_ref() {
+                Sqlx::Io(_) | Sqlx::Tls(_) | Sqlx::Protocol(_) | Sqlx::Configuration(_) => true,
+                Sqlx::PoolTimedOut | Sqlx::PoolClosed => true,
+                Sqlx::WorkerCrashed => true,
+                Sqlx::Database(error) => error.code().is_some_and(|code| is_server_state(&code)),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a server that cannot take the statement, whatever it is:
+/// connection exceptions (08), a read-only server (25006), one shutting
+/// down or starting (57P01–57P03).
+fn is_server_state(code: &str) -> bool {
+    code.starts_with("08") || code == "25006" || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Whether `error` is SQLite's `SQLITE_BUSY` (primary result code 5; sqlx

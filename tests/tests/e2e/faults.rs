@@ -22,7 +22,7 @@ use crate::processes::ProcessStack;
 const STRIKE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `count` distinct paid checkouts, then the first `duplicates` of them again.
-pub(crate) fn stream(count: usize, duplicates: usize) -> Vec<Bytes> {
+fn stream(count: usize, duplicates: usize) -> Vec<Bytes> {
     let events: Vec<Bytes> = (0..count).map(|n| unique_paid_event(n).expect("event")).collect();
     events.iter().cloned().chain(events.iter().take(duplicates).cloned()).collect()
 }

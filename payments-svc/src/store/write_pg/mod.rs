@@ -31,12 +31,14 @@
 mod load;
 mod save;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use payments_domain::rules::Policy;
 use payments_domain::write::{self, Decision, Input, Keys, Stored};
 use sea_orm::sqlx::{self, ConnectOptions, Connection, PgConnection, PgPool};
+
+use super::health::{self, Abandoned, DatabaseHealth, IDLE_CHECK};
 
 /// The write path's statements by name, for the plan test (which checks on
 /// large analyzed tables that each is planned with index lookups).
@@ -59,6 +61,12 @@ pub enum WriteError {
     Stored(String),
     #[error("other writers committed before this batch {ATTEMPTS} times in a row")]
     Contended,
+}
+
+impl From<Abandoned> for WriteError {
+    fn from(abandoned: Abandoned) -> Self {
+        Self::Database(abandoned.into())
+    }
 }
 
 /// Loads, decides and writes `inputs`, again while another writer
@@ -156,11 +164,6 @@ impl<'k> KeyArrays<'k> {
 /// statements this short.
 pub const SESSION: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
 
-/// A connection left unused this long is pinged before its next batch, so
-/// that one dropped while traffic was quiet (a database restart, an idle
-/// timeout on the way) is replaced instead of failing that batch.
-pub const IDLE_CHECK: Duration = Duration::from_secs(1);
-
 /// A group-commit worker's own connection, opened with the pool's options
 /// but outside it: sqlx checks a pooled connection with a round trip when it
 /// is taken, which would add a third to a batch's two, and workers then
@@ -169,20 +172,31 @@ pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 ///
 /// Opened on the first batch; after a failed statement it is closed, since
 /// the connection itself may be what failed, and the next batch opens a new
-/// one.
+/// one. Like the pool's ([`crate::store::connect_guarded`]), it is never
+/// opened to a read-only server, and is retired when `health` distrusts
+/// connections, which also abandons a batch waiting on it.
 #[derive(Debug)]
 pub struct Writer {
     pool: PgPool,
-    connection: Option<PgConnection>,
+    health: DatabaseHealth,
+    /// The connection and when it was opened.
+    connection: Option<(PgConnection, Instant)>,
     last_used: Instant,
     /// The write counter after this writer's last write.
     writes: Option<i64>,
+    /// Connections opened so far.
+    opened: u64,
 }
 
 impl Writer {
-    /// A writer connecting as `pool` does.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool, connection: None, last_used: Instant::now(), writes: None }
+    /// A writer connecting as `pool` does, following `health`.
+    pub fn new(pool: PgPool, health: DatabaseHealth) -> Self {
+        Self { pool, health, connection: None, last_used: Instant::now(), writes: None, opened: 0 }
+    }
+
+    /// How many connections this writer has opened.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened
     }
 
     /// [`apply`] over the writer's connection, without a load when it can.
@@ -193,8 +207,13 @@ impl Writer {
         now: DateTime<Utc>,
     ) -> Result<Decision<'a>, WriteError> {
         let known = self.writes;
-        let connection = self.connection().await?;
-        let result = apply_knowing(connection, inputs, policy, now, known).await;
+        let health = self.health.clone();
+        let result = health
+            .bounded(async {
+                let connection = self.connection().await?;
+                apply_knowing(connection, inputs, policy, now, known).await
+            })
+            .await;
         match &result {
             Ok((_, writes)) => (self.last_used, self.writes) = (Instant::now(), Some(*writes)),
             Err(_) => (self.connection, self.writes) = (None, None),
@@ -202,22 +221,29 @@ impl Writer {
         result.map(|(decision, _)| decision)
     }
 
-    /// The open connection, pinged first if it has been idle; else a new one.
-    async fn connection(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+    /// The open connection, pinged first if it has been idle; else a new
+    /// one, refused if the server is read-only.
+    async fn connection(&mut self) -> Result<&mut PgConnection, WriteError> {
         let idle = self.last_used.elapsed() > IDLE_CHECK;
         let open = match self.connection.take() {
-            Some(mut connection) if idle => connection.ping().await.ok().map(|()| connection),
+            Some((_, opened)) if !self.health.trusts_opened_at(opened) => None,
+            Some((mut connection, opened)) if idle => {
+                connection.ping().await.ok().map(|()| (connection, opened))
+            }
             open => open,
         };
-        let connection = match open {
-            Some(connection) => connection,
+        let (connection, _) = match open {
+            Some(open) => self.connection.insert(open),
             None => {
+                let opened = Instant::now();
                 let mut connection = self.pool.connect_options().connect().await?;
+                self.opened += 1;
+                health::refuse_read_only(&mut connection).await?;
                 sqlx::raw_sql(SESSION).execute(&mut connection).await?;
-                connection
+                self.connection.insert((connection, opened))
             }
         };
-        Ok(self.connection.insert(connection))
+        Ok(connection)
     }
 }
 
