@@ -28,7 +28,7 @@ use crate::fulfil::batch::{BatchSettings, EventBatcher};
 use crate::fulfil::retention::{self, Retention};
 use crate::fulfil::{reconcile, refunds};
 use crate::metrics::Metrics;
-use crate::store::health::{Answer, DatabaseHealth, Probe};
+use crate::store::health::{Answer, DatabaseHealth, Probe, Verdicts};
 use crate::store::{self, signals::FeedSignals};
 use crate::stripe::StripeApi;
 
@@ -347,10 +347,9 @@ async fn refuse_an_old_schema(db: &DatabaseConnection) -> anyhow::Result<()> {
 /// at once when a path reports a failed operation, so the answer turns
 /// within a probe's timeout of the first failure.
 ///
-/// Connections are distrusted ([`DatabaseHealth::distrust`]) whenever a
-/// probe finds no writable server, and once more when one answers again:
-/// a connection opened while the server was silent may be stuck on the
-/// way to it, and one opened before may lead to an old primary.
+/// Connections are distrusted ([`DatabaseHealth::distrust`]) as
+/// [`Verdicts`] says: when probes find no writable server, and once more
+/// when one answers again.
 async fn watch_database(
     db: DatabaseConnection,
     connections: DatabaseHealth,
@@ -363,11 +362,12 @@ async fn watch_database(
     // abandon it.
     let distrusts = db.get_database_backend() == DbBackend::Postgres;
     let mut probe = Probe::new(db);
+    let mut verdicts = Verdicts::default();
     let mut serving = true;
     loop {
         let answer = probe.ask().await;
-        let answers = answer == Answer::Writable;
-        if distrusts && (!answers || !serving) {
+        let answers = answer.is_writable();
+        if verdicts.distrust_after(answer) && distrusts {
             connections.distrust();
             metrics.connections_distrusted.inc();
         }

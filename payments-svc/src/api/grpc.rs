@@ -335,7 +335,7 @@ fn watch_status(error: WatchError) -> Status {
             }
             status
         }
-        WatchError::ShuttingDown => Status::unavailable(error.to_string()),
+        WatchError::ShuttingDown | WatchError::Abandoned => Status::unavailable(error.to_string()),
         WatchError::TooMany { .. } => Status::resource_exhausted(error.to_string()),
         WatchError::Db(source) => Error::Database(source).into(),
     }

@@ -64,13 +64,20 @@ pub enum WatchError {
     /// replica) with its last cursor.
     #[error("payments-svc is shutting down; reconnect with the cursor of the last change handled")]
     ShuttingDown,
+    /// The database stopped answering or failed over; the consumer
+    /// reconnects with its last cursor, checked against the database as it
+    /// is now.
+    #[error(
+        "the database stopped answering or failed over; reconnect with the cursor of the last change handled"
+    )]
+    Abandoned,
     #[error(transparent)]
     Db(#[from] DbErr),
 }
 
 impl From<Abandoned> for WatchError {
-    fn from(abandoned: Abandoned) -> Self {
-        Self::Db(abandoned.into())
+    fn from(_: Abandoned) -> Self {
+        Self::Abandoned
     }
 }
 

@@ -13,8 +13,8 @@
 //! partition, a failover that moves an address) leaves every open
 //! connection half-open: a statement sent on one waits for an answer that
 //! never comes, for as long as the kernel's TCP settings allow, which by
-//! default is many minutes. The probe notices such a server within its
-//! timeout, and [`DatabaseHealth::distrust`] then ends every operation
+//! default is many minutes. The probe notices such a server within about
+//! a second ([`Verdicts`]), and [`DatabaseHealth::distrust`] then ends every operation
 //! started through [`DatabaseHealth::bounded`] before that moment and
 //! retires every connection opened before it, so the next operation takes
 //! a new connection to wherever the database's address leads now. A
@@ -116,13 +116,66 @@ impl DatabaseHealth {
 /// What a probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// A server that takes writes.
+    /// The server that took writes before takes writes.
     Writable,
+    /// A server that takes writes, but not the one that answered before:
+    /// it restarted, or a standby was promoted and the address moved to it.
+    NewServer,
     /// A server in recovery (a standby, or an old primary that came back
     /// as one): nothing can be written through it.
     ReadOnly,
-    /// No answer within [`PROBE_TIMEOUT`], or no connection.
-    None,
+    /// No answer within [`PROBE_TIMEOUT`]: a server that is down without
+    /// saying so, or one too busy to answer in time.
+    Silent,
+    /// The connection failed or was refused: the server, or the way to
+    /// it, went away or restarted, and every connection to it with it.
+    Unreachable,
+}
+
+/// Probes in a row that must go unanswered before connections are
+/// distrusted: one slow answer from a busy server (a checkpoint, a stalled
+/// host) is no reason to abandon what waits on it, and a second probe comes
+/// at most 0.7 s later.
+pub const SILENT_PROBES: u32 = 2;
+
+/// When the probes' answers call for distrusting the connections: at once
+/// when the probe's connection failed, the server is read-only or is
+/// another than before; after [`SILENT_PROBES`] unanswered in a row and at
+/// each such answer after that; and once more when the server answers
+/// again after a distrust (whatever was opened meanwhile may be stuck on
+/// the way to the old server, and a lease taken before may have gone with
+/// it). A single slow answer from the same server distrusts nothing.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    silent_in_a_row: u32,
+    distrusted: bool,
+}
+
+impl Verdicts {
+    /// Whether the connections are to be distrusted now, given `answer`.
+    pub fn distrust_after(&mut self, answer: Answer) -> bool {
+        self.silent_in_a_row = if answer == Answer::Silent { self.silent_in_a_row + 1 } else { 0 };
+        let distrust = match answer {
+            Answer::Writable => std::mem::take(&mut self.distrusted),
+            Answer::NewServer => {
+                self.distrusted = false;
+                true
+            }
+            Answer::ReadOnly | Answer::Unreachable => true,
+            Answer::Silent => self.silent_in_a_row >= SILENT_PROBES,
+        };
+        if !answer.is_writable() {
+            self.distrusted |= distrust;
+        }
+        distrust
+    }
+}
+
+impl Answer {
+    /// Whether the server takes writes.
+    pub fn is_writable(self) -> bool {
+        matches!(self, Self::Writable | Self::NewServer)
+    }
 }
 
 /// Asks the database whether it answers.
@@ -131,17 +184,20 @@ pub struct Probe {
     db: DatabaseConnection,
     /// PostgreSQL: the probe's own connection, while it works.
     connection: Option<PgConnection>,
+    /// PostgreSQL: when the writable server that answered last started,
+    /// which tells it from a restarted or promoted one.
+    server_started: Option<String>,
 }
 
 impl Probe {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, connection: None }
+        Self { db, connection: None, server_started: None }
     }
 
     /// What the database answered within [`PROBE_TIMEOUT`].
     pub async fn ask(&mut self) -> Answer {
-        let answer = tokio::time::timeout(PROBE_TIMEOUT, self.ping()).await.unwrap_or(Answer::None);
-        if answer != Answer::Writable {
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, self.ping()).await.unwrap_or(Answer::Silent);
+        if !answer.is_writable() {
             self.connection = None;
         }
         answer
@@ -149,17 +205,23 @@ impl Probe {
 
     async fn ping(&mut self) -> Answer {
         if self.db.get_database_backend() != DbBackend::Postgres {
-            return if self.db.ping().await.is_ok() { Answer::Writable } else { Answer::None };
+            return if self.db.ping().await.is_ok() { Answer::Writable } else { Answer::Unreachable };
         }
         if self.connection.is_none() {
             let options = self.db.get_postgres_connection_pool().connect_options();
             self.connection = options.connect().await.ok();
         }
-        let Some(connection) = &mut self.connection else { return Answer::None };
-        match in_recovery(connection).await {
-            Ok(false) => Answer::Writable,
-            Ok(true) => Answer::ReadOnly,
-            Err(_) => Answer::None,
+        let Some(connection) = &mut self.connection else { return Answer::Unreachable };
+        let identity = sea_orm::sqlx::query_as::<_, (bool, String)>(
+            "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text",
+        );
+        match identity.fetch_one(connection).await {
+            Ok((true, _)) => Answer::ReadOnly,
+            Ok((false, started)) => match self.server_started.replace(started.clone()) {
+                Some(before) if before != started => Answer::NewServer,
+                _ => Answer::Writable,
+            },
+            Err(_) => Answer::Unreachable,
         }
     }
 }
@@ -257,6 +319,36 @@ mod tests {
         assert!(!health.trusts_opened_at(opened));
         assert!(!health.trusts_aged(Duration::from_secs(1)));
         assert!(health.trusts_opened_at(Instant::now()));
+    }
+
+    #[test]
+    fn connections_are_distrusted_when_the_server_changed_or_stayed_silent_and_once_more_when_it_answers() {
+        use Answer::{NewServer, ReadOnly, Silent, Unreachable, Writable};
+        let mut verdicts = Verdicts::default();
+        let answers = [
+            Writable,
+            Silent,
+            Writable,
+            Silent,
+            Silent,
+            Silent,
+            Writable,
+            Writable,
+            ReadOnly,
+            Writable,
+            Unreachable,
+            Writable,
+            Silent,
+            NewServer,
+            Writable,
+        ];
+
+        let distrusted: Vec<bool> =
+            answers.into_iter().map(|answer| verdicts.distrust_after(answer)).collect();
+
+        let expected =
+            [false, false, false, false, true, true, true, false, true, true, true, true, false, true, false];
+        assert_eq!(distrusted, expected);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::sender::{RetryPolicy, deliver_all};
+use e2e::sender::{Delivery, RetryPolicy, deliver_all};
 use e2e::unique_paid_event;
 use hyper::StatusCode;
 use payments_proto::v1::payments_client::PaymentsClient;
@@ -267,16 +267,7 @@ async fn fail_over(loss: Loss) {
     ];
     let primary = Database::connect(cluster.primary.url()).await.expect("connects to the primary");
     assert_eq!(setting(&stacks[0].db, "tcp_user_timeout").await, "10000", "the documented options apply");
-    let events: Vec<Bytes> = (0..EVENTS).map(|n| unique_paid_event(n).expect("event")).collect();
-    let halves = [&events[..EVENTS * 2 / 3], &events[EVENTS / 3..]];
-    let senders: Vec<_> = stacks
-        .iter()
-        .zip(halves)
-        .map(|(stack, half)| {
-            let (url, half) = (stack.url("/api/payments/webhook"), with_redeliveries(half));
-            tokio::spawn(async move { deliver_all(&url, &secret(), half, 4, RetryPolicy::default()).await })
-        })
-        .collect();
+    let senders = send_to_both(&stacks);
     let watcher = Watcher::start(stacks[1].grpc_url());
 
     wait_for_purchases(&primary, 150).await;
@@ -290,26 +281,7 @@ async fn fail_over(loss: Loss) {
     for stack in &stacks {
         wait_for_readiness(stack, StatusCode::SERVICE_UNAVAILABLE).await;
     }
-    let probe = vec![unique_paid_event(EVENTS).expect("event")];
-    let webhooks = stacks[0].url("/api/payments/webhook");
-    if let Loss::Stopped = loss {
-        // The address moves before the standby is promoted: a read-only
-        // server takes no write, and the replicas stay unready.
-        proxy.switch_to(cluster.standby.addr()).await;
-        let once = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
-        let refused = deliver_all(&webhooks, &secret(), probe.clone(), 1, once).await;
-        assert_eq!(refused[0].answers, [Some(StatusCode::SERVICE_UNAVAILABLE)], "a standby takes no write");
-        for stack in &stacks {
-            wait_for_readiness(stack, StatusCode::SERVICE_UNAVAILABLE).await;
-        }
-        cluster.promote_standby();
-    } else {
-        cluster.promote_standby();
-        proxy.switch_to(cluster.standby.addr()).await;
-    }
-    let switched = Instant::now();
-    let probe = deliver_all(&webhooks, &secret(), probe, 1, RetryPolicy::default()).await;
-    let first_200 = switched.elapsed();
+    let (first_200, probe) = switch_and_probe(loss, &cluster, &proxy, &stacks).await;
     for stack in &stacks {
         wait_for_readiness(stack, StatusCode::OK).await;
     }
@@ -328,11 +300,7 @@ async fn fail_over(loss: Loss) {
     assert_exactly_once(&new_primary, EVENTS + 1).await;
     let watched = watcher.stop_once_it_has(&new_primary).await;
     let verified = verifier.stop().await;
-    for stack in &stacks {
-        let metrics = stack.payments_metrics().await;
-        assert!(metric(&metrics, "payments_db_connections_distrusted_total") >= 1.0, "{metrics}");
-        assert!(metric(&metrics, r#"payments_db_reconnects_total{connection="writer"}"#) >= 1.0, "{metrics}");
-    }
+    assert_connections_renewed(&stacks).await;
     eprintln!(
         "failover, primary {loss:?}: first 200 {first_200:?} after the switch; {refused} answers not 2xx; \
          watcher reconnected {} times; verify: {} answers, {} unavailable",
@@ -341,6 +309,65 @@ async fn fail_over(loss: Loss) {
     for stack in stacks {
         stack.shutdown().await;
     }
+}
+
+/// Delivers the events to the two gateways, two thirds each (the middle
+/// third to both), with Stripe-style redeliveries; each sender answers
+/// with its deliveries once every event got a 2xx or gave up.
+fn send_to_both(stacks: &[Stack; 2]) -> Vec<JoinHandle<Vec<Delivery>>> {
+    let events: Vec<Bytes> = (0..EVENTS).map(|n| unique_paid_event(n).expect("event")).collect();
+    let parts = [&events[..EVENTS * 2 / 3], &events[EVENTS / 3..]];
+    stacks
+        .iter()
+        .zip(parts)
+        .map(|(stack, part)| {
+            let (url, part) = (stack.url("/api/payments/webhook"), with_redeliveries(part));
+            tokio::spawn(async move { deliver_all(&url, &secret(), part, 4, RetryPolicy::default()).await })
+        })
+        .collect()
+}
+
+/// Promotes the standby and moves the proxy to it, then delivers one more
+/// event: how long after the switch it got its 200, and its delivery. In
+/// a planned switchover the address moves first, and a standby not yet
+/// promoted must take no write.
+async fn switch_and_probe(
+    loss: Loss,
+    cluster: &Cluster,
+    proxy: &DbProxy,
+    stacks: &[Stack; 2],
+) -> (Duration, Vec<Delivery>) {
+    let probe = vec![unique_paid_event(EVENTS).expect("event")];
+    let webhooks = stacks[0].url("/api/payments/webhook");
+    if let Loss::Stopped = loss {
+        proxy.switch_to(cluster.standby.addr()).await;
+        let once = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+        let refused = deliver_all(&webhooks, &secret(), probe.clone(), 1, once).await;
+        assert_eq!(refused[0].answers, [Some(StatusCode::SERVICE_UNAVAILABLE)], "a standby takes no write");
+        for stack in stacks {
+            wait_for_readiness(stack, StatusCode::SERVICE_UNAVAILABLE).await;
+        }
+        cluster.promote_standby();
+    } else {
+        cluster.promote_standby();
+        proxy.switch_to(cluster.standby.addr()).await;
+    }
+    let switched = Instant::now();
+    let delivered = deliver_all(&webhooks, &secret(), probe, 1, RetryPolicy::default()).await;
+    (switched.elapsed(), delivered)
+}
+
+/// Each replica retired its connections and its writer connected again;
+/// the watched one listens again.
+async fn assert_connections_renewed(stacks: &[Stack; 2]) {
+    for stack in stacks {
+        let metrics = stack.payments_metrics().await;
+        assert!(metric(&metrics, "payments_db_connections_distrusted_total") >= 1.0, "{metrics}");
+        assert!(metric(&metrics, r#"payments_db_reconnects_total{connection="writer"}"#) >= 1.0, "{metrics}");
+    }
+    let watched_replica = stacks[1].payments_metrics().await;
+    let listener = r#"payments_db_reconnects_total{connection="listener"}"#;
+    assert!(metric(&watched_replica, listener) >= 1.0, "listening again: {watched_replica}");
 }
 
 /// The server-side keepalive settings operating.md recommends in
