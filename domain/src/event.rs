@@ -89,6 +89,8 @@ pub struct Session {
     pub currency: Option<String>,
     /// Set by our checkout code: `courseId` and `userId`.
     pub metadata: HashMap<String, String>,
+    /// When Stripe created the session (Unix seconds), when known.
+    pub created: Option<i64>,
 }
 
 /// What an event carries that the rules act on.

@@ -16,6 +16,7 @@
 //! - [`changes`]: what counts as a change of access, and its kind.
 //! - [`event`]: an event as delivered, checked into an [`event::IncomingEvent`].
 //! - [`rules`]: what an event means ([`rules::plan`]) and what became of it.
+//! - [`sync`]: what Stripe's lists of sessions, refunds and disputes mean.
 //! - [`write`]: the one write path: everything a batch writes, decided from
 //!   the inputs and the stored state they touch.
 
@@ -25,4 +26,5 @@ pub mod names;
 pub mod purchase;
 pub mod reversals;
 pub mod rules;
+pub mod sync;
 pub mod write;

@@ -46,9 +46,11 @@ pub enum PurchaseSource {
     /// The success page's verify call, from the session as Stripe's API
     /// reported it.
     Verify,
+    /// `payments-svc sync`, from Stripe's list of Checkout Sessions.
+    Sync,
 }
 
-named!(PurchaseSource, "purchase source" { Webhook => "webhook", Verify => "verify" });
+named!(PurchaseSource, "purchase source" { Webhook => "webhook", Verify => "verify", Sync => "sync" });
 
 /// A purchase to record, decided from a verified event or a session
 /// fetched from Stripe.
@@ -63,6 +65,9 @@ pub struct NewPurchase {
     /// In the currency's smallest unit.
     pub amount_total: Option<i64>,
     pub currency: Option<String>,
+    /// When Stripe created the Checkout Session (Unix seconds), when
+    /// known: of two payments for one course, the earlier keeps it.
+    pub checkout_created: Option<i64>,
 }
 
 #[cfg(test)]

@@ -258,6 +258,7 @@ fn purchase_of(session: &Session, source: PurchaseSource) -> Result<NewPurchase,
             payment_intent_id: session.payment_intent.clone(),
             amount_total: session.amount_total,
             currency: session.currency.clone(),
+            checkout_created: session.created,
         }),
         (course, user) => {
             let problems: Vec<String> = [course.err(), user.err()].into_iter().flatten().collect();

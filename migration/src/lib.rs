@@ -22,6 +22,9 @@ mod m20261204_000013_index_events_by_arrival;
 mod m20261204_000014_index_events_by_status;
 mod m20261204_000015_retention_without_a_walk;
 mod m20261204_000016_events_name_the_payment_they_reverse;
+mod m20261204_000017_purchases_know_when_checkout_began;
+mod m20261204_000018_feeds_start_from_their_own_origin;
+mod m20261204_000019_create_sync_checkpoints;
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -47,6 +50,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000014_index_events_by_status::Migration),
             Box::new(m20261204_000015_retention_without_a_walk::Migration),
             Box::new(m20261204_000016_events_name_the_payment_they_reverse::Migration),
+            Box::new(m20261204_000017_purchases_know_when_checkout_began::Migration),
+            Box::new(m20261204_000018_feeds_start_from_their_own_origin::Migration),
+            Box::new(m20261204_000019_create_sync_checkpoints::Migration),
         ]
     }
 }

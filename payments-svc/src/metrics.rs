@@ -44,6 +44,9 @@ pub struct Metrics {
     pub feed_reads: Counter,
     /// Purchases the scheduled sweep found at Stripe and not here.
     pub reconcile_drift: Counter,
+    /// Purchases whose access here differed from Stripe's at this replica's
+    /// last scheduled check (0 when another replica ran it).
+    pub sync_check_differences: Gauge,
     /// Stored events whose payloads retention dropped.
     pub events_pruned: Counter,
     /// Times the database's connections were distrusted: it stopped
@@ -88,6 +91,12 @@ impl Default for Metrics {
             "Purchases the scheduled missed-webhook sweep found at Stripe and not here, and applied",
             reconcile_drift.clone(),
         );
+        let sync_check_differences = Gauge::default();
+        registry.register(
+            "sync_check_differences",
+            "Purchases whose access here differed from Stripe's at the last scheduled check (SYNC_CHECK_INTERVAL)",
+            sync_check_differences.clone(),
+        );
         let events_pruned = Counter::default();
         registry.register(
             "events_pruned",
@@ -130,6 +139,7 @@ impl Default for Metrics {
             feed_pruned,
             feed_reads,
             reconcile_drift,
+            sync_check_differences,
             events_pruned,
             connections_distrusted,
             reconnects,

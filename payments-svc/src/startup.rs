@@ -23,9 +23,10 @@ use payments_domain::rules::Policy;
 use crate::api::auth::RequireToken;
 use crate::api::grpc::PaymentsService;
 use crate::api::watch::{self, Watchers};
-use crate::config::{Args, Settings, TlsFiles};
+use crate::config::{Args, Settings, SyncCheckSchedule, TlsFiles};
 use crate::fulfil::batch::{BatchSettings, EventBatcher};
 use crate::fulfil::retention::{self, Retention};
+use crate::fulfil::sync::check;
 use crate::fulfil::{reconcile, refunds};
 use crate::metrics::Metrics;
 use crate::store::health::{Answer, DatabaseHealth, Probe, Verdicts};
@@ -89,6 +90,8 @@ pub struct Application {
     retention: Retention,
     /// Sweeps for missed webhooks this often, when set.
     reconcile_interval: Option<Duration>,
+    /// Compares with Stripe so, when set.
+    sync_check: Option<SyncCheckSchedule>,
     /// Most change-feed watches served at once.
     max_watchers: usize,
     auth: RequireToken,
@@ -141,6 +144,7 @@ impl Application {
             stripe,
             auto_refund_duplicates: settings.auto_refund_duplicates,
             reconcile_interval: settings.reconcile_interval,
+            sync_check: settings.sync_check,
             max_watchers: settings.max_watchers,
             retention: Retention { changes: settings.changes_retention, events: settings.events_retention },
             auth: RequireToken::new(token),
@@ -209,6 +213,20 @@ impl Application {
                 interval,
                 self.health.clone(),
                 Arc::clone(&metrics),
+                stop.clone(),
+            ));
+        }
+        if let (Some(schedule), Some(stripe)) = (self.sync_check, &self.stripe) {
+            tokio::spawn(check::run_scheduled(
+                check::Scheduled {
+                    db: self.db.clone(),
+                    stripe: stripe.clone(),
+                    policy: self.policy,
+                    interval: schedule.interval,
+                    window: schedule.window,
+                    health: self.health.clone(),
+                    metrics: Arc::clone(&metrics),
+                },
                 stop.clone(),
             ));
         }

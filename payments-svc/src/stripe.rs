@@ -1,6 +1,7 @@
 //! The few calls payments-svc makes to Stripe's API: retrieving a Checkout
 //! Session (for the verify path), listing recent events (for the
-//! missed-webhook sweep) and refunding a duplicate payment.
+//! missed-webhook sweep), listing sessions, refunds and disputes (for
+//! `sync`) and refunding a duplicate payment.
 //!
 //! Every call has a total time budget. Within it, connection failures,
 //! timeouts, 429, 409 and 5xx are retried with exponential backoff and
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use payments_proto::stripe::{self, ParseError};
+use payments_proto::stripe::{self, ListPage, ParseError};
 use payments_proto::v1::{CheckoutSession, Refund, StripeEvent};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, StatusCode, Url};
@@ -87,6 +88,45 @@ pub enum StripeError {
 pub struct EventsPage {
     pub events: Vec<StripeEvent>,
     pub has_more: bool,
+}
+
+/// The lists `payments-svc sync` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StripeList {
+    CheckoutSessions,
+    Refunds,
+    Disputes,
+}
+
+impl StripeList {
+    /// In the order a sync reads them: refunds and disputes are facts that
+    /// wait for their purchase, so any order ends alike.
+    pub const ALL: [Self; 3] = [Self::CheckoutSessions, Self::Refunds, Self::Disputes];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::CheckoutSessions => "/v1/checkout/sessions",
+            Self::Refunds => "/v1/refunds",
+            Self::Disputes => "/v1/disputes",
+        }
+    }
+
+    /// The name in checkpoints, progress and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CheckoutSessions => "checkout_sessions",
+            Self::Refunds => "refunds",
+            Self::Disputes => "disputes",
+        }
+    }
+}
+
+/// Objects created within these Unix seconds, both ends included
+/// (`created[gte]`, `created[lte]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub created_gte: i64,
+    pub created_lte: i64,
 }
 
 /// How to reach Stripe's API, validated from the configuration.
@@ -179,6 +219,33 @@ impl StripeApi {
             .map(|raw| stripe::parse_event(Bytes::copy_from_slice(raw.get().as_bytes())))
             .collect::<Result<_, _>>()?;
         Ok(EventsPage { events, has_more: list.has_more })
+    }
+
+    /// One page of `list` (newest first) within `window`, after
+    /// `starting_after` when given, `limit` objects at most; each listed
+    /// object's JSON as sent. Waits for its turns within STRIPE_API_MAX_RPS.
+    pub async fn list_page(
+        &self,
+        list: StripeList,
+        window: Window,
+        starting_after: Option<&str>,
+        limit: u8,
+    ) -> Result<ListPage, StripeError> {
+        let mut query = vec![
+            ("created[gte]", window.created_gte.to_string()),
+            ("created[lte]", window.created_lte.to_string()),
+            ("limit", limit.to_string()),
+        ];
+        if list == StripeList::CheckoutSessions {
+            // The intent's status tells a delayed payment still clearing
+            // from one that failed; one request instead of one per session.
+            query.push(("expand[]", "data.payment_intent".to_owned()));
+        }
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        let body = self.get(list.path(), &query, Turn::Wait).await?;
+        Ok(stripe::parse_list(&body)?)
     }
 
     /// `POST /v1/refunds`: refunds `payment_intent_id` in full. Every

@@ -7,6 +7,7 @@ use payments_domain::event::{Delivered, IncomingEvent, Invalid, Object, PaymentS
 use payments_domain::purchase::PurchaseSource;
 use payments_domain::reversals::{AccessStatus, DisputeStatus, RefundStatus, Reversal, ReversalStatus};
 use payments_domain::rules::Outcome;
+use payments_domain::sync::SessionState;
 
 use crate::v1 as pb;
 
@@ -46,6 +47,7 @@ impl From<pb::CheckoutSession> for Session {
             amount_total: session.amount_total,
             currency: session.currency,
             metadata: session.metadata,
+            created: session.created,
         }
     }
 }
@@ -109,6 +111,12 @@ macro_rules! same_values {
     };
 }
 
+same_values!(pb::SessionStatus => SessionState {
+    Unspecified => Unknown,
+    Open => Open,
+    Complete => Complete,
+    Expired => Expired,
+});
 same_values!(pb::PaymentStatus => PaymentStatus {
     Unspecified => Unspecified,
     Paid => Paid,
@@ -130,7 +138,7 @@ same_values!(AccessStatus => pb::PurchaseStatus {
     Disputed => Disputed,
     Revoked => Revoked,
 });
-same_values!(PurchaseSource => pb::PurchaseSource { Webhook => Webhook, Verify => Verify });
+same_values!(PurchaseSource => pb::PurchaseSource { Webhook => Webhook, Verify => Verify, Sync => Sync });
 same_values!(ChangeKind => pb::ChangeKind {
     Granted => Granted,
     Pending => Pending,

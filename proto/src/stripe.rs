@@ -94,6 +94,7 @@ struct SessionJson {
     customer_email: Option<String>,
     customer_details: Option<CustomerDetails>,
     livemode: Option<bool>,
+    created: Option<i64>,
 }
 
 /// An expandable field: Stripe sends the id, or the whole object when the
@@ -340,6 +341,85 @@ fn dispute(json: DisputeJson) -> Result<Dispute, ParseError> {
     })
 }
 
+/// One page of one of Stripe's lists (`{"object": "list", "data": [...],
+/// "has_more": ...}`), newest first: each object's JSON as sent.
+#[derive(Debug)]
+pub struct ListPage {
+    pub data: Vec<Bytes>,
+    pub has_more: bool,
+}
+
+/// Parses a list page, keeping each object's JSON for its own parser.
+pub fn parse_list(json: &[u8]) -> Result<ListPage, ParseError> {
+    #[derive(Deserialize)]
+    struct List<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a RawValue>,
+        has_more: bool,
+    }
+    let list: List<'_> = serde_json::from_slice(json)?;
+    let data = list.data.into_iter().map(|raw| Bytes::copy_from_slice(raw.get().as_bytes())).collect();
+    Ok(ListPage { data, has_more: list.has_more })
+}
+
+/// A Checkout Session as `GET /v1/checkout/sessions` lists it with
+/// `expand[]=data.payment_intent`: the session, and the status of its
+/// payment intent, which tells a delayed payment still clearing
+/// (`processing`) from one that failed (`requires_payment_method`,
+/// `canceled`) or cleared (`succeeded`). Absent when the session needed no
+/// payment, or when the intent was not expanded.
+#[derive(Debug, Clone)]
+pub struct ListedSession {
+    pub session: CheckoutSession,
+    pub intent_status: Option<String>,
+}
+
+/// Parses one session of `GET /v1/checkout/sessions`.
+pub fn parse_listed_session(json: &[u8]) -> Result<ListedSession, ParseError> {
+    #[derive(Deserialize)]
+    struct Intent {
+        status: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Expanded {
+        Object(Intent),
+        /// The intent's id: not expanded.
+        Id(serde::de::IgnoredAny),
+    }
+    #[derive(Deserialize)]
+    struct WithIntent {
+        payment_intent: Option<Expanded>,
+    }
+    let session = parse_checkout_session(json)?;
+    let intent: WithIntent = serde_json::from_slice(json)?;
+    let intent_status = match intent.payment_intent {
+        Some(Expanded::Object(intent)) => non_empty(intent.status),
+        Some(Expanded::Id(_)) | None => None,
+    };
+    Ok(ListedSession { session, intent_status })
+}
+
+/// `created` (Unix seconds) of a listed refund or dispute.
+fn created_of(json: &[u8], expected: &'static str) -> Result<i64, ParseError> {
+    #[derive(Deserialize)]
+    struct Created {
+        created: Option<i64>,
+    }
+    let created: Created = serde_json::from_slice(json)?;
+    created.created.ok_or(ParseError::NotTheObject { expected, problem: "`created` is missing" })
+}
+
+/// Parses one refund of `GET /v1/refunds`, with its `created`.
+pub fn parse_listed_refund(json: &[u8]) -> Result<(Refund, i64), ParseError> {
+    Ok((parse_refund(json)?, created_of(json, "refund")?))
+}
+
+/// Parses one dispute of `GET /v1/disputes`, with its `created`.
+pub fn parse_listed_dispute(json: &[u8]) -> Result<(Dispute, i64), ParseError> {
+    Ok((dispute(serde_json::from_slice(json)?)?, created_of(json, "dispute")?))
+}
+
 /// Parses a Checkout Session object, as found in an event's `data.object` or
 /// returned by `GET /v1/checkout/sessions/{id}`.
 pub fn parse_checkout_session(json: &[u8]) -> Result<CheckoutSession, ParseError> {
@@ -365,6 +445,7 @@ fn checkout_session(session: SessionJson) -> Result<CheckoutSession, ParseError>
         currency: non_empty(session.currency),
         customer_email,
         livemode: session.livemode.unwrap_or_default(),
+        created: session.created,
     })
 }
 

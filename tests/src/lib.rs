@@ -1,6 +1,7 @@
 //! What the end-to-end tests and the hand tools in this crate share: the
 //! repository's Stripe fixtures, fresh ids for them, Stripe-style signing, a
-//! small HTTP client, and the services as processes for the measuring tools.
+//! small HTTP client, the services as processes for the measuring tools,
+//! and a stand-in for Stripe's API with an account to serve.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,8 +16,10 @@ use hyper_util::rt::TokioExecutor;
 use webhook_gateway::signature::{WebhookSecret, sign};
 
 pub mod collector;
+pub mod fake_stripe;
 pub mod sender;
 pub mod services;
+pub mod stripe_account;
 
 /// Where the copies of the shared Stripe fixtures live.
 pub fn fixtures_dir() -> PathBuf {

@@ -50,11 +50,19 @@ export interface Purchase {
   amountTotal?: number;
   currency?: string;
   paymentIntentId?: string;
-  /** How payments-svc learnt of it: a webhook, or verify asking Stripe. */
-  source: "webhook" | "verify" | "unknown";
+  /** How payments-svc learnt of it: a webhook, verify asking Stripe, or a sync from Stripe's API. */
+  source: "webhook" | "verify" | "sync" | "unknown";
   purchasedAt?: Date;
   updatedAt?: Date;
+  /** When Stripe created the Checkout Session, when known. */
+  checkoutCreatedAt?: Date;
 }
+
+const SOURCE: Record<number, Purchase["source"]> = {
+  [PurchaseSource.WEBHOOK]: "webhook",
+  [PurchaseSource.VERIFY]: "verify",
+  [PurchaseSource.SYNC]: "sync",
+};
 
 /** The answer of VerifyPurchase. */
 export interface VerifyResult {
@@ -118,10 +126,10 @@ export function purchaseView(message: PurchaseMessage): Purchase {
     amountTotal: message.amountTotal === undefined ? undefined : Number(message.amountTotal),
     currency: message.currency,
     paymentIntentId: message.paymentIntentId,
-    source:
-      message.source === PurchaseSource.WEBHOOK ? "webhook" : message.source === PurchaseSource.VERIFY ? "verify" : "unknown",
+    source: SOURCE[message.source] ?? "unknown",
     purchasedAt: message.createdAt ? timestampDate(message.createdAt) : undefined,
     updatedAt: message.updatedAt ? timestampDate(message.updatedAt) : undefined,
+    checkoutCreatedAt: message.checkoutCreatedAt ? timestampDate(message.checkoutCreatedAt) : undefined,
   };
 }
 

@@ -15,10 +15,14 @@
 //! of one. Within a batch an event that arrives twice is applied once, at
 //! its first arrival.
 //!
-//! A purchase is a second payment for a course (`needs_refund`, with a
-//! refund owed) when it becomes paid while another purchase of the same
-//! buyer and course grants the course. A buyer who pays again after a full
-//! refund or a lost dispute is a buyer again, not a duplicate.
+//! When a purchase becomes paid while another purchase of the same buyer
+//! and course grants the course, one of the two is a second payment
+//! (`needs_refund`, with a refund owed): the one whose Checkout Session
+//! Stripe created later, whichever was reported first (the later arrival
+//! when the times are equal or one is unknown). A buyer who pays again after a full refund or a
+//! lost dispute is a buyer again, not a duplicate.
+//!
+//! Cause names beside event ids: [`VERIFY`], [`SYNC`], [`BACKFILL`].
 
 mod model;
 
@@ -34,6 +38,9 @@ use crate::rules::{self, Failure, Outcome, Plan, Policy};
 
 /// `cause_event_id` of the changes a verify call publishes.
 pub const VERIFY: &str = "verify";
+/// `cause_event_id` of the changes `payments-svc sync` publishes, and the
+/// reporting event of the facts it records.
+pub const SYNC: &str = "sync";
 /// `cause_event_id` of the change that first publishes a purchase recorded
 /// before the change feed existed.
 pub const BACKFILL: &str = "backfill";

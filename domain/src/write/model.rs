@@ -116,6 +116,7 @@ impl Model {
                 known.payment_intent_id = purchase.payment_intent_id.or(known.payment_intent_id.take());
                 known.amount_total = purchase.amount_total.or(known.amount_total);
                 known.currency = purchase.currency.or(known.currency.take());
+                known.checkout_created = purchase.checkout_created.or(known.checkout_created);
                 row.dirty |= row.write != before;
                 (*at, was_paid)
             }
@@ -135,17 +136,51 @@ impl Model {
             }
         };
         let row = &self.purchases[at].write;
-        if !was_paid && row.status == PurchaseStatus::Paid && !row.needs_refund && self.another_grants(at) {
-            self.flag_second_payment(at);
+        if !was_paid && row.status == PurchaseStatus::Paid && !row.needs_refund {
+            self.decide_second_payment(at);
         }
         at
     }
 
-    /// Whether a purchase of `at`'s family other than `at` grants the
+    /// `at` has just become paid: if another purchase of its family grants
+    /// the course, one of them is a second payment. The one whose Checkout
+    /// Session Stripe created first keeps the course, so the answer does
+    /// not depend on the order payments are reported in (a late webhook,
+    /// a sync that pages newest first); when the times are equal (Stripe
+    /// counts seconds) or either is unknown, the purchase that already
+    /// grants keeps it rather than hand the course over.
+    fn decide_second_payment(&mut self, at: usize) {
+        let granting = self.others_granting(at);
+        if granting.is_empty() {
+            return;
+        }
+        if granting.iter().all(|other| self.came_first(at, *other)) {
+            for other in granting {
+                self.flag_second_payment(other);
+            }
+        } else {
+            self.flag_second_payment(at);
+        }
+    }
+
+    /// The purchases of `at`'s family other than `at` that grant the
     /// course, counted as if `at` did not exist.
-    fn another_grants(&self, at: usize) -> bool {
+    fn others_granting(&self, at: usize) -> Vec<usize> {
         let others: Vec<usize> = self.family_of(at).into_iter().filter(|member| *member != at).collect();
-        self.accesses(&others).iter().any(|access| access.has_access)
+        let accesses = self.accesses(&others);
+        others
+            .into_iter()
+            .zip(accesses)
+            .filter(|(_, access)| access.has_access)
+            .map(|(other, _)| other)
+            .collect()
+    }
+
+    /// Whether Stripe created `a`'s Checkout Session before `b`'s; `false`
+    /// when either time is unknown.
+    fn came_first(&self, a: usize, b: usize) -> bool {
+        let (a, b) = (&self.purchases[a].write.purchase, &self.purchases[b].write.purchase);
+        matches!((a.checkout_created, b.checkout_created), (Some(first), Some(second)) if first < second)
     }
 
     fn flag_second_payment(&mut self, at: usize) {

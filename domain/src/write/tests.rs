@@ -83,6 +83,7 @@ fn session_event(id: &str, session: &str, event_type: &str, paid: bool, user: &s
             amount_total: Some(4900),
             currency: Some("usd".into()),
             metadata: metadata.into_iter().collect(),
+            created: None,
         }),
         reversal: None,
         payload: "{}".into(),
@@ -205,6 +206,54 @@ fn a_second_payment_for_an_owned_course_is_owed_a_refund_but_a_repurchase_after_
     assert!(memory.refunds_owed.is_empty());
 }
 
+/// A paid session of `user` for course 42 that Stripe created at `created`.
+fn paid_at(session: &str, user: &str, created: i64) -> IncomingEvent {
+    let mut event =
+        session_event(&format!("evt_{session}"), session, "checkout.session.completed", true, user);
+    if let Some(session) = event.session.as_mut() {
+        session.created = Some(created);
+    }
+    event
+}
+
+#[test]
+fn of_two_payments_for_one_course_the_session_created_first_keeps_it_in_every_order() {
+    let (first, second, third) =
+        (paid_at("cs_1", "u1", 100), paid_at("cs_2", "u1", 200), paid_at("cs_3", "u1", 300));
+    let orders = [
+        [&first, &second, &third],
+        [&first, &third, &second],
+        [&second, &first, &third],
+        [&second, &third, &first],
+        [&third, &first, &second],
+        [&third, &second, &first],
+    ];
+    for order in orders {
+        let mut memory = Memory::default();
+        for event in order {
+            memory.apply(&as_inputs(&[event]));
+        }
+        let mut flagged: Vec<(&str, bool, Option<bool>)> = memory
+            .purchases
+            .iter()
+            .map(|p| {
+                (p.purchase.checkout_session_id.as_str(), p.needs_refund, p.published.map(|a| a.has_access))
+            })
+            .collect();
+        flagged.sort();
+        assert_eq!(
+            flagged,
+            [("cs_1", false, Some(true)), ("cs_2", true, Some(false)), ("cs_3", true, Some(false))],
+            "{:?}",
+            order.map(|e| e.id.as_str())
+        );
+        let mut owed: Vec<&str> =
+            memory.refunds_owed.iter().map(|o| o.checkout_session_id.as_str()).collect();
+        owed.sort();
+        assert_eq!(owed, ["cs_2", "cs_3"], "one refund for each later payment");
+    }
+}
+
 #[test]
 fn a_refund_before_its_checkout_waits_and_counts_when_the_purchase_arrives() {
     let pool = pool();
@@ -228,6 +277,7 @@ fn keys_name_what_a_batch_can_touch() {
             payment_intent_id: None,
             amount_total: None,
             currency: None,
+            checkout_created: None,
         },
         PurchaseStatus::Paid,
     );

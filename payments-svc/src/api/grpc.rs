@@ -321,7 +321,7 @@ fn change_message(Change { change, purchase }: Change) -> pb::PurchaseChange {
 
 fn watch_status(error: WatchError) -> Status {
     match error {
-        WatchError::TooOld { oldest, .. } => {
+        WatchError::TooOld { oldest, .. } | WatchError::OtherHistory { oldest, .. } => {
             let mut status = Status::failed_precondition(error.to_string());
             if let Ok(value) = MetadataValue::try_from(oldest.to_string()) {
                 status.metadata_mut().insert(OLDEST_CURSOR_TRAILER, value);
@@ -405,6 +405,9 @@ fn purchase_message(purchase: course_purchase::Model, access: Access) -> pb::Pur
         updated_at: Some(timestamp(purchase.updated_at)),
         has_access: access.has_access,
         amount_refunded: access.amount_refunded,
+        checkout_created_at: purchase
+            .checkout_created
+            .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
     }
 }
 

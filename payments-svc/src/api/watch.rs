@@ -55,6 +55,15 @@ pub enum WatchError {
         "cursor {after} is beyond the newest change, {newest}: this feed was restored or rebuilt; read the current state with ListPurchases, then watch from {newest}"
     )]
     Ahead { after: i64, newest: i64 },
+    /// The cursor lies outside this feed's history: it was handed out by
+    /// another history, of a database since rebuilt (from Stripe, by
+    /// `payments-svc sync`) or replaced. Resuming it here would skip or
+    /// repeat changes at random, so the consumer must resync.
+    #[error(
+        "cursor {after} is from another history of this feed, which starts after {origin}: the database was rebuilt or replaced; read the current state with ListPurchases, then watch from {}",
+        oldest - 1
+    )]
+    OtherHistory { after: i64, origin: i64, oldest: i64 },
     /// This replica already serves as many watches as it may.
     #[error(
         "this replica serves its limit of {limit} change-feed watches (PAYMENTS_MAX_WATCHERS): retry later, or on another replica"
@@ -202,7 +211,7 @@ async fn follow(
     sender: &mpsc::Sender<Result<Change, WatchError>>,
     registration: &Registration,
 ) -> Result<(), WatchError> {
-    check_not_ahead(db, after).await?;
+    check_this_history(db, after).await?;
     let mut position = after;
     loop {
         // Subscribed before the last page is read: see `tail`.
@@ -272,14 +281,20 @@ async fn check_kept(db: &DatabaseConnection, after: i64, position: i64) -> Resul
     Ok(())
 }
 
-/// Fails when `after` is beyond the newest cursor ever published (kept or
-/// pruned): a cursor this feed never gave out. Checked once, at the start:
-/// a cursor the consumer received from this feed is never ahead of it.
-async fn check_not_ahead(db: &DatabaseConnection, after: i64) -> Result<(), WatchError> {
+/// Fails when `after` is not a cursor this history of the feed gave out:
+/// outside its range (another history's), or beyond the newest cursor ever
+/// published (kept or pruned). Checked once, at the start: a cursor the
+/// consumer received from this feed is never ahead of it.
+async fn check_this_history(db: &DatabaseConnection, after: i64) -> Result<(), WatchError> {
     if after == 0 {
         return Ok(());
     }
-    let (pruned_through, _) = feed::horizon(db).await?;
+    let (pruned_through, oldest) = feed::horizon(db).await?;
+    let origin = feed::origin(db).await?;
+    if feed::from_another_history(after, origin) {
+        let oldest = oldest.unwrap_or(pruned_through + 1);
+        return Err(WatchError::OtherHistory { after, origin, oldest });
+    }
     let newest = feed::head(db).await?.max(pruned_through);
     if after > newest {
         return Err(WatchError::Ahead { after, newest });

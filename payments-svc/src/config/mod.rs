@@ -96,6 +96,20 @@ pub struct Args {
     #[arg(long, env = "RECONCILE_INTERVAL", value_parser = parse_interval)]
     pub reconcile_interval: Option<Duration>,
 
+    /// Compare access here with Stripe's this often (`1h`, `1d`), as
+    /// `payments-svc sync --check` does, one replica at a time, and export
+    /// how many purchases differ (`payments_sync_check_differences`); off
+    /// when unset. Needs STRIPE_SECRET_KEY; its pages share
+    /// STRIPE_API_MAX_RPS with verify.
+    #[arg(long, env = "SYNC_CHECK_INTERVAL", value_parser = parse_interval)]
+    pub sync_check_interval: Option<Duration>,
+
+    /// How far back the scheduled check looks: sessions created in this
+    /// window, up to an hour ago (newer ones may still have their webhooks
+    /// on the way), with their refunds and disputes until now.
+    #[arg(long, env = "SYNC_CHECK_WINDOW", value_parser = parse_interval, default_value = "30d")]
+    pub sync_check_window: Duration,
+
     /// Most change-feed watches (WatchPurchaseChanges streams) this replica
     /// serves at once; beyond it a new one is refused with
     /// RESOURCE_EXHAUSTED, to retry later or on another replica. An open
@@ -175,6 +189,8 @@ pub struct Settings {
     /// How often payments-svc sweeps for missed webhooks itself (needs
     /// `stripe`); `None`: never.
     pub reconcile_interval: Option<Duration>,
+    /// The scheduled comparison with Stripe (needs `stripe`); `None`: never.
+    pub sync_check: Option<SyncCheckSchedule>,
     /// Most change-feed watches served at once.
     pub max_watchers: usize,
     pub log_format: LogFormat,
@@ -227,6 +243,15 @@ pub enum ConfigError {
     AutoRefundWithoutKey,
     #[error("RECONCILE_INTERVAL needs STRIPE_SECRET_KEY")]
     ReconcileWithoutKey,
+    #[error("SYNC_CHECK_INTERVAL needs STRIPE_SECRET_KEY")]
+    SyncCheckWithoutKey,
+}
+
+/// When and how far back the scheduled check compares with Stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCheckSchedule {
+    pub interval: Duration,
+    pub window: Duration,
 }
 
 impl TryFrom<Args> for Settings {
@@ -240,6 +265,9 @@ impl TryFrom<Args> for Settings {
         }
         if args.reconcile_interval.is_some() && stripe.is_none() {
             return Err(ConfigError::ReconcileWithoutKey);
+        }
+        if args.sync_check_interval.is_some() && stripe.is_none() {
+            return Err(ConfigError::SyncCheckWithoutKey);
         }
         let single_writer = args.database.database_url.starts_with("sqlite:");
         let batching = BatchSettings {
@@ -265,6 +293,9 @@ impl TryFrom<Args> for Settings {
             changes_retention: args.retention.changes(),
             events_retention: args.retention.events(),
             reconcile_interval: args.reconcile_interval,
+            sync_check: args
+                .sync_check_interval
+                .map(|interval| SyncCheckSchedule { interval, window: args.sync_check_window }),
             max_watchers: usize::try_from(args.max_watchers).unwrap_or(usize::MAX),
             log_format: args.log_format,
         })

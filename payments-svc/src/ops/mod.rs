@@ -8,6 +8,7 @@ mod healthcheck;
 mod migrate;
 mod purchases;
 mod reversals;
+mod sync;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -18,6 +19,7 @@ pub use healthcheck::HealthcheckArgs;
 pub use migrate::MigrateArgs;
 pub use purchases::PurchasesCommand;
 pub use reversals::ReversalsCommand;
+pub use sync::SyncArgs;
 
 use crate::config::{Args, DatabaseArgs, PolicyArgs, StripeArgs};
 use crate::fulfil::reconcile;
@@ -48,6 +50,11 @@ pub enum Command {
     /// Exit 0 when the payments-svc serving on PAYMENTS_GRPC_ADDR answers
     /// that it serves, 1 otherwise: a container health check.
     Healthcheck(HealthcheckArgs),
+    /// Import every Checkout Session, refund and dispute Stripe created in
+    /// a window through the same rules as webhooks (resumable, idempotent),
+    /// or with --check compare without changing anything. Needs
+    /// STRIPE_SECRET_KEY.
+    Sync(Box<SyncArgs>),
     /// Apply every checkout.session.* event Stripe sent in a recent window
     /// that is not processed here yet: recovers webhooks lost in an outage.
     /// Needs STRIPE_SECRET_KEY.
@@ -78,6 +85,7 @@ impl Command {
             Self::Purchases(command) => Some(command.database()),
             Self::Changes(command) => Some(command.database()),
             Self::Reconcile { database, .. } => Some(database),
+            Self::Sync(args) => Some(&args.database),
         }
     }
 }
@@ -104,6 +112,14 @@ async fn on_database(command: Command) -> anyhow::Result<()> {
         Command::Events(command) => events::run(&db, &signals, command).await?,
         Command::Purchases(command) => purchases::run(&db, command).await?,
         Command::Reversals(command) => reversals::run(&db, command).await?,
+        Command::Sync(args) => {
+            let (output, differing) = sync::run(&db, &signals, *args).await?;
+            if differing > 0 {
+                print!("{output}");
+                bail!("{differing} purchase(s) differ from Stripe");
+            }
+            output
+        }
         Command::Reconcile { policy, stripe, since, page_size, .. } => {
             let stripe =
                 stripe.settings(policy.stripe_livemode)?.context("reconcile needs STRIPE_SECRET_KEY")?;

@@ -83,6 +83,27 @@ async fn pruned_through(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
     Ok(purchase_feed::Entity::find().one(db).await?.map_or(0, |feed| feed.pruned_through))
 }
 
+/// How many cursors one history of the feed may hand out: histories start
+/// at multiples of it (see the migration that added `purchase_feed.origin`).
+pub const HISTORY_SPAN: i64 = 1 << 32;
+/// The highest origin a history may have: no history hands out a cursor
+/// above it plus [`HISTORY_SPAN`].
+pub const HIGHEST_ORIGIN: i64 = 1 << 52;
+
+/// Whether `cursor` can only have come from another history of a feed
+/// that starts after `origin`: below this one's range, or above it and
+/// within another's. One beyond every history's is no history's.
+pub fn from_another_history(cursor: i64, origin: i64) -> bool {
+    cursor < origin || (cursor > origin + HISTORY_SPAN && cursor <= HIGHEST_ORIGIN + HISTORY_SPAN)
+}
+
+/// Where this history of the feed starts: every cursor it hands out is
+/// above it, and below it plus [`HISTORY_SPAN`]; a cursor outside is from
+/// another history.
+pub async fn origin(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    Ok(purchase_feed::Entity::find().one(db).await?.map_or(0, |feed| feed.origin))
+}
+
 /// The newest cursor published so far, 0 if none.
 pub async fn head(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
     let newest =
@@ -163,4 +184,27 @@ pub async fn backfill(
         write::apply(db, signals, &inputs, policy).await?;
     }
     Ok(unpublished.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_outside_this_history_and_inside_another_is_another_histories() {
+        let origin = 7 * HISTORY_SPAN;
+        for mine in [origin, origin + 1, origin + HISTORY_SPAN] {
+            assert!(!from_another_history(mine, origin), "{mine}");
+        }
+        for theirs in [1, origin - 1, origin + HISTORY_SPAN + 1, HIGHEST_ORIGIN + 5] {
+            assert!(from_another_history(theirs, origin), "{theirs}");
+        }
+        for nobodys in [HIGHEST_ORIGIN + HISTORY_SPAN + 1, i64::MAX] {
+            assert!(!from_another_history(nobodys, origin), "{nobodys}: beyond every history, not another's");
+        }
+        assert!(
+            from_another_history(HISTORY_SPAN + 1, 0),
+            "an old feed (origin 0) meets a rebuilt one's cursor"
+        );
+    }
 }

@@ -20,6 +20,10 @@ use super::health::DatabaseHealth;
 pub const RECONCILE: i64 = 0x7265_636f_6e63_696c; // "reconcil"
 /// The advisory lock of pruning stored events' payloads.
 pub const EVENTS_PRUNE: i64 = 0x6576_7473_7072_756e; // "evtsprun"
+/// `payments-svc sync`: one import from Stripe at a time.
+pub const SYNC: i64 = 0x7379_6e63_7374_7270; // "syncstrp"
+/// The scheduled `sync --check`.
+pub const SYNC_CHECK: i64 = 0x7379_6e63_6368_6563; // "syncchec"
 
 /// A lease held until dropped or released.
 #[derive(Debug)]

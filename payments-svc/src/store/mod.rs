@@ -1,6 +1,7 @@
 //! The database: connecting, migrating, and the queries that fulfilment
 //! composes inside its transactions.
 
+pub mod checkpoints;
 pub mod entities;
 pub mod events;
 pub mod feed;

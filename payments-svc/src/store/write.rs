@@ -172,6 +172,7 @@ fn stored_purchase(row: course_purchase::Model) -> Result<StoredPurchase, DbErr>
             payment_intent_id: row.stripe_payment_intent_id,
             amount_total: row.amount_total,
             currency: row.currency,
+            checkout_created: row.checkout_created,
         },
         status: row.status.into(),
         needs_refund: row.needs_refund,
@@ -323,6 +324,7 @@ async fn save_purchases(
         has_access: Set(write.published.is_some_and(|access| access.has_access)),
         amount_refunded: Set(write.published.map_or(0, |access| access.amount_refunded)),
         access_cause: Set(write.cause.clone()),
+        checkout_created: Set(write.purchase.checkout_created),
     });
     let as_decided = OnConflict::column(Column::StripeCheckoutSessionId)
         .update_columns([
@@ -336,6 +338,7 @@ async fn save_purchases(
             Column::HasAccess,
             Column::AmountRefunded,
             Column::AccessCause,
+            Column::CheckoutCreated,
         ])
         .to_owned();
     let written = Entity::insert_many(rows).on_conflict(as_decided).exec_with_returning(txn).await?;

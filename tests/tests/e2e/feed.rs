@@ -455,6 +455,7 @@ async fn a_writer_that_took_a_cursor_first_but_commits_last_is_not_skipped(db: T
         payment_intent_id: None,
         amount_total: Some(100),
         currency: Some("usd".into()),
+        checkout_created: None,
     };
     let policy = Policy { livemode: false, dispute_access: DisputeAccess::Suspend };
     let held_write = [Input::Plan { plan: Plan::Record(purchase, CheckoutStatus::Paid), cause: "evt_held" }];

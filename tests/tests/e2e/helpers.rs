@@ -99,6 +99,32 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Loses everything: the database is dropped and created again empty
+    /// (the SQLite file and its journal removed). Nothing may be connected.
+    pub async fn recreate(&self) {
+        match &self.postgres {
+            Some((admin_url, name)) => {
+                let admin = Database::connect(admin_url).await.expect("admin connection");
+                for statement in [
+                    format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                    format!("CREATE DATABASE \"{name}\""),
+                ] {
+                    admin.execute_unprepared(&statement).await.expect("recreate database");
+                }
+                admin.close().await.expect("close admin connection");
+            }
+            None => {
+                let path =
+                    self.url.trim_start_matches("sqlite://").split('?').next().expect("path").to_owned();
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some((admin_url, name)) = self.postgres.take() else { return };
@@ -301,6 +327,14 @@ impl Stack {
 
     pub async fn grpc(&self) -> PaymentsClient<tonic::transport::Channel> {
         PaymentsClient::connect(self.grpc_url()).await.expect("gRPC connection")
+    }
+
+    /// Loses the database: dropped and created again empty, the test's own
+    /// connection opened on the new one. payments-svc must be stopped.
+    pub async fn recreate_database(&mut self) {
+        self.db.clone().close().await.expect("close the test's connection");
+        self._test_db.recreate().await;
+        self.db = Database::connect(&self._test_db.url).await.expect("test connection");
     }
 
     /// Stops payments-svc gracefully, leaving the gateway up.

@@ -1,11 +1,12 @@
 //! End-to-end tests: the real webhook-gateway and payments-svc on ephemeral
 //! ports, talking HTTP and gRPC, on SQLite and on PostgreSQL.
 
+use e2e::{fake_stripe, stripe_account};
+
 mod containers;
 mod db_proxy;
 mod deploy_steps;
 mod failover;
-mod fake_stripe;
 mod faults;
 mod feed;
 mod feed_sharing;
@@ -27,6 +28,7 @@ mod replicas;
 mod reversals;
 mod startup;
 mod success_page;
+mod sync;
 mod traces;
 mod verify;
 mod verify_flow;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e::{fixture, with_fresh_ids};
+use e2e::{fixture, replace_once, with_fresh_ids};
 use hyper::StatusCode;
 use payments_svc::store::entities::refund_request::{self, RefundRequestStatus};
 use sea_orm::EntityTrait;
@@ -193,4 +193,66 @@ async fn buying_again_after_a_full_refund_grants_the_course_and_is_not_refunded(
         (Some("paid"), Some(true))
     );
     stack.shutdown().await;
+}
+
+on_both_databases!(of_two_payments_the_session_stripe_created_first_keeps_the_course_in_any_order);
+async fn of_two_payments_the_session_stripe_created_first_keeps_the_course_in_any_order(db: TestDb) {
+    let stack = Stack::start(db).await;
+    // Each buyer's second session was created a minute after the first;
+    // the webhooks come in every order, each twice, concurrently.
+    let orders: [&[usize]; 4] = [&[0, 1, 0, 1], &[1, 0, 1, 0], &[1, 1, 0, 0], &[0, 0, 1, 1]];
+    let mut sessions = Vec::new();
+    for (buyer, order) in orders.iter().enumerate() {
+        let (first, second, _, _) = two_payments();
+        let [first, second] = [first, second].map(|body| {
+            let body = with_fresh_ids(&body, &format!("_buyer{buyer}")).expect("variant");
+            replace_once(&body, "76579e2b-1d72-48ed-99f9-d14b4496249a", &format!("buyer-{buyer}"))
+                .expect("buyer")
+        });
+        let second = session_created_later(&second, 60);
+        let pair = [first, second];
+        sessions.push(pair.clone().map(|body| session_id(&body)));
+        let bodies: Vec<Bytes> = order.iter().map(|at| pair[*at].clone()).collect();
+        for answer in stack.deliver_concurrently(&bodies).await {
+            assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        }
+    }
+
+    let purchases = stack.purchases().await;
+    for [first, second] in &sessions {
+        let row = |id: &str| purchases.iter().find(|p| p.stripe_checkout_session_id == id).expect("recorded");
+        assert!(
+            row(first).has_access && !row(first).needs_refund,
+            "the earlier session keeps it: {:?}",
+            row(first)
+        );
+        assert!(
+            !row(second).has_access && row(second).needs_refund,
+            "the later one is owed: {:?}",
+            row(second)
+        );
+    }
+    let owed: Vec<String> = refund_request::Entity::find()
+        .all(&stack.db)
+        .await
+        .expect("refunds owed")
+        .into_iter()
+        .map(|r| r.checkout_session_id)
+        .collect();
+    assert_eq!(owed.len(), orders.len(), "one refund owed per buyer: {owed:?}");
+    assert!(sessions.iter().all(|[_, second]| owed.contains(second)), "{owed:?}");
+    stack.shutdown().await;
+}
+
+/// `body` with its session created `seconds` after the fixture's.
+fn session_created_later(body: &Bytes, seconds: i64) -> Bytes {
+    let mut event: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    let created = event["data"]["object"]["created"].as_i64().expect("created");
+    event["data"]["object"]["created"] = (created + seconds).into();
+    Bytes::from(event.to_string())
+}
+
+fn session_id(body: &Bytes) -> String {
+    let event: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    event["data"]["object"]["id"].as_str().expect("session").to_owned()
 }

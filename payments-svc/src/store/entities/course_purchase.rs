@@ -35,6 +35,10 @@ pub struct Model {
     /// ... and what caused that change, its `cause_event_id` (null for
     /// purchases last published before this column existed).
     pub access_cause: Option<String>,
+    /// When Stripe created the Checkout Session (Unix seconds); null for
+    /// purchases recorded before it was kept. Of two payments for one
+    /// course, the earlier keeps it.
+    pub checkout_created: Option<i64>,
 }
 
 /// Where a purchase's checkout stands; see
@@ -67,9 +71,12 @@ pub enum PurchaseSource {
     /// reported it.
     #[sea_orm(string_value = "verify")]
     Verify,
+    /// `payments-svc sync`, from Stripe's list of Checkout Sessions.
+    #[sea_orm(string_value = "sync")]
+    Sync,
 }
 
-super::mapped!(PurchaseSource <=> payments_domain::purchase::PurchaseSource { Webhook, Verify });
+super::mapped!(PurchaseSource <=> payments_domain::purchase::PurchaseSource { Webhook, Verify, Sync });
 
 /// A purchase's status with refunds and disputes counted, as the change
 /// feed published it.

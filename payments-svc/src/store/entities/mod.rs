@@ -9,6 +9,7 @@ pub mod purchase_change;
 pub mod purchase_feed;
 pub mod refund_request;
 pub mod stripe_webhook_event;
+pub mod sync_checkpoint;
 
 /// `From` both ways between a stored enum and the domain's, from one table
 /// of variant pairs, so the two cannot drift apart.

@@ -12,6 +12,9 @@ pub struct Model {
     /// How many transactions of the write path have committed; see
     /// [`crate::store::write`].
     pub writes: i64,
+    /// Where this history of the feed starts: its first cursor is above it,
+    /// and a cursor below it is from another history (a rebuilt database).
+    pub origin: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

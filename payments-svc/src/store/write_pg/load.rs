@@ -39,6 +39,7 @@ struct PurchaseRow {
     has_access: bool,
     amount_refunded: i64,
     access_cause: Option<String>,
+    checkout_created: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +108,7 @@ fn stored_purchase(row: PurchaseRow) -> Result<StoredPurchase, WriteError> {
             payment_intent_id: row.payment_intent,
             amount_total: row.amount_total,
             currency: row.currency,
+            checkout_created: row.checkout_created,
         },
         status: parse::<PurchaseStatus>(&row.status)?,
         needs_refund: row.needs_refund,
@@ -180,7 +182,8 @@ SELECT json_build_object('k', 'p', 'id', id, 'user_id', user_id, 'course_id', co
     'session', stripe_checkout_session_id, 'payment_intent', stripe_payment_intent_id,
     'amount_total', amount_total, 'currency', currency, 'status', status, 'source', source,
     'needs_refund', needs_refund, 'access_status', access_status, 'has_access', has_access,
-    'amount_refunded', amount_refunded, 'access_cause', access_cause)::text
+    'amount_refunded', amount_refunded, 'access_cause', access_cause,
+    'checkout_created', checkout_created)::text
 FROM ps
 UNION ALL
 SELECT json_build_object('k', 'f', 'kind', kind, 'object_id', object_id, 'status', status,

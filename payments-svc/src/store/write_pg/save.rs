@@ -72,6 +72,7 @@ pub(super) async fn save(
         .bind(purchases.iter().map(|p| published(p).is_some_and(|a| a.has_access)).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| published(p).map_or(0, |a| a.amount_refunded)).collect::<Vec<_>>())
         .bind(purchases.iter().map(|p| p.cause.as_deref()).collect::<Vec<_>>())
+        .bind(purchases.iter().map(|p| p.purchase.checkout_created).collect::<Vec<_>>())
         .bind(owed.iter().map(|o| o.checkout_session_id.as_str()).collect::<Vec<_>>())
         .bind(owed.iter().map(|o| o.payment_intent_id.as_str()).collect::<Vec<_>>())
         .bind(owed.iter().map(|o| idempotency_key(&o.checkout_session_id)).collect::<Vec<_>>())
@@ -160,13 +161,16 @@ WITH raised AS (
 {events_on_conflict}), purchases AS (
     INSERT INTO course_purchases AS p (user_id, course_id, stripe_checkout_session_id,
         stripe_payment_intent_id, amount_total, currency, status, source, needs_refund,
-        created_at, updated_at, access_status, has_access, amount_refunded, access_cause)
+        created_at, updated_at, access_status, has_access, amount_refunded, access_cause,
+        checkout_created)
     SELECT c.user_id, c.course_id, c.session, c.pi, c.amount_total, c.currency, c.status,
-        c.source, c.needs_refund, $2, $2, c.access_status, c.has_access, c.amount_refunded, c.cause
+        c.source, c.needs_refund, $2, $2, c.access_status, c.has_access, c.amount_refunded, c.cause,
+        c.checkout_created
     FROM unnest($15::text[], $16::text[], $17::text[], $18::text[], $19::int8[], $20::text[],
-        $21::text[], $22::text[], $23::bool[], $24::text[], $25::bool[], $26::int8[], $27::text[])
+        $21::text[], $22::text[], $23::bool[], $24::text[], $25::bool[], $26::int8[], $27::text[],
+        $28::int8[])
         AS c(user_id, course_id, session, pi, amount_total, currency, status, source,
-            needs_refund, access_status, has_access, amount_refunded, cause)
+            needs_refund, access_status, has_access, amount_refunded, cause, checkout_created)
     CROSS JOIN raised
     ORDER BY c.session
 {purchases_on_conflict}    RETURNING id, stripe_checkout_session_id
@@ -174,14 +178,14 @@ WITH raised AS (
     INSERT INTO refund_requests (checkout_session_id, payment_intent_id, idempotency_key, status,
         stripe_refund_id, attempts, next_attempt_at, claimed_until, last_error, created_at, updated_at)
     SELECT o.session, o.pi, o.key, 'pending', NULL, 0, $2, NULL, NULL, $2, $2
-    FROM unnest($28::text[], $29::text[], $30::text[]) AS o(session, pi, key)
+    FROM unnest($29::text[], $30::text[], $31::text[]) AS o(session, pi, key)
     CROSS JOIN raised
     ON CONFLICT (checkout_session_id) DO NOTHING
 ), changes AS (
     INSERT INTO purchase_changes (purchase_id, kind, status, has_access, amount_refunded,
         cause_event_id, at)
     SELECT p.id, c.kind, c.status, c.has_access, c.amount_refunded, c.cause, $2
-    FROM unnest($31::text[], $32::text[], $33::text[], $34::bool[], $35::int8[], $36::text[])
+    FROM unnest($32::text[], $33::text[], $34::text[], $35::bool[], $36::int8[], $37::text[])
         WITH ORDINALITY AS c(session, kind, status, has_access, amount_refunded, cause, n)
     JOIN purchases p ON p.stripe_checkout_session_id = c.session
     ORDER BY c.n
@@ -193,9 +197,9 @@ SELECT (SELECT writes FROM raised)"
 /// The lookups of a batch decided without a load: no fact of a payment it
 /// may create, and no purchase of its families.
 const ABSENT: &str = "
-    AND NOT EXISTS (SELECT 1 FROM unnest($37::text[]) AS k(pi)
+    AND NOT EXISTS (SELECT 1 FROM unnest($38::text[]) AS k(pi)
         CROSS JOIN LATERAL (SELECT 1 FROM payment_reversals WHERE payment_intent_id = k.pi OFFSET 0) r)
-    AND NOT EXISTS (SELECT 1 FROM unnest($38::text[], $39::text[]) AS k(user_id, course_id)
+    AND NOT EXISTS (SELECT 1 FROM unnest($39::text[], $40::text[]) AS k(user_id, course_id)
         CROSS JOIN LATERAL (SELECT 1 FROM course_purchases
             WHERE user_id = k.user_id AND course_id = k.course_id OFFSET 0) p)";
 
@@ -207,8 +211,8 @@ const FACTS: &str = "
         payment_intent_id, charge_id, event_id, stripe_created_at, recorded_at)
     SELECT f.kind, f.object_id, f.status, f.amount, f.complete, f.currency, f.pi, f.charge,
         f.event_id, f.created, $2
-    FROM unnest($37::text[], $38::text[], $39::text[], $40::int8[], $41::bool[], $42::text[],
-        $43::text[], $44::text[], $45::text[], $46::int8[])
+    FROM unnest($38::text[], $39::text[], $40::text[], $41::int8[], $42::bool[], $43::text[],
+        $44::text[], $45::text[], $46::text[], $47::int8[])
         AS f(kind, object_id, status, amount, complete, currency, pi, charge, event_id, created)
     CROSS JOIN raised
     ON CONFLICT (object_id, status, amount) DO NOTHING
@@ -247,5 +251,5 @@ const PURCHASES_ON_CONFLICT: &str = "
         status = excluded.status, needs_refund = excluded.needs_refund,
         updated_at = excluded.updated_at, access_status = excluded.access_status,
         has_access = excluded.has_access, amount_refunded = excluded.amount_refunded,
-        access_cause = excluded.access_cause
+        access_cause = excluded.access_cause, checkout_created = excluded.checkout_created
 ";

@@ -1,8 +1,11 @@
 //! A stand-in for Stripe's API (which no machine here can reach): a real
 //! HTTP server on an ephemeral port that serves Checkout Sessions and the
-//! events list from the repository's fixtures, makes refunds (honouring
-//! `Idempotency-Key` as Stripe does), checks the bearer key, and can be told
-//! to fail or stall.
+//! events list from the repository's fixtures, lists sessions, refunds and
+//! disputes as Stripe's list endpoints do (newest first, `limit` up to 100,
+//! `starting_after`, `has_more`, `created[...]` filters, `expand[]` of a
+//! session's payment intent), makes refunds (honouring `Idempotency-Key`
+//! as Stripe does), checks the bearer key, and can be told to fail or
+//! stall.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -48,6 +51,14 @@ pub struct MadeRefund {
 #[derive(Debug, Default)]
 struct State {
     sessions: HashMap<String, Bytes>,
+    /// `(created, id, object)` of every listed session, refund and dispute.
+    listed_sessions: Vec<(i64, String, Bytes)>,
+    listed_refunds: Vec<(i64, String, Bytes)>,
+    listed_disputes: Vec<(i64, String, Bytes)>,
+    /// Payment intents by id, for `expand[]=data.payment_intent`.
+    intents: HashMap<String, serde_json::Value>,
+    /// When, and `path?query`, of every GET, in order.
+    gets: Vec<(std::time::Instant, String)>,
     /// `(created, id, body)` of every event, in the order added.
     events: Vec<(i64, String, Bytes)>,
     refunds: Vec<MadeRefund>,
@@ -95,6 +106,46 @@ impl FakeStripe {
         self.state().sessions.insert(id, session);
     }
 
+    /// Serves this Checkout Session, and lists it in `/v1/checkout/sessions`
+    /// (replacing an earlier version of it).
+    pub fn list_session(&self, session: Bytes) {
+        let (created, id) = (json_created(&session), json_field(&session, "id"));
+        let mut state = self.state();
+        state.listed_sessions.retain(|(_, listed, _)| *listed != id);
+        state.listed_sessions.push((created, id.clone(), session.clone()));
+        state.sessions.insert(id, session);
+    }
+
+    /// The payment intent `expand[]=data.payment_intent` puts in its
+    /// sessions: `{"id", "object", "status"}`.
+    pub fn set_intent(&self, id: &str, status: &str) {
+        let intent = serde_json::json!({ "id": id, "object": "payment_intent", "status": status });
+        self.state().intents.insert(id.to_owned(), intent);
+    }
+
+    /// Lists this Refund object in `GET /v1/refunds` (replacing an earlier
+    /// version of it).
+    pub fn list_refund(&self, refund: Bytes) {
+        let (created, id) = (json_created(&refund), json_field(&refund, "id"));
+        let mut state = self.state();
+        state.listed_refunds.retain(|(_, listed, _)| *listed != id);
+        state.listed_refunds.push((created, id, refund));
+    }
+
+    /// Lists this Dispute object in `GET /v1/disputes` (replacing an
+    /// earlier version of it).
+    pub fn list_dispute(&self, dispute: Bytes) {
+        let (created, id) = (json_created(&dispute), json_field(&dispute, "id"));
+        let mut state = self.state();
+        state.listed_disputes.retain(|(_, listed, _)| *listed != id);
+        state.listed_disputes.push((created, id, dispute));
+    }
+
+    /// When, and `path?query`, of every GET so far, in order.
+    pub fn gets(&self) -> Vec<(std::time::Instant, String)> {
+        self.state().gets.clone()
+    }
+
     /// Lists this event in `/v1/events`.
     pub fn add_event(&self, event: Bytes) {
         let parsed: serde_json::Value = serde_json::from_slice(&event).expect("JSON");
@@ -127,6 +178,11 @@ impl Drop for FakeStripe {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn json_created(body: &[u8]) -> i64 {
+    let parsed: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+    parsed["created"].as_i64().expect("created")
 }
 
 fn json_field(body: &[u8], field: &str) -> String {
@@ -168,7 +224,18 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
         }
         return Ok(answer);
     }
-    let state = state.lock().expect("fake Stripe state");
+    let mut state = state.lock().expect("fake Stripe state");
+    state.gets.push((std::time::Instant::now(), format!("{path}?{query}")));
+    let state = &mut *state;
+    let listed = match path.as_str() {
+        "/v1/checkout/sessions" => Some(&mut state.listed_sessions),
+        "/v1/refunds" => Some(&mut state.listed_refunds),
+        "/v1/disputes" => Some(&mut state.listed_disputes),
+        _ => None,
+    };
+    if let Some(objects) = listed {
+        return Ok(list_page(objects, &state.intents, &path, &query));
+    }
     if let Some(id) = path.strip_prefix("/v1/checkout/sessions/") {
         return Ok(match state.sessions.get(id) {
             Some(session) => json(StatusCode::OK, session.clone()),
@@ -181,7 +248,7 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
         });
     }
     if path == "/v1/events" {
-        return Ok(events_page(&state, &query));
+        return Ok(events_page(state, &query));
     }
     Ok(error(404, "invalid_request_error", "", "Unrecognized request URL"))
 }
@@ -202,12 +269,14 @@ async fn create_refund(state: &Mutex<State>, request: Request<Incoming>) -> Answ
         return json(StatusCode::OK, answer.clone());
     }
     let id = format!("re_fake_{}", state.refunds.len() + 1);
-    let event = e2e::fixture("refund_created_full.json").expect("fixture");
+    let event = crate::fixture("refund_created_full.json").expect("fixture");
     let event: serde_json::Value = serde_json::from_slice(&event).expect("JSON");
     let mut refund = event["data"]["object"].clone();
     refund["id"] = id.clone().into();
     refund["payment_intent"] = payment_intent.clone().into();
+    refund["created"] = crate::unix_now().into();
     let body = Bytes::from(refund.to_string());
+    state.listed_refunds.push((crate::unix_now(), id.clone(), body.clone()));
     state.refunds.push(MadeRefund { id, payment_intent, idempotency_key: key.clone() });
     if let Some(key) = key {
         state.idempotent.insert(key, body.clone());
@@ -255,6 +324,77 @@ fn events_page(state: &State, query: &str) -> Answer {
         r#"{{"object":"list","url":"/v1/events","has_more":{has_more},"data":[{}]}}"#,
         page.join(",")
     );
+    json(StatusCode::OK, Bytes::from(body))
+}
+
+/// A list endpoint, as Stripe's behave: newest first (by `created`, then
+/// id), `created[gte|gt|lte|lt]` filters, `limit` 1 to 100 (default 10),
+/// `starting_after` an object of the filtered list, `has_more`, and
+/// `expand[]=data.payment_intent` for sessions.
+fn list_page(
+    objects: &mut [(i64, String, Bytes)],
+    intents: &HashMap<String, serde_json::Value>,
+    path: &str,
+    query: &str,
+) -> Answer {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let param = |name: &str| params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str());
+    let bound = |name: &str| param(name).and_then(|v| v.parse::<i64>().ok());
+    let limit: usize = param("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return error(
+            400,
+            "invalid_request_error",
+            "parameter_invalid_integer",
+            "limit must be between 1 and 100",
+        );
+    }
+    let expand = params.iter().any(|(key, value)| key == "expand[]" && value == "data.payment_intent");
+    // Sorted once after objects were added, not per request: a bench lists
+    // a hundred thousand.
+    let newest_first = |a: &(i64, String, Bytes), b: &(i64, String, Bytes)| (b.0, &b.1).cmp(&(a.0, &a.1));
+    if !objects.is_sorted_by(|a, b| newest_first(a, b).is_le()) {
+        objects.sort_by(newest_first);
+    }
+    let matching: Vec<&(i64, String, Bytes)> = objects
+        .iter()
+        .filter(|(created, _, _)| {
+            bound("created[gte]").is_none_or(|b| *created >= b)
+                && bound("created[gt]").is_none_or(|b| *created > b)
+                && bound("created[lte]").is_none_or(|b| *created <= b)
+                && bound("created[lt]").is_none_or(|b| *created < b)
+        })
+        .collect();
+    let start = match param("starting_after") {
+        Some(after) => match matching.iter().position(|(_, id, _)| id == after) {
+            Some(at) => at + 1,
+            None => {
+                return error(
+                    400,
+                    "invalid_request_error",
+                    "resource_missing",
+                    &format!("No such object: '{after}'"),
+                );
+            }
+        },
+        None => 0,
+    };
+    let page: Vec<String> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|(_, _, body)| {
+            let mut object: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+            let intent = object.get("payment_intent").and_then(|v| v.as_str()).and_then(|id| intents.get(id));
+            if let (true, Some(intent)) = (expand, intent) {
+                object["payment_intent"] = intent.clone();
+            }
+            object.to_string()
+        })
+        .collect();
+    let has_more = start + page.len() < matching.len();
+    let body =
+        format!(r#"{{"object":"list","url":"{path}","has_more":{has_more},"data":[{}]}}"#, page.join(","));
     json(StatusCode::OK, Bytes::from(body))
 }
 
