@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
+use sea_orm::{ConnectionTrait, Database};
 
 /// The two services, started from `bin_dir`, stopped on drop.
 #[derive(Debug)]
@@ -127,4 +128,40 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+/// CPU of every process on this machine named `postgres` (0 when the server
+/// runs elsewhere).
+pub fn postgres_cpu_seconds() -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres");
+        if is_postgres {
+            // A process that ended in between counts as nothing.
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// Empties the database (drops and recreates it on PostgreSQL, deletes the
+/// file on SQLite) so the check afterwards counts this run only.
+pub async fn reset_database(url: &str) -> anyhow::Result<()> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+        return Ok(());
+    }
+    let mut admin = url::Url::parse(url)?;
+    let name = admin.path().trim_start_matches('/').to_owned();
+    anyhow::ensure!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "database name {name:?}");
+    admin.set_path("postgres");
+    let admin = Database::connect(admin.as_str()).await?;
+    admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await?;
+    admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await?;
+    Ok(())
 }

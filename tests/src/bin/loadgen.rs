@@ -21,7 +21,7 @@ use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::Parser;
 use e2e::collector::{Collector, SpanCount};
-use e2e::services::{self, Services, cpu_seconds, peak_rss_kib};
+use e2e::services::{self, Services, cpu_seconds, peak_rss_kib, postgres_cpu_seconds, reset_database};
 use e2e::{fixture, metric_value, replace_once, unix_now, with_fresh_ids};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -575,42 +575,6 @@ impl DatabaseCost {
             (after.wal_lsn - before.wal_lsn) as f64 / events
         )
     }
-}
-
-/// CPU of every process on this machine named `postgres` (0 when the server
-/// runs elsewhere).
-fn postgres_cpu_seconds() -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim_end() == "postgres");
-        if is_postgres {
-            // A process that ended in between counts as nothing.
-            total += cpu_seconds(pid).unwrap_or(0.0);
-        }
-    }
-    Ok(total)
-}
-
-/// Empties the database (drops and recreates it on PostgreSQL, deletes the
-/// file on SQLite) so the check afterwards counts this run only.
-async fn reset_database(url: &str) -> anyhow::Result<()> {
-    if let Some(rest) = url.strip_prefix("sqlite://") {
-        let path = rest.split('?').next().unwrap_or(rest);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{path}{suffix}"));
-        }
-        return Ok(());
-    }
-    let mut admin = url::Url::parse(url)?;
-    let name = admin.path().trim_start_matches('/').to_owned();
-    ensure!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "database name {name:?}");
-    admin.set_path("postgres");
-    let admin = Database::connect(admin.as_str()).await?;
-    admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await?;
-    admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await?;
-    Ok(())
 }
 
 /// What the database held before the run, so that the check counts only
