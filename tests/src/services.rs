@@ -2,6 +2,7 @@
 //! started from a directory of binaries on ephemeral ports, read from
 //! `/proc` while they run, stopped on drop.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -133,17 +134,50 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
 /// CPU of every process on this machine named `postgres` (0 when the server
 /// runs elsewhere).
 pub fn postgres_cpu_seconds() -> anyhow::Result<f64> {
-    let mut total = 0.0;
+    Ok(postgres_cpu_by_pid()?.values().sum())
+}
+
+/// CPU of each process on this machine named `postgres`, by pid. A backend
+/// ends with its client's connection, taking its CPU out of /proc: a tool
+/// whose client exits samples this while it runs ([`PostgresCpu`]).
+pub fn postgres_cpu_by_pid() -> anyhow::Result<HashMap<u32, f64>> {
+    let mut cpu = HashMap::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
         let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .is_ok_and(|comm| comm.trim_end() == "postgres");
-        if is_postgres {
-            // A process that ended in between counts as nothing.
-            total += cpu_seconds(pid).unwrap_or(0.0);
+        // A process that ended in between counts as nothing.
+        if let (true, Ok(seconds)) = (is_postgres, cpu_seconds(pid)) {
+            cpu.insert(pid, seconds);
         }
     }
-    Ok(total)
+    Ok(cpu)
+}
+
+/// PostgreSQL's CPU since it was created, sampled: each process's last
+/// sample counts, so a backend that ended between samples loses only what
+/// it spent after its last one.
+#[derive(Debug)]
+pub struct PostgresCpu {
+    start: HashMap<u32, f64>,
+    last: HashMap<u32, f64>,
+}
+
+impl PostgresCpu {
+    pub fn start() -> anyhow::Result<Self> {
+        let start = postgres_cpu_by_pid()?;
+        Ok(Self { last: start.clone(), start })
+    }
+
+    pub fn sample(&mut self) -> anyhow::Result<()> {
+        self.last.extend(postgres_cpu_by_pid()?);
+        Ok(())
+    }
+
+    /// CPU seconds spent since [`Self::start`], as sampled.
+    pub fn spent(&self) -> f64 {
+        self.last.iter().map(|(pid, seconds)| seconds - self.start.get(pid).copied().unwrap_or(0.0)).sum()
+    }
 }
 
 /// Empties the database (drops and recreates it on PostgreSQL, deletes the

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use clap::Parser;
 use e2e::fake_stripe::{FAKE_STRIPE_KEY, FakeStripe};
-use e2e::services::{self, cpu_seconds, postgres_cpu_seconds, reset_database};
+use e2e::services::{self, PostgresCpu, cpu_seconds, reset_database};
 use e2e::stripe_account::{Account, Kind};
 
 #[derive(Debug, Parser)]
@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The account's first session is 400 days old.
     let since = "401d";
-    let database_before = postgres_cpu_seconds()?;
+    let mut database = PostgresCpu::start()?;
     let started = Instant::now();
     let child = Command::new(bin_dir.join("payments-svc"))
         .args(["sync", "--since", since, "--json"])
@@ -82,14 +82,13 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("payments-svc sync")?;
-    let cpu = tokio::task::spawn_blocking({
+    let (cpu, database) = tokio::task::spawn_blocking({
         let pid = child.id();
-        move || cpu_when_done(pid)
+        move || cpu_when_done(pid, &mut database).map(|cpu| (cpu, database.spent()))
     })
     .await??;
     let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
     let wall = started.elapsed();
-    let database = postgres_cpu_seconds()? - database_before;
     ensure!(output.status.success(), "sync failed");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     ensure!(
@@ -128,14 +127,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The CPU the process `pid` used in all, read once it has exited (a zombie
-/// until it is waited for, its times still in /proc).
-fn cpu_when_done(pid: u32) -> anyhow::Result<f64> {
+/// until it is waited for, its times still in /proc), sampling
+/// PostgreSQL's meanwhile.
+fn cpu_when_done(pid: u32, database: &mut PostgresCpu) -> anyhow::Result<f64> {
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
         if state == Some("Z") {
             return cpu_seconds(pid);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        database.sample()?;
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -172,6 +172,17 @@ async fn a_sync_killed_midway_continues_after_its_last_page_and_then_starts_afre
             .flatten()
     };
     eventually(Duration::from_secs(30), "the sync checkpointing its pages", || async {
+        checkpoint().await.is_some_and(|c| c.pages >= 2)
+    })
+    .await;
+    if stack.database_url().starts_with("postgres") {
+        // One sync at a time per database: a second one is refused.
+        let second = sync(stack.database_url(), &stripe, &["--since", &since, "--json"]).await;
+        assert!(!second.status.success(), "a second sync ran beside the first");
+        let error = String::from_utf8_lossy(&second.stderr);
+        assert!(error.contains("another payments-svc sync is running"), "{error}");
+    }
+    eventually(Duration::from_secs(30), "the sync checkpointing its pages", || async {
         checkpoint().await.is_some_and(|c| c.pages >= 8)
     })
     .await;
