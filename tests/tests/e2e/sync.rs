@@ -229,6 +229,17 @@ async fn check_lists_what_differs_from_stripe_and_exits_1_until_a_sync_catches_u
     assert!(!missing.is_empty() && missing.iter().all(|d| d["difference"] == "missing_here"), "{report}");
     assert!(stack.purchases().await.is_empty(), "a check writes nothing");
 
+    let dry =
+        summary(&sync(stack.database_url(), &stripe, &["--since", &since, "--dry-run", "--json"]).await);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["lists"]["checkout_sessions"]["new"], missing.len() as u64, "what a sync would record");
+    assert!(
+        stack.purchases().await.is_empty() && stack.changes().await.is_empty(),
+        "a dry run writes nothing"
+    );
+    let checkpoints = sync_checkpoint::Entity::find().all(&stack.db).await.expect("checkpoints");
+    assert!(checkpoints.is_empty(), "nor a checkpoint: {checkpoints:?}");
+
     summary(&sync(stack.database_url(), &stripe, &["--since", &since, "--json"]).await);
     let agreed = check(true).await;
     assert_eq!(agreed.status.code(), Some(0), "{}", String::from_utf8_lossy(&agreed.stdout));
