@@ -38,6 +38,11 @@ pub enum Fault {
     /// Do what was asked, then wait this long before answering: a caller
     /// that gives up meanwhile does not know it happened.
     DelayAfterDoing(Duration),
+    /// Answer with this status and `Stripe-Should-Retry: false`: Stripe
+    /// knows a retry would fail the same way.
+    NotToBeRetried(u16),
+    /// Answer normally (to let requests through before a fault).
+    Pass,
 }
 
 /// A refund the fake made.
@@ -205,8 +210,13 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
             response.headers_mut().insert("retry-after", retry_after_secs.into());
             return Ok(response);
         }
+        Some(Fault::NotToBeRetried(status)) => {
+            let mut response = error(status, "api_error", "", "injected failure, not to be retried");
+            response.headers_mut().insert("stripe-should-retry", "false".parse().expect("header"));
+            return Ok(response);
+        }
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
-        Some(Fault::DelayAfterDoing(_)) | None => {}
+        Some(Fault::DelayAfterDoing(_) | Fault::Pass) | None => {}
     }
     let authorized = request
         .headers()

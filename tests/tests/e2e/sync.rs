@@ -213,6 +213,38 @@ async fn a_sync_killed_midway_continues_after_its_last_page_and_then_starts_afre
     stack.shutdown().await;
 }
 
+on_both_databases!(a_page_stripe_says_not_to_retry_stops_the_sync_and_a_rerun_continues_there);
+async fn a_page_stripe_says_not_to_retry_stops_the_sync_and_a_rerun_continues_there(db: TestDb) {
+    let stripe = FakeStripe::start().await;
+    let account = Account::with(450, e2e::unix_now() - 5 * 86_400, "refused");
+    account.list_in(&stripe);
+    let stack = Stack::start(db).await;
+    let since = since(&account);
+    stripe.fail_next([Fault::Pass, Fault::Pass, Fault::NotToBeRetried(500)]);
+
+    let stopped = sync(stack.database_url(), &stripe, &["--since", &since, "--json"]).await;
+
+    assert!(!stopped.status.success(), "the sync stops");
+    let error = String::from_utf8_lossy(&stopped.stderr);
+    assert!(error.contains("Stripe answered 500"), "{error}");
+    assert_eq!(stripe.request_count(), 3, "two pages, then the refused one, not asked again");
+    let checkpoint = sync_checkpoint::Entity::find_by_id("checkout_sessions".to_owned())
+        .one(&stack.db)
+        .await
+        .expect("query")
+        .expect("checkpoint");
+    assert_eq!((checkpoint.pages, checkpoint.finished), (2, false));
+
+    let resumed = summary(&sync(stack.database_url(), &stripe, &["--since", &since, "--json"]).await);
+    assert_eq!(resumed["resumed"], true);
+    // The refused request was answered before the fake logs a GET.
+    assert!(
+        stripe.gets()[2].1.contains(&format!("starting_after={}", checkpoint.starting_after.expect("id")))
+    );
+    assert_every_state(&account, &accesses(&stack).await);
+    stack.shutdown().await;
+}
+
 on_both_databases!(check_lists_what_differs_from_stripe_and_exits_1_until_a_sync_catches_up);
 async fn check_lists_what_differs_from_stripe_and_exits_1_until_a_sync_catches_up(db: TestDb) {
     let stripe = FakeStripe::start().await;
