@@ -7,9 +7,11 @@
 //! as Stripe does), checks the bearer key, and can be told to fail or
 //! stall.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -56,10 +58,10 @@ pub struct MadeRefund {
 #[derive(Debug, Default)]
 struct State {
     sessions: HashMap<String, Bytes>,
-    /// `(created, id, object)` of every listed session, refund and dispute.
-    listed_sessions: Vec<(i64, String, Bytes)>,
-    listed_refunds: Vec<(i64, String, Bytes)>,
-    listed_disputes: Vec<(i64, String, Bytes)>,
+    /// Every listed session, refund and dispute.
+    listed_sessions: Listed,
+    listed_refunds: Listed,
+    listed_disputes: Listed,
     /// Payment intents by id, for `expand[]=data.payment_intent`.
     intents: HashMap<String, serde_json::Value>,
     /// When, and `path?query`, of every GET, in order.
@@ -72,6 +74,42 @@ struct State {
     next_faults: VecDeque<Fault>,
     every_request: Option<Fault>,
     requests: usize,
+}
+
+/// The objects of one list, in Stripe's order: newest first, then by id
+/// (descending), each once in its latest version.
+#[derive(Debug, Default)]
+struct Listed {
+    ordered: BTreeMap<(Reverse<i64>, Reverse<String>), Bytes>,
+    created_of: HashMap<String, i64>,
+}
+
+impl Listed {
+    /// Lists `object`, replacing an earlier version of it.
+    fn put(&mut self, object: Bytes) {
+        let (created, id) = (json_created(&object), json_field(&object, "id"));
+        if let Some(before) = self.created_of.insert(id.clone(), created) {
+            self.ordered.remove(&(Reverse(before), Reverse(id.clone())));
+        }
+        self.ordered.insert((Reverse(created), Reverse(id)), object);
+    }
+
+    /// The objects after `starting_after` (all when `None`), in order;
+    /// `None` when that object is not listed.
+    fn after(&self, starting_after: Option<&str>) -> Option<impl Iterator<Item = (i64, &Bytes)>> {
+        let from = match starting_after {
+            Some(id) => {
+                let created = *self.created_of.get(id)?;
+                Bound::Excluded((Reverse(created), Reverse(id.to_owned())))
+            }
+            None => Bound::Unbounded,
+        };
+        Some(
+            self.ordered
+                .range((from, Bound::Unbounded))
+                .map(|((Reverse(created), _), body)| (*created, body)),
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -114,10 +152,9 @@ impl FakeStripe {
     /// Serves this Checkout Session, and lists it in `/v1/checkout/sessions`
     /// (replacing an earlier version of it).
     pub fn list_session(&self, session: Bytes) {
-        let (created, id) = (json_created(&session), json_field(&session, "id"));
+        let id = json_field(&session, "id");
         let mut state = self.state();
-        state.listed_sessions.retain(|(_, listed, _)| *listed != id);
-        state.listed_sessions.push((created, id.clone(), session.clone()));
+        state.listed_sessions.put(session.clone());
         state.sessions.insert(id, session);
     }
 
@@ -131,19 +168,13 @@ impl FakeStripe {
     /// Lists this Refund object in `GET /v1/refunds` (replacing an earlier
     /// version of it).
     pub fn list_refund(&self, refund: Bytes) {
-        let (created, id) = (json_created(&refund), json_field(&refund, "id"));
-        let mut state = self.state();
-        state.listed_refunds.retain(|(_, listed, _)| *listed != id);
-        state.listed_refunds.push((created, id, refund));
+        self.state().listed_refunds.put(refund);
     }
 
     /// Lists this Dispute object in `GET /v1/disputes` (replacing an
     /// earlier version of it).
     pub fn list_dispute(&self, dispute: Bytes) {
-        let (created, id) = (json_created(&dispute), json_field(&dispute, "id"));
-        let mut state = self.state();
-        state.listed_disputes.retain(|(_, listed, _)| *listed != id);
-        state.listed_disputes.push((created, id, dispute));
+        self.state().listed_disputes.put(dispute);
     }
 
     /// When, and `path?query`, of every GET so far, in order.
@@ -236,11 +267,10 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
     }
     let mut state = state.lock().expect("fake Stripe state");
     state.gets.push((std::time::Instant::now(), format!("{path}?{query}")));
-    let state = &mut *state;
     let listed = match path.as_str() {
-        "/v1/checkout/sessions" => Some(&mut state.listed_sessions),
-        "/v1/refunds" => Some(&mut state.listed_refunds),
-        "/v1/disputes" => Some(&mut state.listed_disputes),
+        "/v1/checkout/sessions" => Some(&state.listed_sessions),
+        "/v1/refunds" => Some(&state.listed_refunds),
+        "/v1/disputes" => Some(&state.listed_disputes),
         _ => None,
     };
     if let Some(objects) = listed {
@@ -258,7 +288,7 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
         });
     }
     if path == "/v1/events" {
-        return Ok(events_page(state, &query));
+        return Ok(events_page(&state, &query));
     }
     Ok(error(404, "invalid_request_error", "", "Unrecognized request URL"))
 }
@@ -286,7 +316,7 @@ async fn create_refund(state: &Mutex<State>, request: Request<Incoming>) -> Answ
     refund["payment_intent"] = payment_intent.clone().into();
     refund["created"] = crate::unix_now().into();
     let body = Bytes::from(refund.to_string());
-    state.listed_refunds.push((crate::unix_now(), id.clone(), body.clone()));
+    state.listed_refunds.put(body.clone());
     state.refunds.push(MadeRefund { id, payment_intent, idempotency_key: key.clone() });
     if let Some(key) = key {
         state.idempotent.insert(key, body.clone());
@@ -342,7 +372,7 @@ fn events_page(state: &State, query: &str) -> Answer {
 /// `starting_after` an object of the filtered list, `has_more`, and
 /// `expand[]=data.payment_intent` for sessions.
 fn list_page(
-    objects: &mut [(i64, String, Bytes)],
+    objects: &Listed,
     intents: &HashMap<String, serde_json::Value>,
     path: &str,
     query: &str,
@@ -360,40 +390,26 @@ fn list_page(
         );
     }
     let expand = params.iter().any(|(key, value)| key == "expand[]" && value == "data.payment_intent");
-    // Sorted once after objects were added, not per request: a bench lists
-    // a hundred thousand.
-    let newest_first = |a: &(i64, String, Bytes), b: &(i64, String, Bytes)| (b.0, &b.1).cmp(&(a.0, &a.1));
-    if !objects.is_sorted_by(|a, b| newest_first(a, b).is_le()) {
-        objects.sort_by(newest_first);
-    }
-    let matching: Vec<&(i64, String, Bytes)> = objects
-        .iter()
-        .filter(|(created, _, _)| {
-            bound("created[gte]").is_none_or(|b| *created >= b)
-                && bound("created[gt]").is_none_or(|b| *created > b)
-                && bound("created[lte]").is_none_or(|b| *created <= b)
-                && bound("created[lt]").is_none_or(|b| *created < b)
-        })
-        .collect();
-    let start = match param("starting_after") {
-        Some(after) => match matching.iter().position(|(_, id, _)| id == after) {
-            Some(at) => at + 1,
-            None => {
-                return error(
-                    400,
-                    "invalid_request_error",
-                    "resource_missing",
-                    &format!("No such object: '{after}'"),
-                );
-            }
-        },
-        None => 0,
+    let within = |created: &i64| {
+        bound("created[gte]").is_none_or(|b| *created >= b)
+            && bound("created[gt]").is_none_or(|b| *created > b)
+            && bound("created[lte]").is_none_or(|b| *created <= b)
+            && bound("created[lt]").is_none_or(|b| *created < b)
     };
+    let Some(after) = objects.after(param("starting_after")) else {
+        let missing = param("starting_after").unwrap_or_default();
+        return error(
+            400,
+            "invalid_request_error",
+            "resource_missing",
+            &format!("No such object: '{missing}'"),
+        );
+    };
+    let mut matching = after.filter(|(created, _)| within(created)).map(|(_, body)| body);
     let page: Vec<String> = matching
-        .iter()
-        .skip(start)
+        .by_ref()
         .take(limit)
-        .map(|(_, _, body)| {
+        .map(|body| {
             let mut object: serde_json::Value = serde_json::from_slice(body).expect("JSON");
             let intent = object.get("payment_intent").and_then(|v| v.as_str()).and_then(|id| intents.get(id));
             if let (true, Some(intent)) = (expand, intent) {
@@ -402,7 +418,7 @@ fn list_page(
             object.to_string()
         })
         .collect();
-    let has_more = start + page.len() < matching.len();
+    let has_more = matching.next().is_some();
     let body =
         format!(r#"{{"object":"list","url":"{path}","has_more":{has_more},"data":[{}]}}"#, page.join(","));
     json(StatusCode::OK, Bytes::from(body))

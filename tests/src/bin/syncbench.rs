@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let since = "401d";
     let mut database = PostgresCpu::start()?;
     let started = Instant::now();
-    let child = Command::new(bin_dir.join("payments-svc"))
+    let mut child = Command::new(bin_dir.join("payments-svc"))
         .args(["sync", "--since", since, "--json"])
         .env("DATABASE_URL", &args.database_url)
         .env("STRIPE_SECRET_KEY", FAKE_STRIPE_KEY)
@@ -82,15 +82,23 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("payments-svc sync")?;
+    // The summary names every session without metadata: more than a pipe
+    // holds, so it is read while the sync runs.
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let printed = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut text).map(|_| text)
+    });
     let (cpu, database) = tokio::task::spawn_blocking({
         let pid = child.id();
         move || cpu_when_done(pid, &mut database).map(|cpu| (cpu, database.spent()))
     })
     .await??;
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     let wall = started.elapsed();
-    ensure!(output.status.success(), "sync failed");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let printed = printed.join().map_err(|_| anyhow::anyhow!("reading the summary"))??;
+    ensure!(status.success(), "sync failed");
+    let summary: serde_json::Value = serde_json::from_slice(&printed)?;
     ensure!(
         summary["total"]["seen"] == objects as u64,
         "sync saw {} of {objects} objects",
