@@ -141,7 +141,7 @@ fn progress_printer() -> impl FnMut(&Progress) + Send {
             rate,
             seconds
         );
-        if progress.done == Some(1.0) {
+        if progress.finished {
             let _ = writeln!(std::io::stderr());
         }
     }

@@ -300,7 +300,12 @@ async fn check_lists_what_differs_from_stripe_and_exits_1_until_a_sync_catches_u
     );
     assert!(table.contains("(1 differences)"), "{table}");
 
-    summary(&sync(stack.database_url(), &stripe, &["--since", &since, "--json"]).await);
+    let shown = on_a_terminal(stack.database_url(), &stripe, &format!("sync --since {since}")).await;
+    for list in ["checkout_sessions", "refunds", "disputes"] {
+        assert!(shown.contains(&format!("\r{list}: page 1, ")), "progress of {list} on a terminal: {shown}");
+    }
+    assert!(shown.contains(" objects, ") && shown.contains("/s, "), "pages, objects, rate: {shown}");
+    assert!(shown.contains("LIST") && shown.contains("NO METADATA"), "the summary table: {shown}");
     assert_eq!(check(true).await.status.code(), Some(0), "the sync applied the refund");
     stack.shutdown().await;
 }
@@ -386,6 +391,25 @@ async fn the_scheduled_check_exports_how_many_purchases_differ_from_stripe(db: T
     eventually(Duration::from_secs(20), "agreement after the sync", || async { differences().await == 0.0 })
         .await;
     stack.shutdown().await;
+}
+
+/// What `payments-svc <command>` shows on a terminal (a pseudo-terminal
+/// that `script` gives it), both streams.
+async fn on_a_terminal(database_url: &str, stripe: &FakeStripe, command: &str) -> String {
+    let command = format!("{} {command}", binary("payments-svc").display());
+    let (url, env) = (database_url.to_owned(), env(stripe, RPS));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("DATABASE_URL", url)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("script runs (util-linux)")
+    })
+    .await
+    .expect("ran");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `sync --check` of the window from `since`, as a table or JSON.

@@ -133,6 +133,8 @@ pub struct Progress {
     pub done: Option<f64>,
     /// Since this run started on the list.
     pub elapsed: Duration,
+    /// Whether that was the list's last page.
+    pub finished: bool,
 }
 
 /// Syncs the window of `options`, reporting each page to `progress`.
@@ -253,6 +255,7 @@ impl ListSync<'_> {
                 objects: self.checkpoint.objects as u64,
                 done: last.and_then(|last| last.created).map(|created| covered(window, created)),
                 elapsed: started.elapsed(),
+                finished: self.checkpoint.finished,
             });
             if self.checkpoint.finished {
                 return Ok(counts);
