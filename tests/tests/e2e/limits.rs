@@ -128,6 +128,12 @@ async fn webhooks_beyond_their_in_flight_limit_get_503_with_retry_after() {
     let options = StackOptions { gateway: Some(|settings| settings.max_in_flight = 1), ..Default::default() };
     let stack = Stack::start_with(TestDb::sqlite().await, options).await;
     let _in_flight = start_upload(&stack, Some(&plausible_signature()), 10_000, 100).await;
+    // The held upload counts once the gateway has read its head: only then
+    // is the next webhook beyond the limit.
+    eventually(Duration::from_secs(5), "the held upload in flight", || async {
+        metric(&stack.gateway_metrics().await, "gateway_in_flight_requests") >= 1.0
+    })
+    .await;
 
     let refused = stack.deliver(&paid()).await;
     let verify = stack.get("/api/payments/verify?session_id=cs_test_nobody").await;
