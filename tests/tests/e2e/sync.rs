@@ -304,7 +304,10 @@ async fn check_lists_what_differs_from_stripe_and_exits_1_until_a_sync_catches_u
     for list in ["checkout_sessions", "refunds", "disputes"] {
         assert!(shown.contains(&format!("\r{list}: page 1, ")), "progress of {list} on a terminal: {shown}");
     }
-    assert!(shown.contains(" objects, ") && shown.contains("/s, "), "pages, objects, rate: {shown}");
+    assert!(
+        shown.contains(" objects, ") && shown.contains("/s, ") && shown.contains(" s left"),
+        "pages, objects, rate, time left: {shown}"
+    );
     assert!(shown.contains("LIST") && shown.contains("NO METADATA"), "the summary table: {shown}");
     assert_eq!(check(true).await.status.code(), Some(0), "the sync applied the refund");
     stack.shutdown().await;
