@@ -155,13 +155,8 @@ fn summary_table(summary: &Summary) -> String {
         .map(|(list, counts)| (*list, counts))
         .chain([("total", &summary.total)])
         .map(|(list, c)| {
-            [c.pages, c.seen, c.new, c.changed, c.unchanged, c.without_metadata, c.skipped].iter().fold(
-                vec![list.to_owned()],
-                |mut row, n| {
-                    row.push(n.to_string());
-                    row
-                },
-            )
+            let counts = [c.pages, c.seen, c.new, c.changed, c.unchanged, c.without_metadata, c.skipped];
+            std::iter::once(list.to_owned()).chain(counts.map(|n| n.to_string())).collect()
         })
         .collect();
     let mut out = table(&header, &rows, "lists");

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use payments_domain::reversals::Access;
+use payments_domain::reversals::{Access, AccessStatus};
 use payments_domain::rules::{Plan, Policy};
 use payments_domain::sync::Listed;
 use payments_domain::write::{self, Input, PurchaseWrite, SYNC, Stored};
@@ -206,7 +206,7 @@ fn compare(expected: &PurchaseWrite, here: Option<&course_purchase::Model>) -> O
     let here = here.map(|row| Side {
         status: row
             .access_status
-            .map_or("unpublished", |status| payments_domain::reversals::AccessStatus::from(status).as_str())
+            .map_or("unpublished", |status| AccessStatus::from(status).as_str())
             .to_owned(),
         has_access: row.has_access,
         amount_refunded: row.amount_refunded,
