@@ -13,7 +13,7 @@ use sea_orm::DatabaseConnection;
 use super::format::{parse_since, table, time};
 use crate::config::{DatabaseArgs, PolicyArgs, StripeArgs};
 use crate::fulfil::sync::check::{self, Report, Side};
-use crate::fulfil::sync::{self, PAGE_SIZE, Progress, Summary, SyncOptions};
+use crate::fulfil::sync::{self, PAGE_SIZE, Progress, Reading, Summary, SyncOptions};
 use crate::store::health::DatabaseHealth;
 use crate::store::lease;
 use crate::store::signals::FeedSignals;
@@ -74,7 +74,7 @@ pub async fn run(
     let options = options(&args)?;
     let policy = args.policy.policy();
     if args.check {
-        let report = check::run(db, &stripe, policy, &options).await?;
+        let report = check::run(db, &stripe, policy, &options.reading).await?;
         let text = if args.json { json(&report)? } else { report_table(&report) };
         return Ok((text, report.differences.len()));
     }
@@ -105,13 +105,12 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
         args.until.as_deref().unwrap_or("now"),
         args.policy.stripe_livemode
     );
-    Ok(SyncOptions {
+    let reading = Reading {
         window: Window { created_gte: since.timestamp(), created_lte: until.timestamp() },
         now: now.timestamp(),
-        arguments,
-        dry_run: args.dry_run,
         page_size: args.page_size,
-    })
+    };
+    Ok(SyncOptions { reading, arguments, dry_run: args.dry_run })
 }
 
 fn json(value: &impl serde::Serialize) -> anyhow::Result<String> {

@@ -20,7 +20,7 @@ use payments_domain::write::{self, Input, PurchaseWrite, SYNC, Stored};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use serde::Serialize;
 
-use super::{PAGE_SIZE, SyncError, SyncOptions, lists};
+use super::{PAGE_SIZE, Reading, SyncError, lists};
 use crate::metrics::Metrics;
 use crate::store::entities::course_purchase;
 use crate::store::health::DatabaseHealth;
@@ -94,26 +94,25 @@ pub struct Report {
     pub seconds: f64,
 }
 
-/// Compares the window of `options` (its `arguments` and `dry_run` are not
-/// used) with this database.
+/// Compares what `reading` reads of Stripe's lists with this database.
 pub async fn run(
     db: &DatabaseConnection,
     stripe: &StripeApi,
     policy: Policy,
-    options: &SyncOptions,
+    reading: &Reading,
 ) -> Result<Report, SyncError> {
     let started = Instant::now();
     let mut report = Report {
-        created_gte: options.window.created_gte,
-        created_lte: options.window.created_lte,
+        created_gte: reading.window.created_gte,
+        created_lte: reading.window.created_lte,
         ..Report::default()
     };
     let mut plans = Vec::new();
     for list in StripeList::ALL {
         let mut after: Option<String> = None;
         loop {
-            let window = options.window_of(list);
-            let page = lists::read_page(stripe, list, window, after.as_deref(), options.page_size).await?;
+            let window = reading.window_of(list);
+            let page = lists::read_page(stripe, list, window, after.as_deref(), reading.page_size).await?;
             for json in &page.data {
                 let planned = lists::plan(list, json, policy);
                 match planned.listed {
@@ -264,17 +263,15 @@ pub async fn run_scheduled(scheduled: Scheduled, shutdown: tokio_util::sync::Can
         }
         let now = chrono::Utc::now().timestamp();
         let span = |duration: Duration| i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
-        let options = SyncOptions {
+        let reading = Reading {
             window: Window {
                 created_gte: now.saturating_sub(span(window)),
                 created_lte: now - span(SETTLING),
             },
             now,
-            arguments: String::new(),
-            dry_run: true,
             page_size: PAGE_SIZE,
         };
-        match lease::under(&db, &health, lease::SYNC_CHECK, run(&db, &stripe, policy, &options)).await {
+        match lease::under(&db, &health, lease::SYNC_CHECK, run(&db, &stripe, policy, &reading)).await {
             Ok(Some(report)) => {
                 let differing = report.differences.len();
                 metrics.sync_check_differences.set(i64::try_from(differing).unwrap_or(i64::MAX));

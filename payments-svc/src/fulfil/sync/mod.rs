@@ -37,23 +37,30 @@ use lists::Planned;
 /// Objects per page: Stripe's largest.
 pub const PAGE_SIZE: u8 = 100;
 
-/// What to sync.
-#[derive(Debug, Clone)]
-pub struct SyncOptions {
-    /// The sessions' window, resolved from the arguments when a run starts
-    /// afresh. Refunds and disputes are read from its start until the run
-    /// started: what happened to those purchases since counts too.
+/// What to read of Stripe's lists: the sync's and the check's.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// The sessions' window. Refunds and disputes are read from its start
+    /// until `now`: what happened to those purchases since counts too.
     pub window: Window,
     /// When the run started (Unix seconds).
     pub now: i64,
+    pub page_size: u8,
+}
+
+/// What to sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Resolved from the arguments when a run starts afresh; a resumed run
+    /// reads the windows its checkpoints kept.
+    pub reading: Reading,
     /// The arguments as given: a run with the same ones resumes.
     pub arguments: String,
     /// Decide and count, write nothing (no checkpoint either).
     pub dry_run: bool,
-    pub page_size: u8,
 }
 
-impl SyncOptions {
+impl Reading {
     /// The window `list` is read in.
     pub fn window_of(&self, list: StripeList) -> Window {
         match list {
@@ -192,8 +199,8 @@ async fn starting_points(
         .map(|list| sync_checkpoint::Model {
             list: list.as_str().to_owned(),
             arguments: options.arguments.clone(),
-            created_gte: options.window_of(*list).created_gte,
-            created_lte: options.window_of(*list).created_lte,
+            created_gte: options.reading.window_of(*list).created_gte,
+            created_lte: options.reading.window_of(*list).created_lte,
             starting_after: None,
             pages: 0,
             objects: 0,
@@ -232,9 +239,14 @@ impl ListSync<'_> {
         let mut counts = Counts::default();
         loop {
             let after = self.checkpoint.starting_after.clone();
-            let page =
-                lists::read_page(self.stripe, self.list, window, after.as_deref(), self.options.page_size)
-                    .await?;
+            let page = lists::read_page(
+                self.stripe,
+                self.list,
+                window,
+                after.as_deref(),
+                self.options.reading.page_size,
+            )
+            .await?;
             let planned: Vec<Planned> =
                 page.data.iter().map(|json| lists::plan(self.list, json, self.policy)).collect();
             self.apply(&planned, &mut counts, summary).await?;
