@@ -19,7 +19,6 @@ use payments_proto::v1::{CheckoutSession, Refund, StripeEvent};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use service_kit::rate::TokenBucket;
 use service_kit::traces;
 use tracing::Instrument as _;
@@ -206,18 +205,8 @@ impl StripeApi {
             query.push(("starting_after", after.to_owned()));
         }
         let body = self.get("/v1/events", &query, Turn::Wait).await?;
-        #[derive(Deserialize)]
-        struct List<'a> {
-            #[serde(borrow)]
-            data: Vec<&'a RawValue>,
-            has_more: bool,
-        }
-        let list: List<'_> = serde_json::from_slice(&body).map_err(ParseError::from)?;
-        let events = list
-            .data
-            .into_iter()
-            .map(|raw| stripe::parse_event(Bytes::copy_from_slice(raw.get().as_bytes())))
-            .collect::<Result<_, _>>()?;
+        let list = stripe::parse_list(&body)?;
+        let events = list.data.into_iter().map(stripe::parse_event).collect::<Result<_, _>>()?;
         Ok(EventsPage { events, has_more: list.has_more })
     }
 

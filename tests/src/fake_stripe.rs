@@ -67,7 +67,7 @@ struct State {
     /// When, and `path?query`, of every GET, in order.
     gets: Vec<(std::time::Instant, String)>,
     /// `(created, id, body)` of every event, in the order added.
-    events: Vec<(i64, String, Bytes)>,
+    events: Listed,
     refunds: Vec<MadeRefund>,
     /// Answers already given, by `Idempotency-Key`.
     idempotent: HashMap<String, Bytes>,
@@ -184,9 +184,7 @@ impl FakeStripe {
 
     /// Lists this event in `/v1/events`.
     pub fn add_event(&self, event: Bytes) {
-        let parsed: serde_json::Value = serde_json::from_slice(&event).expect("JSON");
-        let created = parsed["created"].as_i64().expect("created");
-        self.state().events.push((created, json_field(&event, "id"), event));
+        self.state().events.put(event);
     }
 
     /// The next requests misbehave, one fault each, in order.
@@ -274,7 +272,7 @@ async fn answer(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
         _ => None,
     };
     if let Some(objects) = listed {
-        return Ok(list_page(objects, &state.intents, &path, &query));
+        return Ok(list_page(objects, &|_| true, &state.intents, &path, &query));
     }
     if let Some(id) = path.strip_prefix("/v1/checkout/sessions/") {
         return Ok(match state.sessions.get(id) {
@@ -324,13 +322,12 @@ async fn create_refund(state: &Mutex<State>, request: Request<Incoming>) -> Answ
     json(StatusCode::OK, body)
 }
 
-/// `GET /v1/events`: newest first, filtered by `type` (only the
-/// `checkout.session.*` wildcard is supported) and `created[gte]`, paged by
-/// `limit` and `starting_after`.
+/// `GET /v1/events`, as the other lists, filtered by `type` (only the
+/// `checkout.session.*` wildcard is supported).
 fn events_page(state: &State, query: &str) -> Answer {
-    let params: HashMap<String, String> =
-        url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    if params.get("type").map(String::as_str) != Some("checkout.session.*") {
+    let wildcard =
+        url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "type" && v == "checkout.session.*");
+    if !wildcard {
         return error(
             400,
             "invalid_request_error",
@@ -338,33 +335,8 @@ fn events_page(state: &State, query: &str) -> Answer {
             "this fake only lists checkout.session.*",
         );
     }
-    let gte: i64 = params.get("created[gte]").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
-    let mut matching: Vec<&(i64, String, Bytes)> = state
-        .events
-        .iter()
-        .rev()
-        .filter(|(created, _, body)| {
-            *created >= gte && json_field(body, "type").starts_with("checkout.session.")
-        })
-        .collect();
-    matching.sort_by_key(|(created, _, _)| std::cmp::Reverse(*created));
-    let start = match params.get("starting_after") {
-        Some(after) => matching.iter().position(|(_, id, _)| id == after).map_or(matching.len(), |i| i + 1),
-        None => 0,
-    };
-    let page: Vec<&str> = matching
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|(_, _, body)| std::str::from_utf8(body).expect("UTF-8"))
-        .collect();
-    let has_more = start + page.len() < matching.len();
-    let body = format!(
-        r#"{{"object":"list","url":"/v1/events","has_more":{has_more},"data":[{}]}}"#,
-        page.join(",")
-    );
-    json(StatusCode::OK, Bytes::from(body))
+    let checkout = |event: &Bytes| json_field(event, "type").starts_with("checkout.session.");
+    list_page(&state.events, &checkout, &state.intents, "/v1/events", query)
 }
 
 /// A list endpoint, as Stripe's behave: newest first (by `created`, then
@@ -373,6 +345,7 @@ fn events_page(state: &State, query: &str) -> Answer {
 /// `expand[]=data.payment_intent` for sessions.
 fn list_page(
     objects: &Listed,
+    keep: &dyn Fn(&Bytes) -> bool,
     intents: &HashMap<String, serde_json::Value>,
     path: &str,
     query: &str,
@@ -405,7 +378,7 @@ fn list_page(
             &format!("No such object: '{missing}'"),
         );
     };
-    let mut matching = after.filter(|(created, _)| within(created)).map(|(_, body)| body);
+    let mut matching = after.filter(|(created, body)| within(created) && keep(body)).map(|(_, body)| body);
     let page: Vec<String> = matching
         .by_ref()
         .take(limit)

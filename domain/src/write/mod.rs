@@ -239,7 +239,7 @@ pub fn decide<'a>(inputs: &[Input<'a>], stored: &Stored, policy: Policy) -> Deci
 
 /// What makes two reports of money going back the same fact: the object,
 /// its status and its amount.
-pub(crate) fn fact_key(fact: &Reversal) -> (String, &'static str, i64) {
+pub fn fact_key(fact: &Reversal) -> (String, &'static str, i64) {
     (fact.object_id.clone(), fact.status.as_str(), fact.amount)
 }
 

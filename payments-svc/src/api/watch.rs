@@ -273,7 +273,7 @@ async fn check_kept(db: &DatabaseConnection, after: i64, position: i64) -> Resul
     if after == 0 && position == 0 {
         return Ok(());
     }
-    let (pruned_through, oldest) = feed::horizon(db).await?;
+    let feed::Horizon { pruned_through, oldest, .. } = feed::horizon(db).await?;
     if position < pruned_through {
         let oldest = oldest.unwrap_or(pruned_through + 1);
         return Err(WatchError::TooOld { after: position, oldest });
@@ -289,8 +289,7 @@ async fn check_this_history(db: &DatabaseConnection, after: i64) -> Result<(), W
     if after == 0 {
         return Ok(());
     }
-    let (pruned_through, oldest) = feed::horizon(db).await?;
-    let origin = feed::origin(db).await?;
+    let feed::Horizon { pruned_through, oldest, origin } = feed::horizon(db).await?;
     if feed::from_another_history(after, origin) {
         let oldest = oldest.unwrap_or(pruned_through + 1);
         return Err(WatchError::OtherHistory { after, origin, oldest });

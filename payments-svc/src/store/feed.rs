@@ -66,16 +66,33 @@ pub async fn read(db: &impl ConnectionTrait, after: i64, limit: u64) -> Result<V
         .collect()
 }
 
-/// The newest cursor retention removed (0 while none was), and the oldest
-/// cursor still kept.
-pub async fn horizon(db: &impl ConnectionTrait) -> Result<(i64, Option<i64>), DbErr> {
-    let pruned = pruned_through(db).await?;
+/// Where the feed's kept changes begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// The newest cursor retention removed (this history's origin while
+    /// none was).
+    pub pruned_through: i64,
+    /// The oldest cursor still kept.
+    pub oldest: Option<i64>,
+    /// Where this history of the feed starts: every cursor it hands out is
+    /// above it, and below it plus [`HISTORY_SPAN`]; a cursor outside is
+    /// from another history.
+    pub origin: i64,
+}
+
+/// Where the feed's kept changes begin, and where its history starts.
+pub async fn horizon(db: &impl ConnectionTrait) -> Result<Horizon, DbErr> {
+    let feed = purchase_feed::Entity::find().one(db).await?;
     let oldest = purchase_change::Entity::find()
         .order_by_asc(purchase_change::Column::Cursor)
         .one(db)
         .await?
         .map(|change| change.cursor);
-    Ok((pruned, oldest))
+    Ok(Horizon {
+        pruned_through: feed.as_ref().map_or(0, |feed| feed.pruned_through),
+        oldest,
+        origin: feed.map_or(0, |feed| feed.origin),
+    })
 }
 
 /// The newest cursor retention removed, 0 while none was.
@@ -95,13 +112,6 @@ pub const HIGHEST_ORIGIN: i64 = 1 << 52;
 /// within another's. One beyond every history's is no history's.
 pub fn from_another_history(cursor: i64, origin: i64) -> bool {
     cursor < origin || (cursor > origin + HISTORY_SPAN && cursor <= HIGHEST_ORIGIN + HISTORY_SPAN)
-}
-
-/// Where this history of the feed starts: every cursor it hands out is
-/// above it, and below it plus [`HISTORY_SPAN`]; a cursor outside is from
-/// another history.
-pub async fn origin(db: &impl ConnectionTrait) -> Result<i64, DbErr> {
-    Ok(purchase_feed::Entity::find().one(db).await?.map_or(0, |feed| feed.origin))
 }
 
 /// The newest cursor published so far, 0 if none.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use payments_domain::rules::{Plan, Policy};
 use payments_domain::sync::Listed;
-use payments_domain::write::{Decision, Input, SYNC};
+use payments_domain::write::{Decision, Input, SYNC, fact_key};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use serde::Serialize;
 
@@ -323,19 +323,15 @@ fn count_outcomes(inputs: &[Input<'_>], decision: &Decision<'_>, counts: &mut Co
         .iter()
         .map(|write| (write.purchase.checkout_session_id.as_str(), write.id.is_none()))
         .collect();
-    let facts: HashSet<(&str, &str, i64)> = decision
-        .facts
-        .iter()
-        .map(|fact| (fact.reversal.object_id.as_str(), fact.reversal.status.as_str(), fact.reversal.amount))
-        .collect();
+    let facts: HashSet<_> = decision.facts.iter().map(|fact| fact_key(&fact.reversal)).collect();
     for input in inputs {
         let written = match input {
             Input::Plan { plan: Plan::Record(purchase, _), .. } => {
                 purchases.get(purchase.checkout_session_id.as_str()).copied()
             }
-            Input::Plan { plan: Plan::Reverse { reversal, .. }, .. } => facts
-                .contains(&(reversal.object_id.as_str(), reversal.status.as_str(), reversal.amount))
-                .then_some(true),
+            Input::Plan { plan: Plan::Reverse { reversal, .. }, .. } => {
+                facts.contains(&fact_key(reversal)).then_some(true)
+            }
             _ => None,
         };
         match written {
